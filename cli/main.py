@@ -1,0 +1,23 @@
+"""The `pypto` command: one typer app; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from . import config_cmd, launch_cmd, profiles_cmd, topo_cmd
+
+app = typer.Typer(
+    name="pypto",
+    help="PyPTO Serving parallel strategies: validate a layout, inspect it, launch workers.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(topo_cmd.app, name="topo")
+profiles_cmd.register(app)
+launch_cmd.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,337 @@
+"""The serving config schema: one vLLM-shaped `parallel` section plus model, cluster and serve.
+
+Every field has a default, a bound and a docstring with an example; pydantic turns the
+docstrings into field descriptions (and so into `pypto config schema`). Cross-field rules
+live here too, in `ServingConfig`, and report every problem of a config at once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import ConfigError, ConfigIssue
+from .layout import Layout
+
+PlacementStrategy = Literal["linear", "round_robin"]
+All2AllBackend = Literal["pypto_default", "allgather_reducescatter"]
+DataParallelBackend = Literal["local", "multiproc", "external"]
+DataParallelLoadBalance = Literal["internal", "external", "hybrid"]
+Platform = Literal["auto", "cpu", "cuda", "npu"]
+DType = Literal["float32", "float16", "bfloat16"]
+RoutingPolicy = Literal["least_loaded", "round_robin", "prefix_affinity"]
+
+_SCHEMA = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ParallelConfig(BaseModel):
+    """How the model is split: data, pipeline, tensor and expert parallelism."""
+
+    model_config = _SCHEMA
+
+    data_parallel_size: int = Field(1, ge=1)
+    """Independent serving replicas (DP), each with its own scheduler and KV cache.
+    Example: 2 serves two copies of the model behind the router."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    """Devices one layer's tensors are split over (TP): heads, columns and rows.
+    Example: 4 gives each rank a quarter of the attention heads."""
+
+    pipeline_parallel_size: int = Field(1, ge=1)
+    """Ordered stages the layer stack is cut into (PP).
+    Example: 2 with 32 layers gives layers 0-15 to stage 0 and 16-31 to stage 1."""
+
+    data_parallel_size_local: int | None = Field(None, ge=1)
+    """DP replicas placed on each node; null derives it from cluster.devices_per_node.
+    Example: 1 with TP 4 on 4-device nodes puts one replica per node."""
+
+    pipeline_layer_partition: tuple[int, ...] | None = None
+    """Explicit layers per stage, overriding the even split; must sum to model.num_layers.
+    Example: [7, 9] gives stage 0 seven layers and stage 1 nine."""
+
+    enable_expert_parallel: bool = False
+    """Partition MoE experts over the EP group (size DP x TP) instead of sharding each expert
+    with TP. MoE models only. Example: true with DP 2 x TP 4 spreads experts over 8 ranks."""
+
+    expert_placement_strategy: PlacementStrategy = "linear"
+    """How experts map to EP ranks: 'linear' gives each rank a contiguous block (the first
+    E mod n ranks one extra); 'round_robin' gives rank i every expert e with e mod n = i.
+    Example: 10 experts on 4 ranks, linear: [0,1,2] [3,4,5] [6,7] [8,9]."""
+
+    all2all_backend: All2AllBackend = "pypto_default"
+    """Collective that moves tokens to their experts: 'pypto_default' is a variable-size
+    all_to_all; 'allgather_reducescatter' gathers all tokens and reduce-scatters results.
+    Example: 'allgather_reducescatter' for small decode batches."""
+
+    data_parallel_backend: DataParallelBackend = "local"
+    """Where DP replicas run: 'local' in this launcher's processes, 'multiproc' one engine
+    process per replica, 'external' started by someone else and only routed to.
+    Example: 'external' when an orchestrator starts each replica."""
+
+    data_parallel_load_balance: DataParallelLoadBalance = "internal"
+    """Who balances requests over replicas: 'internal' our DP router, 'external' a load
+    balancer in front of every replica, 'hybrid' external across nodes and internal within.
+    Example: 'hybrid' behind a cloud load balancer with several replicas per node."""
+
+    @property
+    def world_size(self) -> int:
+        return self.data_parallel_size * self.pipeline_parallel_size * self.tensor_parallel_size
+
+    @property
+    def expert_parallel_size(self) -> int:
+        """EP group size: DP x TP when expert parallelism is on, else 1."""
+        if not self.enable_expert_parallel:
+            return 1
+        return self.data_parallel_size * self.tensor_parallel_size
+
+
+class ModelSpec(BaseModel):
+    """The shape of the model: what the parallel rules are checked against."""
+
+    model_config = _SCHEMA
+
+    name: str = "tiny-moe"
+    """A label for tables and logs. Example: 'deepseek-v3-shape'."""
+
+    num_layers: int = Field(4, ge=1)
+    """Decoder layers. Example: 32."""
+
+    hidden_size: int = Field(64, ge=1)
+    """Width of the residual stream. Example: 4096."""
+
+    num_attention_heads: int = Field(8, ge=1)
+    """Query heads per layer. Example: 32."""
+
+    num_kv_heads: int = Field(4, ge=1)
+    """Key/value heads per layer (grouped-query attention); must divide the query heads.
+    Example: 8 with 32 query heads."""
+
+    intermediate_size: int = Field(128, ge=1)
+    """Width of the dense SwiGLU MLP (and of each expert). Example: 14336."""
+
+    num_experts: int = Field(8, ge=0)
+    """Routed experts per MoE layer; 0 makes a dense model. Example: 64."""
+
+    experts_per_token: int = Field(2, ge=1)
+    """Experts each token is routed to (top-k); MoE models only. Example: 2."""
+
+    vocab_size: int = Field(256, ge=1)
+    """Vocabulary size of the embedding and LM head. Example: 128256."""
+
+    max_seq_len: int = Field(512, ge=1)
+    """Longest sequence (prompt + generated) the KV cache must hold. Example: 8192."""
+
+    rope_theta: float = Field(10000.0, gt=0)
+    """Rotary embedding base. Example: 500000.0."""
+
+    dtype: DType = "float32"
+    """Weight and activation dtype. Example: 'bfloat16' on GPUs."""
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelSpec:
+        issues: list[ConfigIssue] = []
+        if self.hidden_size % self.num_attention_heads:
+            issues.append(ConfigIssue(
+                "hidden_size", self.hidden_size,
+                f"not divisible by num_attention_heads={self.num_attention_heads}; "
+                f"use a multiple of {self.num_attention_heads}",
+            ))
+        if self.num_attention_heads % self.num_kv_heads:
+            issues.append(ConfigIssue(
+                "num_kv_heads", self.num_kv_heads,
+                f"must divide num_attention_heads={self.num_attention_heads}; use "
+                + _choices(_divisors(self.num_attention_heads)),
+            ))
+        if self.is_moe and self.experts_per_token > self.num_experts:
+            issues.append(ConfigIssue(
+                "experts_per_token", self.experts_per_token,
+                f"more than num_experts={self.num_experts}; use at most {self.num_experts}",
+            ))
+        if issues:
+            raise ConfigError(issues)
+        return self
+
+
+class ClusterSpec(BaseModel):
+    """Where the ranks run."""
+
+    model_config = _SCHEMA
+
+    nnodes: int = Field(1, ge=1)
+    """Hosts taking part. Example: 2."""
+
+    devices_per_node: int = Field(4, ge=1)
+    """Worker processes (one per device) on each host. Example: 8."""
+
+    platform: Platform = "auto"
+    """Device kind: 'auto' picks cuda, then npu, then cpu, whichever is present.
+    Example: 'cpu' for the gloo-backed demo."""
+
+
+class ServeSpec(BaseModel):
+    """The DP router's HTTP front and the replicas' limits."""
+
+    model_config = _SCHEMA
+
+    host: str = "127.0.0.1"
+    """Address the router listens on. Example: '0.0.0.0' to accept remote clients."""
+
+    port: int = Field(8000, ge=0, le=65535)
+    """Router port; 0 picks a free one. Example: 8000."""
+
+    policy: RoutingPolicy = "least_loaded"
+    """How requests pick a replica: 'least_loaded' weighs pending tokens (prompt tokens not
+    yet prefilled plus tokens still to decode), 'round_robin' cycles, 'prefix_affinity'
+    prefers the replica that already holds the prompt's prefix. Example: 'round_robin'."""
+
+    max_num_seqs: int = Field(8, ge=1)
+    """Sequences one replica runs in a batch. Example: 256."""
+
+    max_queue: int = Field(64, ge=1)
+    """Requests a replica may hold waiting before the router answers 429. Example: 1024."""
+
+    kv_block_size: int = Field(16, ge=1)
+    """Tokens per paged KV-cache block. Example: 16."""
+
+
+class ServingConfig(BaseModel):
+    """The whole serving config; cross-field rules between sections live here."""
+
+    model_config = _SCHEMA
+
+    parallel: ParallelConfig = ParallelConfig()
+    """Parallel layout (vLLM-shaped)."""
+
+    model: ModelSpec = ModelSpec()
+    """Model shape."""
+
+    cluster: ClusterSpec = ClusterSpec()
+    """Hosts and devices."""
+
+    serve: ServeSpec = ServeSpec()
+    """Router and replica limits."""
+
+    @property
+    def layout(self) -> Layout:
+        """The rank grid this config describes (computed on demand; cheap)."""
+        p = self.parallel
+        return Layout(
+            dp=p.data_parallel_size, pp=p.pipeline_parallel_size, tp=p.tensor_parallel_size
+        )
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> ServingConfig:
+        issues = cross_field_issues(self)
+        if issues:
+            raise ConfigError(issues)
+        return self
+
+
+def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
+    """Every rule that ties two sections together; each issue names the field to change."""
+    p, m, c = cfg.parallel, cfg.model, cfg.cluster
+    tp, pp, dp = p.tensor_parallel_size, p.pipeline_parallel_size, p.data_parallel_size
+    issues: list[ConfigIssue] = []
+
+    world, capacity = p.world_size, c.nnodes * c.devices_per_node
+    if world != capacity:
+        fix = f"set cluster.devices_per_node={world // c.nnodes}" if world % c.nnodes == 0 else (
+            f"set cluster.nnodes={world // c.devices_per_node}"
+            if world % c.devices_per_node == 0 else "choose nnodes x devices_per_node = world size"
+        )
+        issues.append(ConfigIssue(
+            "cluster.devices_per_node", c.devices_per_node,
+            f"the layout needs DP {dp} x PP {pp} x TP {tp} = {world} ranks but nnodes="
+            f"{c.nnodes} x devices_per_node={c.devices_per_node} gives {capacity} devices; "
+            f"{fix}, or change the parallel sizes",
+        ))
+
+    good_tp = valid_tensor_parallel_sizes(m)
+    if tp not in good_tp:
+        reasons = []
+        if m.num_attention_heads % tp:
+            reasons.append(f"model.num_attention_heads={m.num_attention_heads} is not divisible by {tp}")
+        if m.num_kv_heads % tp and tp % m.num_kv_heads:
+            reasons.append(
+                f"model.num_kv_heads={m.num_kv_heads} neither divides nor is divisible by {tp}"
+            )
+        if m.intermediate_size % tp:
+            reasons.append(f"model.intermediate_size={m.intermediate_size} is not divisible by {tp}")
+        issues.append(ConfigIssue(
+            "parallel.tensor_parallel_size", tp,
+            "; ".join(reasons) + "; use " + _choices(good_tp),
+        ))
+
+    if p.pipeline_layer_partition is not None:
+        parts = p.pipeline_layer_partition
+        if len(parts) != pp:
+            issues.append(ConfigIssue(
+                "parallel.pipeline_layer_partition", list(parts),
+                f"has {len(parts)} entries but pipeline_parallel_size={pp}; give one per stage",
+            ))
+        elif sum(parts) != m.num_layers or min(parts) < 1:
+            issues.append(ConfigIssue(
+                "parallel.pipeline_layer_partition", list(parts),
+                f"must give every stage >= 1 layer and sum to model.num_layers={m.num_layers} "
+                f"(it sums to {sum(parts)})",
+            ))
+    elif pp > m.num_layers:
+        issues.append(ConfigIssue(
+            "parallel.pipeline_parallel_size", pp,
+            f"more stages than model.num_layers={m.num_layers}, so a stage would hold no "
+            f"layer; use at most {m.num_layers}",
+        ))
+
+    if p.enable_expert_parallel:
+        if not m.is_moe:
+            issues.append(ConfigIssue(
+                "parallel.enable_expert_parallel", True,
+                f"model '{m.name}' is dense (model.num_experts=0); set "
+                "enable_expert_parallel=false or use a MoE model",
+            ))
+        elif m.num_experts < p.expert_parallel_size:
+            issues.append(ConfigIssue(
+                "model.num_experts", m.num_experts,
+                f"the EP group has DP {dp} x TP {tp} = {p.expert_parallel_size} ranks, so "
+                f"{p.expert_parallel_size - m.num_experts} of them would hold no expert; use "
+                f"num_experts >= {p.expert_parallel_size} or a smaller DP x TP",
+            ))
+
+    if p.data_parallel_size_local is not None:
+        per_node, rem = divmod(c.devices_per_node, tp * pp)
+        if rem or p.data_parallel_size_local != per_node:
+            issues.append(ConfigIssue(
+                "parallel.data_parallel_size_local", p.data_parallel_size_local,
+                f"cluster.devices_per_node={c.devices_per_node} with TP {tp} x PP {pp} per "
+                f"replica holds {c.devices_per_node / (tp * pp):g} replicas per node; "
+                + (f"use {per_node} or leave it null" if not rem else "leave it null"),
+            ))
+    return issues
+
+
+def valid_tensor_parallel_sizes(model: ModelSpec) -> list[int]:
+    """TP sizes this model can be split by (heads, kv heads and MLP width all agree)."""
+    return [
+        t for t in _divisors(model.num_attention_heads)
+        if (model.num_kv_heads % t == 0 or t % model.num_kv_heads == 0)
+        and model.intermediate_size % t == 0
+    ]
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _choices(values: list[int]) -> str:
+    if len(values) == 1:
+        return str(values[0])
+    return ", ".join(str(v) for v in values[:-1]) + f" or {values[-1]}"

@@ -1,0 +1,35 @@
+"""User-facing configuration errors: every problem of a config, each naming its field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem: the dotted field path, the offending value and what to do about it."""
+
+    field: str
+    value: object
+    message: str
+
+    def __str__(self) -> str:
+        value = self.value
+        shown = f"{value!r}" if isinstance(value, str) else str(value)
+        return f"{self.field}={shown}: {self.message}" if self.field else self.message
+
+
+class ConfigError(ValueError):
+    """Raised with every issue of a config at once, so one run shows all of them."""
+
+    def __init__(self, issues: list[ConfigIssue] | ConfigIssue, source: str | None = None):
+        self.issues: list[ConfigIssue] = [issues] if isinstance(issues, ConfigIssue) else issues
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"invalid config {self.source}" if self.source else "invalid config"
+        n = len(self.issues)
+        lines = [f"{head}: {n} problem{'s' if n != 1 else ''}"]
+        lines += [f"  - {issue}" for issue in self.issues]
+        return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""Reading configs: files (JSON, YAML, TOML), shipped profiles, and layered overrides.
+
+Precedence, defined here once for every command: built-in defaults < profile < config file
+< flags. Every failure (missing file, bad syntax, unknown key, broken rule) becomes one
+`ConfigError` that lists all problems, each naming its field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .config import ModelSpec, ServingConfig
+from .errors import ConfigError, ConfigIssue
+
+FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """Parse a config file by its extension into a plain dict, or raise ConfigError."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(ConfigIssue(
+            "", None, f"{path}: unknown config format {path.suffix or '(none)'!r}; "
+            "use .json, .yaml, .yml or .toml"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(ConfigIssue("", None, f"{path}: no such file")) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError(ConfigIssue("", None, f"{path}: cannot read: {e}")) from None
+    try:
+        data = _parse(text, fmt)
+    except Exception as e:  # each parser has its own error type; all mean "bad syntax"
+        raise ConfigError(ConfigIssue("", None, f"{path}: not valid {fmt.upper()}: "
+                                      f"{_first_line(e)}")) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(ConfigIssue(
+            "", None, f"{path}: the top level must be a mapping of sections "
+            f"(parallel, model, cluster, serve), not {type(data).__name__}"))
+    return data
+
+
+def _parse(text: str, fmt: str) -> Any:
+    if fmt == "json":
+        return json.loads(text)
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_load(text)
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def parse_config(data: Mapping[str, Any], source: str | None = None) -> ServingConfig:
+    """Validate a plain mapping into a ServingConfig, raising ConfigError with every issue."""
+    try:
+        return ServingConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(issues_from_validation(e, ServingConfig), source) from None
+
+
+def load_config(path: str | Path) -> ServingConfig:
+    """Load and validate one config file."""
+    return parse_config(read_mapping(path), str(path))
+
+
+def issues_from_validation(err: ValidationError, root: type[BaseModel]) -> list[ConfigIssue]:
+    """Turn pydantic's errors into ConfigIssues with dotted paths and a fix each."""
+    issues: list[ConfigIssue] = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        inner = (e.get("ctx") or {}).get("error")
+        if isinstance(inner, ConfigError):
+            for issue in inner.issues:
+                field = f"{loc}.{issue.field}" if loc and issue.field else (issue.field or loc)
+                issues.append(ConfigIssue(field, issue.value, issue.message))
+            continue
+        issues.append(ConfigIssue(loc, e.get("input"), _explain(e, root)))
+    return issues
+
+
+def _explain(e: dict, root: type[BaseModel]) -> str:
+    kind, ctx = e["type"], e.get("ctx") or {}
+    if kind == "extra_forbidden":
+        parent = _model_at(root, e["loc"][:-1])
+        known = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown key; {hint}known keys: {', '.join(known)}"
+    if kind == "literal_error":
+        return f"not a valid choice; use {ctx.get('expected', '')}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+              "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()), "")
+        return f"must be {op} {bound}"
+    if kind in ("model_type", "dict_type"):
+        return "must be a mapping (a section of keys)"
+    return e["msg"][0].lower() + e["msg"][1:]
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    model: Any = root
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+# --- shipped profiles ---------------------------------------------------------------------
+
+def _profile_dir():
+    return resources.files("pypto_serving.profiles")
+
+
+def profile_names() -> list[str]:
+    """Serving profiles shipped in profiles/*.yaml."""
+    return sorted(p.name[:-5] for p in _profile_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def model_profile_names() -> list[str]:
+    """Model shapes shipped in profiles/models/*.yaml."""
+    return sorted(p.name[:-5] for p in (_profile_dir() / "models").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_profile(name: str, models: bool) -> dict[str, Any]:
+    names = model_profile_names() if models else profile_names()
+    what = "model profile" if models else "profile"
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(ConfigIssue(
+            "", None, f"unknown {what} {name!r}; {hint}shipped: {', '.join(names)}"))
+    folder = _profile_dir() / "models" if models else _profile_dir()
+    with resources.as_file(folder / f"{name}.yaml") as path:
+        return read_mapping(path)
+
+
+def profile_data(name: str) -> dict[str, Any]:
+    """The raw mapping of a shipped serving profile."""
+    return _read_profile(name, models=False)
+
+
+def model_profile(name: str) -> ModelSpec:
+    data = _read_profile(name, models=True)
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(issues_from_validation(e, ModelSpec), f"model profile {name}") from None
+
+
+def load_profile(name: str) -> ServingConfig:
+    return parse_config(profile_data(name), f"profile {name}")
+
+
+DEFAULT_PROFILE = "cpu-demo"
+
+
+def resolve_config(
+    path: str | Path | None = None,
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    model_profile_name: str | None = None,
+) -> ServingConfig:
+    """Layer defaults < profile < file < flags and validate the result once.
+
+    `overrides` is a nested mapping of flag values ({'parallel': {'tensor_parallel_size': 4}});
+    `model_profile_name` (a flag) replaces the model section with a shipped model shape.
+    """
+    data: dict[str, Any] = {}
+    sources = []
+    if profile is not None:
+        data = _deep_merge(data, profile_data(profile))
+        sources.append(f"profile {profile}")
+    if path is not None:
+        data = _deep_merge(data, read_mapping(path))
+        sources.append(str(path))
+    if model_profile_name is not None:
+        data["model"] = model_profile(model_profile_name).model_dump()
+        sources.append(f"model profile {model_profile_name}")
+    if overrides:
+        data = _deep_merge(data, overrides)
+        sources.append("flags")
+    return parse_config(data, " + ".join(sources) or None)
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

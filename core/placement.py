@@ -1,0 +1,95 @@
+"""What each rank holds: its expert ids, its pipeline layers, its head and vocab shards.
+
+All closed-form, so a rank's share is computed without looking at any other rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExpertPlacement:
+    """Experts of each MoE layer spread over an EP group of `ep_size` ranks.
+
+    linear: rank i holds a contiguous block; the first `num_experts % ep_size` ranks hold one
+    extra. round_robin: rank i holds every expert e with e % ep_size == i.
+    """
+
+    num_experts: int
+    ep_size: int
+    strategy: str = "linear"
+
+    def experts_of(self, ep_rank: int) -> tuple[int, ...]:
+        n, e = self.ep_size, self.num_experts
+        if self.strategy == "round_robin":
+            return tuple(range(ep_rank, e, n))
+        base, extra = divmod(e, n)
+        start = ep_rank * base + min(ep_rank, extra)
+        return tuple(range(start, start + base + (ep_rank < extra)))
+
+    def owner_of(self, expert: int) -> int:
+        """EP rank that holds `expert`."""
+        n, e = self.ep_size, self.num_experts
+        if self.strategy == "round_robin":
+            return expert % n
+        base, extra = divmod(e, n)
+        cut = extra * (base + 1)  # experts below `cut` live on the ranks with one extra
+        return expert // (base + 1) if expert < cut else extra + (expert - cut) // base
+
+    def local_index(self, expert: int) -> int:
+        """Position of `expert` among the experts its owner holds."""
+        return self.experts_of(self.owner_of(expert)).index(expert)
+
+    def table(self) -> list[tuple[int, ...]]:
+        return [self.experts_of(r) for r in range(self.ep_size)]
+
+
+def split_evenly(total: int, parts: int, extra_first: bool = True) -> list[range]:
+    """Cut range(total) into `parts` contiguous ranges whose sizes differ by at most one."""
+    base, extra = divmod(total, parts)
+    sizes = [base + (i < extra if extra_first else i >= parts - extra) for i in range(parts)]
+    out, start = [], 0
+    for size in sizes:
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def layer_partition(num_layers: int, stages: int, explicit: tuple[int, ...] | None) -> list[range]:
+    """Layers of each PP stage.
+
+    With no explicit partition the split is even and the remainder goes to the earliest
+    stages: the last stage also runs the final norm and LM head, so it gets the fewer layers.
+    """
+    if explicit is None:
+        return split_evenly(num_layers, stages, extra_first=True)
+    out, start = [], 0
+    for size in explicit:
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def head_shard(num_heads: int, tp_size: int, tp_rank: int) -> range:
+    """Query heads of a TP rank (num_heads is divisible by tp_size)."""
+    per = num_heads // tp_size
+    return range(tp_rank * per, (tp_rank + 1) * per)
+
+
+def kv_head_shard(num_kv_heads: int, tp_size: int, tp_rank: int) -> range:
+    """KV heads a TP rank computes and caches.
+
+    With at least as many KV heads as ranks each rank owns num_kv_heads / tp_size of them;
+    with fewer, each KV head is replicated on tp_size / num_kv_heads consecutive ranks.
+    """
+    if num_kv_heads >= tp_size:
+        per = num_kv_heads // tp_size
+        return range(tp_rank * per, (tp_rank + 1) * per)
+    head = tp_rank // (tp_size // num_kv_heads)
+    return range(head, head + 1)
+
+
+def vocab_shard(vocab_size: int, tp_size: int, tp_rank: int) -> range:
+    """Vocabulary rows of a TP rank's embedding / LM head shard (remainder to the first)."""
+    return split_evenly(vocab_size, tp_size)[tp_rank]
