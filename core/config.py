@@ -7,7 +7,8 @@ live here too, in `ServingConfig`, and report every problem of a config at once.
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -122,7 +123,7 @@ class ModelSpec(BaseModel):
     max_seq_len: int = Field(512, ge=1)
     """Longest sequence (prompt + generated) the KV cache must hold. Example: 8192."""
 
-    rope_theta: float = Field(10000.0, gt=0)
+    rope_theta: float = Field(10000.0, gt=0, allow_inf_nan=False)
     """Rotary embedding base. Example: 500000.0."""
 
     dtype: DType = "float32"
@@ -169,8 +170,9 @@ class ClusterSpec(BaseModel):
     nnodes: int = Field(1, ge=1)
     """Hosts taking part. Example: 2."""
 
-    devices_per_node: int = Field(4, ge=1)
-    """Worker processes (one per device) on each host. Example: 8."""
+    devices_per_node: int | None = Field(None, ge=1)
+    """Worker processes (one per device) on each host; null fills in world size / nnodes.
+    Example: 8."""
 
     platform: Platform = "auto"
     """Device kind: 'auto' picks cuda, then npu, then cpu, whichever is present.
@@ -228,6 +230,30 @@ class ServingConfig(BaseModel):
             dp=p.data_parallel_size, pp=p.pipeline_parallel_size, tp=p.tensor_parallel_size
         )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_devices_per_node(cls, data: Any) -> Any:
+        """Unset cluster.devices_per_node becomes world size / nnodes, so that flags alone
+        (`-dp 2 -tp 4`) describe a whole layout."""
+        if not isinstance(data, dict):
+            return data
+        cluster = data.get("cluster", {})
+        if _get(cluster, "devices_per_node") is not None:
+            return data
+        parallel = data.get("parallel", {})
+        sizes = [_get(parallel, f"{d}_parallel_size", 1) for d in ("data", "pipeline", "tensor")]
+        nnodes = _get(cluster, "nnodes", 1)
+        if not all(type(v) is int and v >= 1 for v in (*sizes, nnodes)):
+            return data  # field validation reports the bad values
+        world = sizes[0] * sizes[1] * sizes[2]
+        if world % nnodes:
+            return data  # the cross-field rule explains it
+        if isinstance(cluster, BaseModel):
+            cluster = cluster.model_dump(exclude_unset=True)
+        elif not isinstance(cluster, dict):
+            return data
+        return {**data, "cluster": {**cluster, "devices_per_node": world // nnodes}}
+
     @model_validator(mode="after")
     def _check_cross_fields(self) -> ServingConfig:
         issues = cross_field_issues(self)
@@ -242,11 +268,20 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
     tp, pp, dp = p.tensor_parallel_size, p.pipeline_parallel_size, p.data_parallel_size
     issues: list[ConfigIssue] = []
 
-    world, capacity = p.world_size, c.nnodes * c.devices_per_node
+    world = p.world_size
+    if c.devices_per_node is None:
+        issues.append(ConfigIssue(
+            "cluster.nnodes", c.nnodes,
+            f"the world of DP {dp} x PP {pp} x TP {tp} = {world} ranks does not split evenly "
+            f"over {c.nnodes} nodes; use a divisor of {world} or set cluster.devices_per_node",
+        ))
+        return issues
+    capacity = c.nnodes * c.devices_per_node
     if world != capacity:
         fix = f"set cluster.devices_per_node={world // c.nnodes}" if world % c.nnodes == 0 else (
             f"set cluster.nnodes={world // c.devices_per_node}"
-            if world % c.devices_per_node == 0 else "choose nnodes x devices_per_node = world size"
+            if world % c.devices_per_node == 0
+            else f"make nnodes x devices_per_node = {world}"
         )
         issues.append(ConfigIssue(
             "cluster.devices_per_node", c.devices_per_node,
@@ -255,20 +290,23 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
             f"{fix}, or change the parallel sizes",
         ))
 
-    good_tp = valid_tensor_parallel_sizes(m)
-    if tp not in good_tp:
+    if not _tp_fits(m, tp):
         reasons = []
         if m.num_attention_heads % tp:
-            reasons.append(f"model.num_attention_heads={m.num_attention_heads} is not divisible by {tp}")
+            reasons.append(
+                f"model.num_attention_heads={m.num_attention_heads} is not divisible by {tp}"
+            )
         if m.num_kv_heads % tp and tp % m.num_kv_heads:
             reasons.append(
                 f"model.num_kv_heads={m.num_kv_heads} neither divides nor is divisible by {tp}"
             )
         if m.intermediate_size % tp:
-            reasons.append(f"model.intermediate_size={m.intermediate_size} is not divisible by {tp}")
+            reasons.append(
+                f"model.intermediate_size={m.intermediate_size} is not divisible by {tp}"
+            )
         issues.append(ConfigIssue(
             "parallel.tensor_parallel_size", tp,
-            "; ".join(reasons) + "; use " + _choices(good_tp),
+            "; ".join(reasons) + "; use " + _choices(valid_tensor_parallel_sizes(m)),
         ))
 
     if p.pipeline_layer_partition is not None:
@@ -318,17 +356,38 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
     return issues
 
 
+def _get(section: Any, key: str, default: Any = None) -> Any:
+    if isinstance(section, dict):
+        return section.get(key, default)
+    return getattr(section, key, default)
+
+
 def valid_tensor_parallel_sizes(model: ModelSpec) -> list[int]:
     """TP sizes this model can be split by (heads, kv heads and MLP width all agree)."""
-    return [
-        t for t in _divisors(model.num_attention_heads)
-        if (model.num_kv_heads % t == 0 or t % model.num_kv_heads == 0)
-        and model.intermediate_size % t == 0
-    ]
+    common = math.gcd(model.num_attention_heads, model.intermediate_size)
+    return [t for t in _divisors(common) if _tp_fits(model, t)]
+
+
+def _tp_fits(model: ModelSpec, tp: int) -> bool:
+    kv = model.num_kv_heads
+    return (model.num_attention_heads % tp == 0 and model.intermediate_size % tp == 0
+            and (kv % tp == 0 or tp % kv == 0))
+
+
+# Trial division stops here, so an absurd size (say 10**30 heads) still fails fast; past
+# 2**40 the suggestions then miss some middle divisors, which no real model has.
+_DIVISOR_SEARCH_LIMIT = 1 << 20
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Divisors of n in ascending order, by trial division up to sqrt(n)."""
+    small, large = [], []
+    for d in range(1, min(math.isqrt(n), _DIVISOR_SEARCH_LIMIT) + 1):
+        if n % d == 0:
+            small.append(d)
+            if d != n // d:
+                large.append(n // d)
+    return small + large[::-1]
 
 
 def _choices(values: list[int]) -> str:

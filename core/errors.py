@@ -12,11 +12,15 @@ class ConfigIssue:
     field: str
     value: object
     message: str
+    origin: str | None = None  # the flag that set the value, when one did
 
     def __str__(self) -> str:
+        if not self.field:
+            return self.message
         value = self.value
         shown = f"{value!r}" if isinstance(value, str) else str(value)
-        return f"{self.field}={shown}: {self.message}" if self.field else self.message
+        origin = f" (from {self.origin})" if self.origin else ""
+        return f"{self.field}={shown}{origin}: {self.message}"
 
 
 class ConfigError(ValueError):

@@ -11,7 +11,6 @@ more entry in `dims` and one more entry in `GROUP_KINDS`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import product
 
 # Which dimensions each group kind spans. EP spans DP x TP within one pipeline stage.
 GROUP_KINDS: dict[str, tuple[str, ...]] = {
@@ -35,12 +34,34 @@ class UnknownGroupError(KeyError):
 
 
 @dataclass(frozen=True)
+class _KindPlan:
+    """Precomputed arithmetic for one group kind: (size, stride) of fixed and spanned dims."""
+
+    fixed: tuple[tuple[int, int], ...]  # dims the group does not span, outermost first
+    spanned: tuple[tuple[int, int], ...]  # dims it spans, outermost first
+    group_size: int
+    num_groups: int
+
+
+@dataclass(frozen=True)
 class Layout:
     """A DP x PP x TP grid of ranks (TP fastest)."""
 
     dp: int = 1
     pp: int = 1
     tp: int = 1
+
+    def __post_init__(self) -> None:
+        for name, size in self.dims:
+            if not isinstance(size, int) or size < 1:
+                raise ValueError(f"layout size {name}={size!r} must be an integer >= 1")
+        strides, s = {}, 1
+        for name, size in reversed(self.dims):
+            strides[name] = s
+            s *= size
+        # Derived once; frozen dataclass, so set through object.__setattr__.
+        object.__setattr__(self, "_strides", strides)
+        object.__setattr__(self, "_plans", {})
 
     @property
     def dims(self) -> tuple[tuple[str, int], ...]:
@@ -54,23 +75,18 @@ class Layout:
         return dict(self.dims)[dim]
 
     def stride(self, dim: str) -> int:
-        s = 1
-        for name, size in reversed(self.dims):
-            if name == dim:
-                return s
-            s *= size
-        raise UnknownGroupError(dim, [d for d, _ in self.dims])
+        try:
+            return self._strides[dim]
+        except KeyError:
+            raise UnknownGroupError(dim, [d for d, _ in self.dims]) from None
 
     def coords(self, rank: int) -> dict[str, int]:
         """{'dp': .., 'pp': .., 'tp': ..} of a rank."""
         self.check_rank(rank)
-        out: dict[str, int] = {}
-        for name, size in reversed(self.dims):
-            rank, out[name] = divmod(rank, size)
-        return {name: out[name] for name, _ in self.dims}
+        return {name: rank // self._strides[name] % size for name, size in self.dims}
 
     def rank_of(self, **coords: int) -> int:
-        return sum(coords[name] * self.stride(name) for name, _ in self.dims)
+        return sum(coords[name] * self._strides[name] for name, _ in self.dims)
 
     def check_rank(self, rank: int) -> None:
         if not 0 <= rank < self.world_size:
@@ -82,48 +98,60 @@ class Layout:
         except KeyError:
             raise UnknownGroupError(kind, list(GROUP_KINDS)) from None
 
+    def _plan(self, kind: str) -> _KindPlan:
+        plan = self._plans.get(kind)
+        if plan is None:
+            spans = self.spans(kind)
+            fixed = tuple((n, self._strides[d]) for d, n in self.dims if d not in spans)
+            spanned = tuple((n, self._strides[d]) for d, n in self.dims if d in spans)
+            size = 1
+            for n, _ in spanned:
+                size *= n
+            plan = self._plans[kind] = _KindPlan(fixed, spanned, size, self.world_size // size)
+        return plan
+
     def group_size(self, kind: str) -> int:
-        n = 1
-        for dim in self.spans(kind):
-            n *= self.size(dim)
-        return n
+        return self._plan(kind).group_size
 
     def num_groups(self, kind: str) -> int:
-        return self.world_size // self.group_size(kind)
+        return self._plan(kind).num_groups
 
     def group_index(self, kind: str, rank: int) -> int:
         """Index of the rank's group among groups of this kind (fixed coords, outermost first)."""
-        spans, c = self.spans(kind), self.coords(rank)
+        self.check_rank(rank)
         index = 0
-        for name, size in self.dims:
-            if name not in spans:
-                index = index * size + c[name]
+        for size, stride in self._plan(kind).fixed:
+            index = index * size + rank // stride % size
         return index
 
     def rank_in_group(self, kind: str, rank: int) -> int:
         """Position of the rank in its group (spanned coords, outermost first)."""
-        spans, c = self.spans(kind), self.coords(rank)
+        self.check_rank(rank)
         index = 0
-        for name, size in self.dims:
-            if name in spans:
-                index = index * size + c[name]
+        for size, stride in self._plan(kind).spanned:
+            index = index * size + rank // stride % size
         return index
 
     def group_ranks(self, kind: str, index: int) -> tuple[int, ...]:
         """Members of group `index` of this kind, in ascending rank (= stage order for PP)."""
-        spans = self.spans(kind)
-        if not 0 <= index < self.num_groups(kind):
-            raise IndexError(f"{kind} group {index} does not exist (0..{self.num_groups(kind) - 1})")
+        plan = self._plan(kind)
+        if not 0 <= index < plan.num_groups:
+            raise IndexError(f"{kind} group {index} does not exist (0..{plan.num_groups - 1})")
         base, rest = 0, index
-        for name, size in reversed(self.dims):
-            if name not in spans:
-                rest, c = divmod(rest, size)
-                base += c * self.stride(name)
-        ranges = [range(0, self.size(d) * self.stride(d), self.stride(d)) for d, _ in self.dims
-                  if d in spans]
-        if len(ranges) == 1:
-            return tuple(range(base, base + ranges[0].stop, ranges[0].step))
-        return tuple(base + sum(offsets) for offsets in product(*ranges))
+        for size, stride in reversed(plan.fixed):
+            rest, c = divmod(rest, size)
+            base += c * stride
+        # Outer spanned dims give the starts; the innermost one is a strided run from each.
+        *outer, (n, step) = plan.spanned
+        starts = [base]
+        for size, stride in outer:
+            starts = [s + i * stride for s in starts for i in range(size)]
+        if len(starts) == 1:
+            return tuple(range(base, base + n * step, step))
+        out: list[int] = []
+        for s in starts:
+            out.extend(range(s, s + n * step, step))
+        return tuple(out)
 
     def group_of(self, kind: str, rank: int) -> tuple[int, ...]:
         return self.group_ranks(kind, self.group_index(kind, rank))

@@ -181,11 +181,13 @@ def resolve_config(
     profile: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     model_profile_name: str | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> ServingConfig:
     """Layer defaults < profile < file < flags and validate the result once.
 
     `overrides` is a nested mapping of flag values ({'parallel': {'tensor_parallel_size': 4}});
     `model_profile_name` (a flag) replaces the model section with a shipped model shape.
+    `flag_names` maps dotted paths to the flag that set them, so an error names the flag.
     """
     data: dict[str, Any] = {}
     sources = []
@@ -201,7 +203,14 @@ def resolve_config(
     if overrides:
         data = _deep_merge(data, overrides)
         sources.append("flags")
-    return parse_config(data, " + ".join(sources) or None)
+    try:
+        return parse_config(data, " + ".join(sources) or None)
+    except ConfigError as e:
+        if not flag_names:
+            raise
+        named = [ConfigIssue(i.field, i.value, i.message, flag_names[i.field])
+                 if i.field in flag_names else i for i in e.issues]
+        raise ConfigError(named, e.source) from None
 
 
 def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

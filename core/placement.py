@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+STRATEGIES = ("linear", "round_robin")
+
 
 @dataclass(frozen=True)
 class ExpertPlacement:
@@ -20,8 +22,18 @@ class ExpertPlacement:
     ep_size: int
     strategy: str = "linear"
 
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown expert placement strategy {self.strategy!r}; "
+                             f"use {' or '.join(STRATEGIES)}")
+        if self.ep_size < 1 or self.num_experts < 0:
+            raise ValueError(f"need ep_size >= 1 and num_experts >= 0, got ep_size="
+                             f"{self.ep_size}, num_experts={self.num_experts}")
+
     def experts_of(self, ep_rank: int) -> tuple[int, ...]:
         n, e = self.ep_size, self.num_experts
+        if not 0 <= ep_rank < n:
+            raise IndexError(f"EP rank {ep_rank} is outside the EP group (0..{n - 1})")
         if self.strategy == "round_robin":
             return tuple(range(ep_rank, e, n))
         base, extra = divmod(e, n)
@@ -31,6 +43,8 @@ class ExpertPlacement:
     def owner_of(self, expert: int) -> int:
         """EP rank that holds `expert`."""
         n, e = self.ep_size, self.num_experts
+        if not 0 <= expert < e:
+            raise IndexError(f"expert {expert} does not exist (0..{e - 1})")
         if self.strategy == "round_robin":
             return expert % n
         base, extra = divmod(e, n)
@@ -38,8 +52,12 @@ class ExpertPlacement:
         return expert // (base + 1) if expert < cut else extra + (expert - cut) // base
 
     def local_index(self, expert: int) -> int:
-        """Position of `expert` among the experts its owner holds."""
-        return self.experts_of(self.owner_of(expert)).index(expert)
+        """Position of `expert` among the experts its owner holds (closed form)."""
+        owner = self.owner_of(expert)
+        if self.strategy == "round_robin":
+            return expert // self.ep_size
+        base, extra = divmod(self.num_experts, self.ep_size)
+        return expert - (owner * base + min(owner, extra))
 
     def table(self) -> list[tuple[int, ...]]:
         return [self.experts_of(r) for r in range(self.ep_size)]

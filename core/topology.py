@@ -7,6 +7,7 @@ are per rank and closed-form, so a million-rank world is resolved without enumer
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -67,7 +68,7 @@ class RankInfo:
     layers: range
     attention_heads: range
     experts: tuple[int, ...]
-    vocab: range
+    vocab: range  # embedding (first stage) / LM head (last stage) rows; empty in between
     kv_cache: KVCacheShard
     is_first_stage: bool
     is_last_stage: bool
@@ -87,12 +88,18 @@ class RankInfo:
             "experts": list(self.experts),
             "vocab": _span(self.vocab),
             "kv_cache": self.kv_cache.to_dict(),
+            "is_first_stage": self.is_first_stage,
+            "is_last_stage": self.is_last_stage,
         }
 
 
 @dataclass(frozen=True)
 class GroupInfo:
-    """One communication group: its kind, its index among groups of that kind, its ranks."""
+    """One communication group: its kind, its index among groups of that kind, its ranks.
+
+    `ranks` is ascending (for PP that is stage order), so position lookups bisect instead
+    of scanning a group that may hold tens of thousands of ranks.
+    """
 
     kind: str
     index: int
@@ -103,7 +110,10 @@ class GroupInfo:
         return len(self.ranks)
 
     def rank_in_group(self, rank: int) -> int:
-        return self.ranks.index(rank)
+        i = bisect_left(self.ranks, rank)
+        if i == len(self.ranks) or self.ranks[i] != rank:
+            raise ValueError(f"rank {rank} is not in {self.kind} group {self.index}")
+        return i
 
     def prev_rank(self, rank: int) -> int | None:
         i = self.rank_in_group(rank)
@@ -171,7 +181,8 @@ class Topology:
             layers=self.stage_layers[pp],
             attention_heads=head_shard(m.num_attention_heads, lay.tp, tp),
             experts=experts,
-            vocab=vocab_shard(m.vocab_size, lay.tp, tp),
+            vocab=(vocab_shard(m.vocab_size, lay.tp, tp) if pp in (0, lay.pp - 1)
+                   else range(0)),
             kv_cache=KVCacheShard(
                 replica=dp, layers=self.stage_layers[pp], kv_heads=kv,
                 replicas=max(1, lay.tp // m.num_kv_heads),

@@ -1,0 +1,140 @@
+"""Rich rendering of a topology document: the rank table, the group table and the layout map."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ..core.topology import Topology
+
+DP_COLORS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
+
+
+def ids(values: list[int], most: int = 6) -> str:
+    """Compact id list: '0-3' for a run, '0,4,8' otherwise, elided past `most`."""
+    if not values:
+        return "-"
+    if values == list(range(values[0], values[-1] + 1)) and len(values) > 2:
+        return f"{values[0]}-{values[-1]}"
+    shown = ",".join(str(v) for v in values[:most])
+    return shown + (f",… ({len(values)})" if len(values) > most else "")
+
+
+def span(pair: list[int]) -> str:
+    start, stop = pair
+    return "-" if stop <= start else (str(start) if stop - start == 1 else f"{start}-{stop - 1}")
+
+
+def summary_line(doc: dict[str, Any]) -> str:
+    lay, c, m = doc["layout"], doc["cluster"], doc["model"]
+    ep = f" + EP {lay['ep']}" if doc["expert_placement"] else ""
+    kind = f"MoE {m['num_experts']} experts" if m["num_experts"] else "dense"
+    return (f"world {doc['world_size']} = DP {lay['dp']} x PP {lay['pp']} x TP {lay['tp']}{ep}"
+            f" on {c['nnodes']} node(s) x {c['devices_per_node']} {c['platform']} device(s); "
+            f"model {m['name']} ({m['num_layers']} layers, {kind})")
+
+
+def rank_table(doc: dict[str, Any]) -> Table:
+    table = Table(title="Ranks", box=box.SIMPLE_HEAD)
+    cols = ("rank", "node", "local", "device", "dp", "pp", "tp", "ep", "layers", "heads",
+            "kv heads", "experts", "vocab")
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("rank", "node", "local") else "left")
+    for r in doc["ranks"]:
+        kv = r["kv_cache"]
+        kv_text = span(kv["kv_heads"]) + (f" (x{kv['replicas']})" if kv["replicas"] > 1 else "")
+        ep = "-" if r["ep"] is None else str(r["ep"])
+        table.add_row(str(r["rank"]), str(r["node"]), str(r["local_rank"]), r["device"],
+                      str(r["dp"]), str(r["pp"]), str(r["tp"]), ep, span(r["layers"]),
+                      span(r["attention_heads"]), kv_text, ids(r["experts"]), span(r["vocab"]))
+    if doc["ranks_truncated"]:
+        table.caption = (f"first {len(doc['ranks'])} of {doc['world_size']} ranks; "
+                         "use --rank R for one rank, --limit N for more")
+    return table
+
+
+def group_table(doc: dict[str, Any]) -> Table:
+    table = Table(title="Groups", box=box.SIMPLE_HEAD)
+    for col in ("kind", "count", "size", "members"):
+        table.add_column(col)
+    for kind, info in doc["groups"].items():
+        shown = info["groups"][:4]
+        members = "  ".join(f"[{ids(g['ranks'])}]" for g in shown)
+        if len(info["groups"]) == 1 and "rank_in_group" in info["groups"][0]:
+            g = info["groups"][0]
+            members = f"#{g['index']}: [{ids(g['ranks'], most=16)}], rank in group {g['rank_in_group']}"
+        elif info["count"] > len(shown):
+            members += f"  … {info['count'] - len(shown)} more"
+        table.add_row(kind, str(info["count"]), str(info["size"]), members)
+    return table
+
+
+def layout_map(topo: Topology, max_nodes: int = 4, max_cells: int = 32) -> RenderableType:
+    """One row per node, one cell per device; TP groups framed, coloured by DP replica."""
+    c = topo.config.cluster
+    nodes = c.nnodes if c.nnodes <= max_nodes else 1
+    rows: list[RenderableType] = []
+    for node in range(nodes):
+        first = node * c.devices_per_node
+        last = min(first + c.devices_per_node, first + max_cells)
+        frames: list[RenderableType] = []
+        rank = first
+        while rank < last:
+            info = topo.rank_info(rank)
+            tp_group = topo.group("tp", rank)
+            members = [r for r in tp_group.ranks if first <= r < last and r >= rank]
+            frames.append(_tp_frame(topo, info.dp, info.pp, tp_group.index, members))
+            rank = members[-1] + 1
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(*frames)
+        more = c.devices_per_node - (last - first)
+        title = f"node {node}" + (f"  (+{more} devices not drawn)" if more > 0 else "")
+        rows.append(Panel(grid, title=title, title_align="left", box=box.SQUARE, expand=False))
+    if nodes < c.nnodes:
+        rows.append(Text(f"… nodes 1-{c.nnodes - 1} repeat this pattern with ranks "
+                         f"{c.devices_per_node}-{topo.world_size - 1} "
+                         "(use --rank R or --json for any of them)", style="dim"))
+    rows.append(_legend(topo))
+    return Group(*rows)
+
+
+def _tp_frame(topo: Topology, dp: int, pp: int, tp_index: int, ranks: list[int]) -> Panel:
+    color = DP_COLORS[dp % len(DP_COLORS)]
+    cells = Table.grid(padding=(0, 1))
+    labels = []
+    for r in ranks:
+        info = topo.rank_info(r)
+        lines = [f"r{r}", f"tp{info.tp}"]
+        if info.ep is not None:
+            lines.append(f"E{ids(list(info.experts), most=3)}")
+        labels.append(Text("\n".join(lines), style=f"bold {color}", justify="center"))
+    cells.add_row(*labels)
+    stage = f" s{pp}" if topo.layout.pp > 1 else ""
+    return Panel(cells, title=f"dp{dp}{stage}", subtitle=f"tp#{tp_index}", border_style=color,
+                 box=box.ROUNDED, expand=False)
+
+
+def _legend(topo: Topology) -> Table:
+    legend = Table.grid(padding=(0, 2))
+    dp = topo.layout.dp
+    swatches = Text()
+    for d in range(min(dp, len(DP_COLORS))):
+        swatches.append(f"■ dp{d} ", style=DP_COLORS[d % len(DP_COLORS)])
+    if dp > len(DP_COLORS):
+        swatches.append(f"(colours repeat every {len(DP_COLORS)} replicas)")
+    legend.add_row("colour", swatches)
+    legend.add_row("frame", "one TP group (dpD = DP replica, sS = PP stage, tp#N = group index)")
+    if topo.layout.pp > 1:
+        stages = "  ".join(f"s{i}: layers {r.start}-{r.stop - 1}"
+                           for i, r in enumerate(topo.stage_layers[:8]))
+        legend.add_row("stages", stages)
+    if topo.expert_placement is not None:
+        p = topo.expert_placement
+        legend.add_row("experts", f"E = experts held; EP group = every rank of one stage "
+                       f"({p.ep_size} ranks, {p.num_experts} experts, {p.strategy})")
+    return legend

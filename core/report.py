@@ -1,0 +1,60 @@
+"""The resolved topology as one plain document: what `topo show` prints, as a table or JSON.
+
+Schema `pypto.topology/v1` (stable: fields are only ever added). Big worlds are summarised:
+at most `limit` ranks and `limit` groups per kind are listed, with counts for the rest, so
+the document never enumerates a million ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .topology import Topology
+
+SCHEMA = "pypto.topology/v1"
+
+
+def topology_document(
+    topo: Topology, rank: int | None = None, kinds: tuple[str, ...] | None = None,
+    limit: int = 64,
+) -> dict[str, Any]:
+    """Summary, ranks (all, the first `limit`, or the one `rank`) and groups of `kinds`."""
+    cfg = topo.config
+    p, m, c = cfg.parallel, cfg.model, cfg.cluster
+    kinds = topo.group_kinds if kinds is None else kinds
+    if rank is not None:
+        topo.layout.check_rank(rank)
+        ranks = [topo.rank_info(rank)]
+    else:
+        ranks = list(topo.ranks(0, limit))
+    placement = topo.expert_placement
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "world_size": topo.world_size,
+        "layout": {"dp": p.data_parallel_size, "pp": p.pipeline_parallel_size,
+                   "tp": p.tensor_parallel_size, "ep": p.expert_parallel_size},
+        "cluster": {"nnodes": c.nnodes, "devices_per_node": c.devices_per_node,
+                    "platform": c.platform},
+        "model": {"name": m.name, "num_layers": m.num_layers, "num_experts": m.num_experts,
+                  "num_attention_heads": m.num_attention_heads, "num_kv_heads": m.num_kv_heads},
+        "stage_layers": [[r.start, r.stop] for r in topo.stage_layers],
+        "expert_placement": None if placement is None else {
+            "strategy": placement.strategy, "num_experts": placement.num_experts,
+            "ep_size": placement.ep_size,
+        },
+        "ranks": [r.to_dict() for r in ranks],
+        "ranks_truncated": rank is None and topo.world_size > len(ranks),
+        "groups": {},
+    }
+    for kind in kinds:
+        count = topo.num_groups(kind)
+        if rank is not None:
+            g = topo.group(kind, rank)
+            listed = [g.to_dict() | {"rank_in_group": g.rank_in_group(rank)}]
+        else:
+            listed = [topo.group_at(kind, i).to_dict() for i in range(min(count, limit))]
+        doc["groups"][kind] = {
+            "count": count, "size": topo.layout.group_size(kind), "groups": listed,
+            "truncated": rank is None and count > len(listed),
+        }
+    return doc
