@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..core.loader import FORMATS, profile_names
+from ..core.report import layout_summary
 from ..core.serialize import OUTPUT_FORMATS, config_json_schema, dump_config
 from .errors import fail, user_errors
 from .options import ConfigSource, config_options
@@ -35,14 +36,7 @@ def validate(
     if show:
         sys.stdout.write(dump_config(cfg, FORMATS.get(file.suffix.lower(), "yaml"), comments=False))
         return
-    p, m = cfg.parallel, cfg.model
-    ep = f" x EP {p.expert_parallel_size}" if p.enable_expert_parallel else ""
-    typer.echo(
-        f"OK {file}: world {p.world_size} = DP {p.data_parallel_size} x PP "
-        f"{p.pipeline_parallel_size} x TP {p.tensor_parallel_size}{ep} on {cfg.cluster.nnodes} "
-        f"node(s) x {cfg.cluster.devices_per_node} device(s); model {m.name} "
-        f"({m.num_layers} layers, {'MoE ' + str(m.num_experts) + ' experts' if m.is_moe else 'dense'})"
-    )
+    typer.echo(f"OK {file}: {layout_summary(cfg)}")
 
 
 @app.command("schema")

@@ -26,7 +26,9 @@ class ConfigSource:
     model_profile: str | None = None
     flags: dict[str, Any] = field(default_factory=dict)  # dotted path -> value
 
-    def resolve(self, path: Path | None = None, default_profile: str | None = None) -> ServingConfig:
+    def resolve(
+        self, path: Path | None = None, default_profile: str | None = None
+    ) -> ServingConfig:
         profile = self.profile
         if profile is None and path is None and default_profile is not None:
             profile = default_profile

@@ -68,7 +68,7 @@ def show(
     console = Console(record=svg is not None)
     if not console.is_terminal:
         console.width = max(console.width, 160)  # piped: keep every column whole
-    console.print(topo_render.summary_line(doc))
+    console.print(doc["summary"])
     if draw_map or svg is not None:
         console.print(topo_render.layout_map(topo))
     else:
@@ -76,6 +76,6 @@ def show(
         console.print(topo_render.group_table(doc))
     if svg is not None:
         try:
-            console.save_svg(str(svg), title=f"pypto topology: {topo_render.summary_line(doc)}")
+            console.save_svg(str(svg), title=f"pypto topology: {doc['summary']}")
         except OSError as e:
             raise fail(f"cannot write {svg}: {e.strerror}") from None

@@ -30,15 +30,6 @@ def span(pair: list[int]) -> str:
     return "-" if stop <= start else (str(start) if stop - start == 1 else f"{start}-{stop - 1}")
 
 
-def summary_line(doc: dict[str, Any]) -> str:
-    lay, c, m = doc["layout"], doc["cluster"], doc["model"]
-    ep = f" + EP {lay['ep']}" if doc["expert_placement"] else ""
-    kind = f"MoE {m['num_experts']} experts" if m["num_experts"] else "dense"
-    return (f"world {doc['world_size']} = DP {lay['dp']} x PP {lay['pp']} x TP {lay['tp']}{ep}"
-            f" on {c['nnodes']} node(s) x {c['devices_per_node']} {c['platform']} device(s); "
-            f"model {m['name']} ({m['num_layers']} layers, {kind})")
-
-
 def rank_table(doc: dict[str, Any]) -> Table:
     table = Table(title="Ranks", box=box.SIMPLE_HEAD)
     cols = ("rank", "node", "local", "device", "dp", "pp", "tp", "ep", "layers", "heads",
@@ -67,7 +58,8 @@ def group_table(doc: dict[str, Any]) -> Table:
         members = "  ".join(f"[{ids(g['ranks'])}]" for g in shown)
         if len(info["groups"]) == 1 and "rank_in_group" in info["groups"][0]:
             g = info["groups"][0]
-            members = f"#{g['index']}: [{ids(g['ranks'], most=16)}], rank in group {g['rank_in_group']}"
+            members = (f"#{g['index']}: [{ids(g['ranks'], most=16)}], "
+                       f"rank in group {g['rank_in_group']}")
         elif info["count"] > len(shown):
             members += f"  … {info['count'] - len(shown)} more"
         table.add_row(kind, str(info["count"]), str(info["size"]), members)

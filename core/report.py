@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from .config import ServingConfig
 from .topology import Topology
 
 SCHEMA = "pypto.topology/v1"
+
+
+def layout_summary(cfg: ServingConfig) -> str:
+    """One line: world = DP x PP x TP (+ EP) on nodes x devices; the model."""
+    p, c, m = cfg.parallel, cfg.cluster, cfg.model
+    ep = f" + EP {p.expert_parallel_size}" if p.enable_expert_parallel else ""
+    kind = f"MoE {m.num_experts} experts" if m.is_moe else "dense"
+    return (f"world {p.world_size} = DP {p.data_parallel_size} x PP {p.pipeline_parallel_size} "
+            f"x TP {p.tensor_parallel_size}{ep} on {c.nnodes} node(s) x {c.devices_per_node} "
+            f"{c.platform} device(s); model {m.name} ({m.num_layers} layers, {kind})")
 
 
 def topology_document(
@@ -30,6 +41,7 @@ def topology_document(
     placement = topo.expert_placement
     doc: dict[str, Any] = {
         "schema": SCHEMA,
+        "summary": layout_summary(cfg),
         "world_size": topo.world_size,
         "layout": {"dp": p.data_parallel_size, "pp": p.pipeline_parallel_size,
                    "tp": p.tensor_parallel_size, "ep": p.expert_parallel_size},
