@@ -18,6 +18,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
 def port() -> int:
     return free_port()
 

@@ -1,0 +1,132 @@
+"""`pypto config validate | schema | init` through typer's runner."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import yaml
+
+from pypto_serving.core.loader import load_config, load_profile, profile_names, read_mapping
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_validate_ok_prints_summary(cli, tmp_path):
+    f = write(tmp_path / "c.yaml", "parallel: {tensor_parallel_size: 2}\n")
+    r = cli(["config", "validate", str(f)])
+    assert r.exit_code == 0, r.output
+    assert "OK" in r.output and "world 2 = DP 1 x PP 1 x TP 2" in r.output
+
+
+def test_validate_reports_every_problem_at_once(cli, tmp_path):
+    f = write(tmp_path / "c.json", json.dumps({
+        "parallel": {"tensor_parallel_size": 3, "pipeline_parallel_size": 9},
+        "model": {"num_layers": 4},
+    }))
+    r = cli(["config", "validate", str(f)])
+    assert r.exit_code == 2
+    assert "2 problems" in r.output
+    assert "parallel.tensor_parallel_size=3: model.num_attention_heads=8 is not divisible by 3" in r.output
+    assert "use 1, 2, 4 or 8" in r.output
+    assert "parallel.pipeline_parallel_size=9" in r.output and "use at most 4" in r.output
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("name, text, expect", [
+    ("missing.yaml", None, "no such file"),
+    ("bad.yaml", "parallel: [1, 2\n", "not valid YAML"),
+    ("bad.json", "{\"parallel\": ", "not valid JSON"),
+    ("bad.toml", "[parallel\n", "not valid TOML"),
+    ("list.yaml", "- 1\n- 2\n", "top level must be a mapping"),
+    ("c.ini", "x=1", "unknown config format '.ini'"),
+    ("typo.yaml", "parallel: {tensor_paralel_size: 2}\n", "did you mean 'tensor_parallel_size'"),
+    ("choice.yaml", "parallel: {expert_placement_strategy: random}\n", "'linear' or 'round_robin'"),
+])
+def test_validate_bad_files_exit_2_without_traceback(cli, tmp_path, name, text, expect):
+    f = tmp_path / name
+    if text is not None:
+        f.write_text(text)
+    r = cli(["config", "validate", str(f)])
+    assert r.exit_code == 2
+    assert expect in r.output
+    assert "Traceback" not in r.output
+
+
+def test_validate_flag_error_names_the_flag(cli, tmp_path):
+    f = write(tmp_path / "c.yaml", "model: {num_layers: 4}\n")
+    r = cli(["config", "validate", str(f), "-pp", "8"])
+    assert r.exit_code == 2
+    assert "parallel.pipeline_parallel_size=8 (from --pipeline-parallel-size)" in r.output
+
+
+@pytest.mark.parametrize("suffix, parse", [(".yaml", yaml.safe_load), (".json", json.loads)])
+def test_validate_show_prints_resolved_config_in_file_format(cli, tmp_path, suffix, parse):
+    f = write(tmp_path / f"c{suffix}", json.dumps({"parallel": {"data_parallel_size": 2}}))
+    r = cli(["config", "validate", str(f), "--show", "-tp", "2"])
+    assert r.exit_code == 0, r.output
+    shown = parse(r.stdout)
+    assert shown["parallel"]["tensor_parallel_size"] == 2  # the flag
+    assert shown["parallel"]["data_parallel_size"] == 2  # the file
+    assert shown["cluster"]["devices_per_node"] == 4  # derived default
+    assert shown["model"]["num_layers"] == 4  # built-in default
+
+
+def test_schema_accepts_every_profile_and_rejects_broken(cli):
+    r = cli(["config", "schema"])
+    assert r.exit_code == 0
+    schema = json.loads(r.stdout)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert "tensor_parallel_size" in schema["$defs"]["ParallelConfig"]["properties"]
+    desc = schema["$defs"]["ParallelConfig"]["properties"]["tensor_parallel_size"]["description"]
+    assert "Example:" in desc
+    for name in profile_names():
+        data = load_profile(name).model_dump(mode="json")
+        validator.validate(data)
+    broken = {"parallel": {"tensor_parallel_size": 0, "expert_placement_strategy": "random"},
+              "extra": 1}
+    errors = list(validator.iter_errors(broken))
+    assert len(errors) >= 2
+    with pytest.raises(Exception, match="tensor_parallel_size"):
+        from pypto_serving.core.loader import parse_config
+
+        parse_config(broken)
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "toml", "json"])
+def test_init_round_trips_and_refuses_to_overwrite(cli, tmp_path, fmt):
+    out = tmp_path / f"serving.{fmt}"
+    r = cli(["config", "init", "--profile", "cpu-demo", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    if fmt != "json":
+        assert "# Independent serving replicas (DP)" in text  # descriptions as comments
+    cfg = load_config(out)
+    assert cfg == load_profile("cpu-demo")
+    again = tmp_path / f"again.{fmt}"
+    again.write_text(cli(["config", "validate", str(out), "--show"]).stdout)
+    assert load_config(again) == cfg  # load -> dump -> load
+    before = out.read_text()
+    r = cli(["config", "init", "-o", str(out)])
+    assert r.exit_code == 2 and "--force" in r.output
+    assert out.read_text() == before
+    assert cli(["config", "init", "-o", str(out), "--force"]).exit_code == 0
+
+
+def test_init_unknown_profile_and_format(cli, tmp_path):
+    r = cli(["config", "init", "--profile", "nope"])
+    assert r.exit_code == 2 and "unknown profile 'nope'" in r.output
+    r = cli(["config", "init", "--format", "xml"])
+    assert r.exit_code == 2 and "--format 'xml'" in r.output
+
+
+def test_every_profile_validates_through_the_cli(cli, repo_root):
+    for name in profile_names():
+        path = repo_root / "profiles" / f"{name}.yaml"
+        assert read_mapping(path)
+        r = cli(["config", "validate", str(path)])
+        assert r.exit_code == 0, (name, r.output)
