@@ -17,8 +17,9 @@ def profiles() -> None:
 
     Example: pypto profiles
     """
-    from rich.console import Console
     from rich.table import Table
+
+    from .console import make_console
 
     table = Table(title="Serving profiles (--profile)")
     for col in ("name", "world", "layout", "nodes x devices", "platform", "model"):
@@ -41,6 +42,6 @@ def profiles() -> None:
             models.add_row(name, str(m.num_layers), str(m.hidden_size),
                            f"{m.num_attention_heads} / {m.num_kv_heads}", experts,
                            str(m.vocab_size))
-    console = Console()
+    console = make_console()
     console.print(table)
     console.print(models)

@@ -61,13 +61,10 @@ def show(
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return
-    from rich.console import Console
-
     from . import topo_render
+    from .console import make_console
 
-    console = Console(record=svg is not None)
-    if not console.is_terminal:
-        console.width = max(console.width, 160)  # piped: keep every column whole
+    console = make_console(record=svg is not None)
     console.print(doc["summary"])
     if draw_map or svg is not None:
         console.print(topo_render.layout_map(topo))
