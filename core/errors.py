@@ -32,7 +32,7 @@ class ConfigError(ValueError):
         super().__init__(self.render())
 
     def render(self) -> str:
-        head = f"invalid config {self.source}" if self.source else "invalid config"
+        head = f"invalid config from {self.source}" if self.source else "invalid config"
         n = len(self.issues)
         lines = [f"{head}: {n} problem{'s' if n != 1 else ''}"]
         lines += [f"  - {issue}" for issue in self.issues]
