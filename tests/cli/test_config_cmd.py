@@ -31,7 +31,8 @@ def test_validate_reports_every_problem_at_once(cli, tmp_path):
     r = cli(["config", "validate", str(f)])
     assert r.exit_code == 2
     assert "2 problems" in r.output
-    assert "parallel.tensor_parallel_size=3: model.num_attention_heads=8 is not divisible by 3" in r.output
+    assert ("parallel.tensor_parallel_size=3: model.num_attention_heads=8 is not divisible by 3"
+            in r.output)
     assert "use 1, 2, 4 or 8" in r.output
     assert "parallel.pipeline_parallel_size=9" in r.output and "use at most 4" in r.output
     assert "Traceback" not in r.output
