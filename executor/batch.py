@@ -1,0 +1,105 @@
+"""What a scheduler hands a runner for one step, and what it gets back.
+
+Every rank of a replica receives the same batch (its scheduler's decision); block ids are
+the replica's and valid on every one of its ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .kv_cache import slot_mapping
+from .model import AttentionMetadata
+
+
+@dataclass
+class PrefillBatch:
+    """Prompts to prefill: `token_ids[i]` go to positions start_positions[i]... of seq i."""
+
+    token_ids: list[list[int]]
+    block_tables: list[list[int]]
+    start_positions: list[int] | None = None
+    """Tokens of each sequence already in the cache (a prefix hit or an earlier chunk)."""
+
+
+@dataclass
+class DecodeBatch:
+    """One new token per sequence, at `positions[i]` (the sequence's length before it)."""
+
+    token_ids: list[int]
+    positions: list[int]
+    block_tables: list[list[int]]
+
+
+@dataclass
+class StepOutput:
+    """Last-token logits [seqs, vocab] (last PP stage only) and greedy next tokens (all ranks)."""
+
+    logits: torch.Tensor | None
+    next_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepInput:
+    """A batch flattened for the model: tokens [T], metadata, last-token row of each seq."""
+
+    tokens: torch.Tensor
+    meta: AttentionMetadata
+    last_rows: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def num_seqs(self) -> int:
+        return self.last_rows.shape[0]
+
+
+def build_step(
+    batch: PrefillBatch | DecodeBatch | None, block_size: int, device: torch.device,
+    use_cache: bool = True,
+) -> StepInput:
+    """Flatten a batch; `None` is the dummy step (one token at position 0, no cache)."""
+    if batch is None:
+        return _flatten([[0]], [0], None, block_size, device)
+    if isinstance(batch, DecodeBatch):
+        seqs = [[t] for t in batch.token_ids]
+        starts = list(batch.positions)
+    else:
+        seqs = batch.token_ids
+        starts = batch.start_positions or [0] * len(seqs)
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise ValueError("a batch needs at least one sequence and one token per sequence")
+    return _flatten(seqs, starts, batch.block_tables if use_cache else None, block_size, device)
+
+
+def _flatten(seqs, starts, block_tables, block_size, device) -> StepInput:
+    tokens, positions, slices, lens, slots, last = [], [], [], [], [], []
+    offset = 0
+    for i, (toks, start) in enumerate(zip(seqs, starts, strict=True)):
+        pos = list(range(start, start + len(toks)))
+        tokens += toks
+        positions += pos
+        slices.append(slice(offset, offset + len(toks)))
+        lens.append(start + len(toks))
+        if block_tables is not None:
+            slots.append(slot_mapping(block_tables[i], pos, block_size, device))
+        offset += len(toks)
+        last.append(offset - 1)
+    if block_tables is None and any(starts):
+        raise ValueError("without a KV cache every sequence must start at position 0")
+    meta = AttentionMetadata(
+        positions=torch.tensor(positions, dtype=torch.long, device=device),
+        seq_slices=slices,
+        context_lens=lens,
+        slots=torch.cat(slots) if block_tables is not None else None,
+        block_tables=block_tables,
+    )
+    return StepInput(
+        tokens=torch.tensor(tokens, dtype=torch.long, device=device),
+        meta=meta,
+        last_rows=torch.tensor(last, dtype=torch.long, device=device),
+    )

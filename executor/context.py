@@ -1,0 +1,118 @@
+"""ParallelContext: the group metadata a model runner receives, and nothing else.
+
+Everything here is read from core's Topology / RankInfo (coordinates, layers, heads, KV
+heads, experts, vocabulary shard) plus this rank's group coordinators. Runners shard,
+prune and route by it; they compute no layout of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.config import ModelSpec, ServingConfig
+from ..core.placement import ExpertPlacement, split_evenly
+from ..core.topology import KVCacheShard, RankInfo, Topology
+from .comm import GroupCoordinator
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """One rank's place in the layout: what it holds and whom it talks to."""
+
+    config: ServingConfig
+    rank_info: RankInfo
+    device: torch.device
+    tp: GroupCoordinator
+    pp: GroupCoordinator
+    dp: GroupCoordinator
+    world: GroupCoordinator
+    ep: GroupCoordinator | None
+    expert_placement: ExpertPlacement | None
+    mlp_columns: range
+    """This TP rank's slice of the SwiGLU width (dense MLP and, without EP, each expert)."""
+    tp_vocab_shards: tuple[range, ...]
+    """Vocabulary rows of every TP rank of this group, in TP order (for the logits gather)."""
+
+    @classmethod
+    def build(
+        cls, topology: Topology, rank: int, groups: dict[str, GroupCoordinator],
+        device: torch.device,
+    ) -> ParallelContext:
+        info = topology.rank_info(rank)
+        m, tp = topology.config.model, groups["tp"]
+        # RankInfo has no MLP column shard yet; core's even split (intermediate_size is
+        # validated divisible by TP) is the rule, applied here once.
+        mlp = split_evenly(m.intermediate_size, tp.world_size)[tp.rank_in_group]
+        return cls(
+            config=topology.config,
+            rank_info=info,
+            device=device,
+            tp=tp,
+            pp=groups["pp"],
+            dp=groups["dp"],
+            world=groups["world"],
+            ep=groups.get("ep"),
+            expert_placement=topology.expert_placement,
+            mlp_columns=mlp,
+            tp_vocab_shards=tuple(topology.rank_info(r).vocab for r in tp.ranks),
+        )
+
+    @property
+    def model(self) -> ModelSpec:
+        return self.config.model
+
+    @property
+    def rank(self) -> int:
+        return self.rank_info.rank
+
+    @property
+    def layers(self) -> range:
+        return self.rank_info.layers
+
+    @property
+    def attention_heads(self) -> range:
+        return self.rank_info.attention_heads
+
+    @property
+    def kv_heads(self) -> range:
+        return self.rank_info.kv_cache.kv_heads
+
+    @property
+    def kv_cache(self) -> KVCacheShard:
+        return self.rank_info.kv_cache
+
+    @property
+    def experts(self) -> tuple[int, ...]:
+        return self.rank_info.experts
+
+    @property
+    def vocab(self) -> range:
+        return self.rank_info.vocab
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.rank_info.is_first_stage
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.rank_info.is_last_stage
+
+    @property
+    def expert_parallel(self) -> bool:
+        return self.ep is not None
+
+    @property
+    def kv_block_size(self) -> int:
+        return self.config.serve.kv_block_size
+
+    def describe(self) -> str:
+        r = self.rank_info
+        return (f"rank {r.rank} (dp {r.dp}, pp {r.pp}, tp {r.tp}, ep {r.ep}) layers "
+                f"{_span(r.layers)} heads {_span(r.attention_heads)} kv heads "
+                f"{_span(self.kv_heads)} experts {list(r.experts)} vocab {_span(r.vocab)}")
+
+
+def _span(r: range) -> str:
+    return f"[{r.start}, {r.stop})"

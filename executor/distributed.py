@@ -1,0 +1,260 @@
+"""Process groups from the resolved topology, and the accessors the model code uses.
+
+`init_distributed()` is what a worker calls first: it reads the launcher's environment
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, PYPTO_CONFIG), initializes
+torch.distributed with the platform's backend (gloo on CPU, NCCL on CUDA, HCCL with
+torch_npu) and creates one process group per group core resolved. `init_model_parallel`
+is the one place groups are created: every rank walks `topology.group_kinds` and
+`topology.groups(kind)` in the same order, as torch requires of `new_group`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..core.config import ServingConfig
+from ..core.loader import load_config
+from ..core.topology import GroupInfo, Topology, resolve_topology
+from .comm import GroupCoordinator
+from .context import ParallelContext
+from .errors import GroupsNotInitializedError, LaunchEnvError, PlatformUnavailableError
+
+BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+DEFAULT_TIMEOUT_S = 300.0
+"""How long a collective waits for a peer before failing (PYPTO_COMM_TIMEOUT_S overrides)."""
+
+
+@dataclass
+class _State:
+    topology: Topology
+    rank: int
+    device: torch.device
+    platform: str
+    groups: dict[str, GroupCoordinator] = field(default_factory=dict)
+    context: ParallelContext | None = None
+
+
+_state: _State | None = None
+
+
+# --- environment and backend ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """What the launcher (or torchrun) tells a worker about itself."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    config_path: str | None
+
+
+def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
+    env = os.environ if environ is None else environ
+    values = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        raw = env.get(name)
+        if raw is None:
+            raise LaunchEnvError(
+                f"{name} is not set: this script is a worker; start it with "
+                "`pypto launch --config FILE script.py` (or torchrun with PYPTO_CONFIG exported)"
+            )
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise LaunchEnvError(f"{name}={raw!r} is not an integer") from None
+    return LaunchEnv(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"],
+                     env.get("PYPTO_CONFIG"))
+
+
+def resolve_platform(platform: str) -> str:
+    """'auto' -> cuda, then npu, then cpu, whichever this machine has; others are checked."""
+    if platform == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "npu" if _npu_available() else "cpu"
+    if platform == "cuda" and not torch.cuda.is_available():
+        raise PlatformUnavailableError(
+            "cluster.platform='cuda' but torch sees no CUDA device here; set "
+            "cluster.platform to 'cpu' (gloo) or 'auto'")
+    if platform == "npu" and not _npu_available():
+        raise PlatformUnavailableError(
+            "cluster.platform='npu' but torch_npu is not importable or sees no NPU; set "
+            "cluster.platform to 'cpu' (gloo) or 'auto'")
+    return platform
+
+
+def _npu_available() -> bool:
+    try:
+        import torch_npu  # noqa: F401
+    except ImportError:
+        return False
+    return bool(getattr(torch, "npu", None) and torch.npu.is_available())
+
+
+def _device_for(platform: str, local_rank: int) -> torch.device:
+    if platform == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if platform == "npu":
+        torch.npu.set_device(local_rank)
+        return torch.device("npu", local_rank)
+    return torch.device("cpu")
+
+
+def _timeout() -> timedelta:
+    raw = os.environ.get("PYPTO_COMM_TIMEOUT_S")
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise LaunchEnvError(f"PYPTO_COMM_TIMEOUT_S={raw!r} is not a number of seconds") from None
+    return timedelta(seconds=seconds)
+
+
+# --- initialization --------------------------------------------------------------------------
+
+def init_distributed(config: ServingConfig | None = None) -> ParallelContext:
+    """Join the launched world and create every group of the config's layout.
+
+    `config` defaults to the file named by PYPTO_CONFIG. Returns this rank's
+    ParallelContext (also reachable later through `get_parallel_context()`).
+    """
+    env = read_launch_env()
+    if config is None:
+        if not env.config_path:
+            raise LaunchEnvError(
+                "PYPTO_CONFIG is not set: `pypto launch` sets it to the resolved config; with "
+                "torchrun, export PYPTO_CONFIG=path/to/config.json")
+        config = load_config(env.config_path)
+    topology = resolve_topology(config)
+    if env.world_size != topology.world_size:
+        p = config.parallel
+        raise LaunchEnvError(
+            f"WORLD_SIZE={env.world_size} but the config's layout DP {p.data_parallel_size} x "
+            f"PP {p.pipeline_parallel_size} x TP {p.tensor_parallel_size} needs "
+            f"{topology.world_size} ranks; launch it with `pypto launch` (which starts the "
+            "right number) or fix the parallel sizes")
+    platform = resolve_platform(config.cluster.platform)
+    device = _device_for(platform, env.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            BACKENDS[platform], rank=env.rank, world_size=env.world_size, timeout=_timeout(),
+        )
+    return init_model_parallel(topology, device=device, platform=platform)
+
+
+def init_model_parallel(
+    topology: Topology, device: torch.device | None = None, platform: str | None = None
+) -> ParallelContext:
+    """Create one process group per resolved group of `topology`; replaces earlier groups.
+
+    Needs torch.distributed initialized over `topology.world_size` ranks. Every rank must
+    call this with the same topology: all of them create every group, in core's order.
+    """
+    global _state
+    if not dist.is_initialized():
+        raise GroupsNotInitializedError("world")
+    rank = dist.get_rank()
+    if dist.get_world_size() != topology.world_size:
+        raise LaunchEnvError(f"the world has {dist.get_world_size()} ranks but this layout "
+                             f"needs {topology.world_size}")
+    if device is None or platform is None:
+        old = _state
+        device = device or (old.device if old else torch.device("cpu"))
+        platform = platform or (old.platform if old else "cpu")
+    _destroy_groups()
+    state = _State(topology=topology, rank=rank, device=device, platform=platform)
+    for kind in topology.group_kinds:
+        for info in topology.groups(kind):
+            group = _new_group(info)
+            if rank in info.ranks:
+                state.groups[kind] = GroupCoordinator(info, rank, group, device)
+    state.context = ParallelContext.build(topology, rank, state.groups, device)
+    _state = state
+    return state.context
+
+
+def _new_group(info: GroupInfo):
+    if info.kind == "world":
+        return dist.group.WORLD
+    return dist.new_group(list(info.ranks))
+
+
+def _destroy_groups() -> None:
+    global _state
+    if _state is None:
+        return
+    for coordinator in _state.groups.values():
+        pg = coordinator.process_group
+        if pg is not None and pg is not dist.group.WORLD and coordinator.rank in coordinator.ranks:
+            dist.destroy_process_group(pg)
+    _state = None
+
+
+def destroy_distributed() -> None:
+    """Tear down every group and the world (end of a worker)."""
+    _destroy_groups()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    return _state is not None
+
+
+# --- accessors --------------------------------------------------------------------------------
+
+def get_group(kind: str) -> GroupCoordinator:
+    """This rank's group of `kind`; a clear error before init or when the layout has none."""
+    if _state is None:
+        raise GroupsNotInitializedError(kind)
+    try:
+        return _state.groups[kind]
+    except KeyError:
+        # core knows why a kind is missing (EP on a dense model, EP off) and says so
+        _state.topology.group(kind, _state.rank)
+        raise
+
+
+def get_tp_group() -> GroupCoordinator:
+    return get_group("tp")
+
+
+def get_pp_group() -> GroupCoordinator:
+    return get_group("pp")
+
+
+def get_dp_group() -> GroupCoordinator:
+    return get_group("dp")
+
+
+def get_ep_group() -> GroupCoordinator:
+    return get_group("ep")
+
+
+def get_world_group() -> GroupCoordinator:
+    return get_group("world")
+
+
+def get_parallel_context() -> ParallelContext:
+    if _state is None or _state.context is None:
+        raise GroupsNotInitializedError("world")
+    return _state.context
+
+
+def comm_stats() -> dict[str, dict]:
+    """Calls and bytes per op of every group of this rank, by group kind."""
+    if _state is None:
+        raise GroupsNotInitializedError("world")
+    return {kind: g.stats.to_dict() for kind, g in _state.groups.items()}
+
+
+def reset_comm_stats() -> None:
+    if _state is not None:
+        for g in _state.groups.values():
+            g.stats.reset()

@@ -1,0 +1,134 @@
+"""Expert parallelism applied from outside: whole experts placed by core, tokens moved to them.
+
+Each EP rank keeps the whole experts core's placement gives it (`RankInfo.experts`, linear
+or round_robin). The router stays replicated. Inside a TP group the activations are
+replicated, so each TP rank dispatches only its slice of the tokens and the slices are
+put back together with one all_reduce over TP after the combine.
+
+Backends (`parallel.all2all_backend`):
+- `pypto_default`: rows go to their experts' owners with a variable-size all_to_all and
+  come back with the reverse one; routing weights are applied at the source.
+- `allgather_reducescatter`: every rank gathers all tokens (padded to the largest count),
+  applies its experts, and a reduce_scatter returns each rank the sum for its own tokens.
+Every EP rank must enter every MoE layer, with or without tokens (see runner.run_dummy).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core.placement import split_evenly
+from .comm import GroupCoordinator
+from .context import ParallelContext
+from .model import MoE, Transformer, route
+
+
+def apply_ep(model: Transformer, ctx: ParallelContext) -> Transformer:
+    """Replace every MoE layer by its expert-parallel form holding this rank's experts."""
+    if not ctx.expert_parallel:
+        return model
+    for block in model.layers:
+        if isinstance(block.ffn, MoE):
+            block.ffn = ExpertParallelMoE(block.ffn, ctx, layer_id=block.layer_id)
+    return model
+
+
+class ExpertParallelMoE(nn.Module):
+    """A MoE layer whose experts live on the EP group per core's placement."""
+
+    def __init__(self, moe: MoE, ctx: ParallelContext, layer_id: int):
+        super().__init__()
+        placement = ctx.expert_placement
+        self.layer_id = layer_id
+        self.top_k = moe.top_k
+        self.gate = moe.gate
+        self.local_ids = tuple(ctx.experts)
+        self.experts = nn.ModuleDict({str(e): moe.experts[e] for e in self.local_ids})
+        self.ep: GroupCoordinator = ctx.ep
+        self.tp: GroupCoordinator = ctx.tp
+        self.backend = ctx.config.parallel.all2all_backend
+        self.register_buffer("owner", torch.tensor(
+            [placement.owner_of(e) for e in range(placement.num_experts)], dtype=torch.long,
+            device=ctx.device), persistent=False)
+        self.trace: list[dict] | None = None
+        """Set to a list to record, per call, which (source EP rank, token) rows each local
+        expert processed: the proof that a routed token reaches its expert exactly once."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = split_evenly(x.shape[0], self.tp.world_size)[self.tp.rank_in_group]
+        xs = x[rows.start:rows.stop]
+        weights, ids = route(self.gate, xs, self.top_k)
+        if self.backend == "allgather_reducescatter":
+            out = self._gather_scatter(xs, weights, ids)
+        else:
+            out = self._all_to_all(xs, weights, ids)
+        if self.tp.world_size == 1:
+            return out
+        full = torch.zeros_like(x)
+        full[rows.start:rows.stop] = out
+        return self.tp.all_reduce(full)
+
+    def _run_local(self, x: torch.Tensor, expert_ids: torch.Tensor, record) -> torch.Tensor:
+        """Apply each local expert to the rows routed to it (rows in x, ids per row)."""
+        out = torch.zeros_like(x)
+        for e in self.local_ids:
+            (rows,) = torch.where(expert_ids == e)
+            if rows.numel():
+                out[rows] = self.experts[str(e)](x[rows])
+            if record is not None:
+                record[e] = rows.tolist()
+        return out
+
+    def _all_to_all(self, xs, weights, ids) -> torch.Tensor:
+        n, k = ids.shape
+        flat_ids = ids.reshape(-1)
+        token = torch.arange(n, device=xs.device).repeat_interleave(k)
+        dest = self.owner[flat_ids]
+        order = torch.argsort(dest, stable=True)
+        send_counts = torch.bincount(dest, minlength=self.ep.world_size).tolist()
+        recv_counts = self.ep.exchange_split_sizes(send_counts)
+        send_rows = xs[token[order]]
+        send_meta = torch.stack((flat_ids[order], token[order]), dim=1)
+        recv_rows = self.ep.all_to_all(send_rows, send_counts, recv_counts)
+        recv_meta = self.ep.all_to_all(send_meta, send_counts, recv_counts)
+        record = {} if self.trace is not None else None
+        results = self._run_local(recv_rows, recv_meta[:, 0], record)
+        if record is not None:
+            src = torch.repeat_interleave(
+                torch.arange(self.ep.world_size), torch.tensor(recv_counts)).tolist()
+            tok = recv_meta[:, 1].tolist()
+            self.trace.append({"layer": self.layer_id, "sent": n, "experts": {
+                e: [(src[r], tok[r]) for r in rows] for e, rows in record.items()}})
+        back = self.ep.all_to_all(results, recv_counts, send_counts)
+        out = torch.zeros_like(xs)
+        out.index_add_(0, token[order], back * weights.reshape(-1)[order, None])
+        return out
+
+    def _gather_scatter(self, xs, weights, ids) -> torch.Tensor:
+        n, k = ids.shape
+        ep = self.ep
+        counts = ep.all_gather(torch.tensor([n], dtype=torch.long, device=xs.device)).tolist()
+        width = max(counts)
+        pad = width - n
+        x_pad = torch.cat((xs, xs.new_zeros(pad, xs.shape[1])))
+        ids_pad = torch.cat((ids, ids.new_full((pad, k), -1)))
+        w_pad = torch.cat((weights, weights.new_zeros(pad, k)))
+        gx, gids, gw = ep.all_gather(x_pad), ep.all_gather(ids_pad), ep.all_gather(w_pad)
+        partial = torch.zeros_like(gx)
+        record = {} if self.trace is not None else None
+        for e in self.local_ids:
+            token, slot = torch.where(gids == e)
+            if token.numel():
+                y = self.experts[str(e)](gx[token]) * gw[token, slot, None]
+                partial.index_add_(0, token, y)
+            if record is not None:
+                record[e] = [(int(t) // width, int(t) % width) for t in token]
+        if record is not None:
+            self.trace.append({"layer": self.layer_id, "sent": n, "experts": record})
+        return ep.reduce_scatter(partial)[:n]
+
+
+def expert_modules(model: Transformer) -> list[ExpertParallelMoE]:
+    return [b.ffn for b in model.layers if isinstance(b.ffn, ExpertParallelMoE)]
+

@@ -1,0 +1,244 @@
+"""The reference decoder: a plain single-device torch module, dense or MoE, from a ModelSpec.
+
+Embedding, pre-norm blocks (RMSNorm, rotary attention with grouped-query heads, a SwiGLU MLP
+or top-k routed SwiGLU experts), final RMSNorm and LM head. It knows nothing of parallelism:
+tp.py, pp.py and ep.py reshape it from outside. The few attributes they rewrite (which
+heads / KV heads an attention holds, which layers remain) are plain data here, so a sharded
+module is the same function on its share of the weights.
+
+Weights are random from a fixed seed, drawn on the CPU in parameter order, so every rank
+builds bit-identical full weights and slices its share from them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.config import ModelSpec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class AttentionMetadata:
+    """Where each sequence's new tokens sit in a flat batch, and where their KV lives.
+
+    `seq_slices[i]` is the slice of the flat token batch that belongs to sequence i;
+    `context_lens[i]` its length after this step (cached + new tokens). With a KV cache,
+    `slots` are the flat cache slots of the new tokens and `block_tables[i]` the blocks of
+    sequence i. With no cache every sequence's new tokens are its whole context.
+    """
+
+    positions: torch.Tensor
+    seq_slices: list[slice]
+    context_lens: list[int]
+    slots: torch.Tensor | None = None
+    block_tables: list[list[int]] | None = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (half-split form) with a precomputed cos/sin table."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+        super().__init__()
+        half = head_dim // 2
+        freqs = 1.0 / theta ** (torch.arange(half, dtype=torch.float64) / half)
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), freqs)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: [tokens, heads, head_dim]."""
+        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention over the heads in `head_ids` and KV heads in `kv_head_ids`."""
+
+    def __init__(self, spec: ModelSpec, rotary: Rotary):
+        super().__init__()
+        d, h, kv = spec.head_dim, spec.num_attention_heads, spec.num_kv_heads
+        self.head_dim = d
+        self.queries_per_kv = h // kv
+        self.head_ids = range(h)
+        self.kv_head_ids = range(kv)
+        self.wq = nn.Linear(spec.hidden_size, h * d, bias=False)
+        self.wk = nn.Linear(spec.hidden_size, kv * d, bias=False)
+        self.wv = nn.Linear(spec.hidden_size, kv * d, bias=False)
+        self.wo = nn.Linear(h * d, spec.hidden_size, bias=False)
+        self.rotary = [rotary]  # shared table; a list keeps it out of this module's state
+
+    def kv_index(self, device: torch.device) -> torch.Tensor:
+        """For each held query head, the position of its KV head among the held KV heads."""
+        return torch.tensor(
+            [h // self.queries_per_kv - self.kv_head_ids.start for h in self.head_ids],
+            device=device,
+        )
+
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata, cache=None) -> torch.Tensor:
+        n, d = x.shape[0], self.head_dim
+        rotary = self.rotary[0]
+        q = rotary(self.wq(x).view(n, len(self.head_ids), d), meta.positions)
+        k = rotary(self.wk(x).view(n, len(self.kv_head_ids), d), meta.positions)
+        v = self.wv(x).view(n, len(self.kv_head_ids), d)
+        if cache is not None:
+            cache.write(meta.slots, k, v)
+        kv_index = self.kv_index(x.device)
+        out = torch.empty_like(q)
+        scale = 1.0 / math.sqrt(d)
+        for i, rows in enumerate(meta.seq_slices):
+            if cache is not None:
+                ks, vs = cache.read(meta.block_tables[i], meta.context_lens[i])
+            else:
+                ks, vs = k[rows], v[rows]
+            ks, vs = ks[:, kv_index], vs[:, kv_index]          # [ctx, heads, d]
+            scores = torch.einsum("thd,chd->htc", q[rows], ks) * scale
+            key_pos = torch.arange(ks.shape[0], device=x.device)
+            future = key_pos[None, :] > meta.positions[rows][:, None]
+            scores = scores.masked_fill(future[None], float("-inf"))
+            out[rows] = torch.einsum("htc,chd->thd", scores.softmax(-1), vs)
+        return self.wo(out.reshape(n, len(self.head_ids) * d))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.w1 = nn.Linear(hidden, intermediate, bias=False)
+        self.w3 = nn.Linear(hidden, intermediate, bias=False)
+        self.w2 = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def route(gate: nn.Linear, x: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing: (weights [tokens, k] renormalized to sum 1, expert ids [tokens, k])."""
+    probs = gate(x).float().softmax(-1)
+    weights, ids = probs.topk(top_k, dim=-1)
+    weights = weights / weights.sum(-1, keepdim=True)
+    return weights.to(x.dtype), ids
+
+
+class MoE(nn.Module):
+    """Top-k routed SwiGLU experts; every expert sees only the tokens routed to it."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.top_k = spec.experts_per_token
+        self.gate = nn.Linear(spec.hidden_size, spec.num_experts, bias=False)
+        self.experts = nn.ModuleList(
+            FeedForward(spec.hidden_size, spec.intermediate_size) for _ in range(spec.num_experts)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, ids = route(self.gate, x, self.top_k)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(ids == e)
+            if token.numel():
+                out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_id: int, rotary: Rotary):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention_norm = RMSNorm(spec.hidden_size)
+        self.attention = Attention(spec, rotary)
+        self.ffn_norm = RMSNorm(spec.hidden_size)
+        self.ffn = MoE(spec) if spec.is_moe else FeedForward(spec.hidden_size,
+                                                              spec.intermediate_size)
+
+    def forward(self, h: torch.Tensor, meta: AttentionMetadata, kv_cache=None) -> torch.Tensor:
+        cache = kv_cache.layer(self.layer_id) if kv_cache is not None else None
+        h = h + self.attention(self.attention_norm(h), meta, cache)
+        return h + self.ffn(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """The decoder. `embed`, `run_layers` and `head` are the pieces a pipeline stage runs."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.rotary = Rotary(spec.head_dim, spec.max_seq_len, spec.rope_theta)
+        self.tok_embeddings: nn.Module | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(Block(spec, i, self.rotary) for i in range(spec.num_layers))
+        self.norm: nn.Module | None = RMSNorm(spec.hidden_size)
+        self.output: nn.Module | None = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tok_embeddings(tokens)
+
+    def run_layers(self, h: torch.Tensor, meta: AttentionMetadata, kv_cache=None) -> torch.Tensor:
+        for block in self.layers:
+            h = block(h, meta, kv_cache)
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.output(self.norm(h))
+
+    def forward(self, tokens: torch.Tensor, meta: AttentionMetadata, kv_cache=None):
+        """Logits of every token (single device, whole model)."""
+        return self.head(self.run_layers(self.embed(tokens), meta, kv_cache))
+
+
+@torch.no_grad()
+def init_weights(model: Transformer, seed: int) -> Transformer:
+    """Fill every parameter from one CPU generator, in parameter order (same on every rank).
+
+    Linear weights ~ N(0, 1/fan_in), embeddings ~ N(0, 1), norm weights ~ 1 + N(0, 0.1^2):
+    activations stay O(1) at any width, and logits differ enough for stable greedy tokens.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if name.endswith("norm.weight"):
+            value = 1.0 + 0.1 * noise
+        elif "tok_embeddings" in name:
+            value = noise
+        else:
+            value = noise / math.sqrt(p.shape[-1])
+        p.copy_(value.to(p.dtype))
+    return model
+
+
+def build_reference_model(
+    spec: ModelSpec, seed: int = 0, device: torch.device | str = "cpu"
+) -> Transformer:
+    """The full model with seeded random weights, in the spec's dtype, on `device`."""
+    model = init_weights(Transformer(spec), seed)
+    return model.to(device=device, dtype=DTYPES[spec.dtype]).eval()
+
+
+def sequence_metadata(lengths: list[int], device: torch.device | str = "cpu") -> AttentionMetadata:
+    """Metadata for whole sequences run from position 0 with no cache (the reference path)."""
+    slices, positions, start = [], [], 0
+    for n in lengths:
+        slices.append(slice(start, start + n))
+        positions.append(torch.arange(n))
+        start += n
+    return AttentionMetadata(
+        positions=torch.cat(positions).to(device), seq_slices=slices, context_lens=list(lengths)
+    )
