@@ -10,6 +10,7 @@ more entry in `dims` and one more entry in `GROUP_KINDS`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # Which dimensions each group kind spans. EP spans DP x TP within one pipeline stage.
@@ -152,6 +153,24 @@ class Layout:
         for s in starts:
             out.extend(range(s, s + n * step, step))
         return tuple(out)
+
+    def iter_group_ranks(self, kind: str) -> Iterator[tuple[int, ...]]:
+        """Members of every group of this kind, by index: `group_ranks` for each index, but
+        with the shared offsets computed once (what enumerating a big world spends on)."""
+        plan = self._plan(kind)
+        offsets = [0]
+        for size, stride in plan.spanned:
+            offsets = [o + i * stride for o in offsets for i in range(size)]
+        bases = [0]
+        for size, stride in plan.fixed:
+            bases = [b + i * stride for b in bases for i in range(size)]
+        if len(plan.spanned) == 1:
+            ((n, step),) = plan.spanned
+            for base in bases:
+                yield tuple(range(base, base + n * step, step))
+        else:
+            for base in bases:
+                yield tuple(map(base.__add__, offsets))
 
     def group_of(self, kind: str, rank: int) -> tuple[int, ...]:
         return self.group_ranks(kind, self.group_index(kind, rank))

@@ -207,8 +207,9 @@ class Topology:
 
     def groups(self, kind: str) -> Iterator[GroupInfo]:
         """Every group of `kind`, by index: the order in which all ranks must create them."""
-        for index in range(self.num_groups(kind)):
-            yield GroupInfo(kind, index, self.layout.group_ranks(kind, index))
+        self._check_kind(kind)
+        for index, ranks in enumerate(self.layout.iter_group_ranks(kind)):
+            yield GroupInfo(kind, index, ranks)
 
     def ranks(self, start: int = 0, stop: int | None = None) -> Iterator[RankInfo]:
         stop = self.world_size if stop is None else min(stop, self.world_size)
