@@ -164,7 +164,10 @@ class Layout:
         bases = [0]
         for size, stride in plan.fixed:
             bases = [b + i * stride for b in bases for i in range(size)]
-        if len(plan.spanned) == 1:
+        if len(offsets) == 1:  # a dimension of size 1 (PP 1, say): one rank per group
+            for base in bases:
+                yield (base,)
+        elif len(plan.spanned) == 1:
             ((n, step),) = plan.spanned
             for base in bases:
                 yield tuple(range(base, base + n * step, step))
