@@ -66,7 +66,7 @@ def run_case(case: dict, ctx) -> dict:
     except GroupUnavailableError as e:
         result["ep_error"] = str(e)
     if info.is_last_stage and prompts:
-        ref_model = build_reference_model(ctx.model, seed=case.get("seed", 0))
+        ref_model = build_reference_model(ctx.model, seed=case.get("ref_seed", 0))
         ref = reference_generate(ref_model, prompts, steps)
         result["ref_tokens"] = ref.tokens
         result["max_rel_err"] = [
@@ -74,6 +74,39 @@ def run_case(case: dict, ctx) -> dict:
             for got, want in zip(gen.logits, ref.logits, strict=True)
         ]
     return result
+
+
+def check_collectives(ctx) -> dict:
+    """Every helper of every group, on values that name their sender; stats per group."""
+    distributed.reset_comm_stats()
+    out = {}
+    for kind in ("tp", "pp", "dp", "ep", "world"):
+        g = distributed.get_group(kind) if kind != "ep" or ctx.ep else None
+        if g is None:
+            continue
+        me = float(ctx.rank)
+        rec = {
+            "ranks": list(g.ranks), "rank_in_group": g.rank_in_group,
+            "world_size": g.world_size, "is_first_rank": g.is_first_rank,
+            "is_last_rank": g.is_last_rank, "prev_rank": g.prev_rank, "next_rank": g.next_rank,
+            "all_reduce": g.all_reduce(torch.tensor([me])).tolist(),
+            "all_gather": g.all_gather(torch.tensor([me])).tolist(),
+            "reduce_scatter": g.reduce_scatter(
+                torch.arange(g.world_size, dtype=torch.float32) + me).tolist(),
+            "all_to_all": g.all_to_all(torch.full((g.world_size,), me)).tolist(),
+            # member i sends i+1 rows to every member: variable sizes, exchanged first
+            "all_to_all_v": g.all_to_all(
+                torch.full(((g.rank_in_group + 1) * g.world_size,), me),
+                [g.rank_in_group + 1] * g.world_size).tolist(),
+            "broadcast": g.broadcast(torch.tensor([me]), src=g.last_rank).tolist(),
+        }
+        if g.next_rank is not None:
+            g.send(torch.tensor([me]))
+        if g.prev_rank is not None:
+            rec["recv"] = g.recv((1,), torch.float32).tolist()
+        out[kind] = rec
+    out["stats"] = distributed.comm_stats()
+    return out
 
 
 def main(cases_path: str, out_dir: str) -> None:
@@ -86,6 +119,8 @@ def main(cases_path: str, out_dir: str) -> None:
         if config != ctx.config:
             ctx = distributed.init_model_parallel(resolve_topology(config))
         results[case["name"]] = run_case(case, ctx)
+        if case.get("collectives"):
+            results[case["name"]]["collectives"] = check_collectives(ctx)
         ctx.world.barrier()
     Path(out_dir, f"rank{ctx.rank}.json").write_text(json.dumps(results))
     distributed.destroy_distributed()
