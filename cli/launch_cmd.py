@@ -1,9 +1,117 @@
-"""`pypto launch` (filled in by the launcher issue)."""
+"""`pypto launch`: torchrun-style per-device workers (the launcher package does the work)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from .errors import fail, user_errors
+
+HELP = """Start one worker per local device running SCRIPT (or -m MODULE), supervise them, and
+leave nothing behind. torchrun's flags work the same; with --config/--profile the world
+comes from the config. Workers get torchrun's variables plus PYPTO_CONFIG and their
+PYPTO_DP/TP/PP/EP_RANK."""
+
+TORCHRUN = "torchrun flags"
+PYPTO = "pypto flags"
+
+
+def launch(
+    script: Annotated[str, typer.Argument(help="The script to run (a module with -m).",
+                                          show_default=False)],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments passed to the script.",
+                                                     show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config file: world size "
+                                                "and devices per node come from it.",
+                                                rich_help_panel=PYPTO)] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="A shipped profile (see "
+                                                "`pypto profiles`).", rich_help_panel=PYPTO)
+                       ] = None,
+    module: Annotated[bool, typer.Option("-m", "--module", help="SCRIPT is a module name, "
+                                         "run like python -m.", rich_help_panel=TORCHRUN)
+                      ] = False,
+    nnodes: Annotated[str | None, typer.Option("--nnodes", help="Number of nodes "
+                                               "(default 1, or the config's).",
+                                               rich_help_panel=TORCHRUN)] = None,
+    nproc_per_node: Annotated[str | None, typer.Option(
+        "--nproc-per-node", "--nproc_per_node", help="Workers on this node: a number, auto, "
+        "cpu or gpu (default 1, or the config's devices_per_node).",
+        rich_help_panel=TORCHRUN)] = None,
+    node_rank: Annotated[int, typer.Option("--node-rank", "--node_rank", min=0,
+                                           help="This node's rank.", rich_help_panel=TORCHRUN)
+                         ] = 0,
+    master_addr: Annotated[str | None, typer.Option(
+        "--master-addr", "--master_addr", help="Host of node 0 (default 127.0.0.1).",
+        rich_help_panel=TORCHRUN)] = None,
+    master_port: Annotated[int | None, typer.Option(
+        "--master-port", "--master_port", help="Port of node 0 (default 29500).",
+        rich_help_panel=TORCHRUN)] = None,
+    standalone: Annotated[bool, typer.Option("--standalone", help="One node on a free "
+                                             "local port.", rich_help_panel=TORCHRUN)] = False,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", "--max_restarts", min=0,
+                                              help="Restart the local group this many times "
+                                              "after a failure.", rich_help_panel=TORCHRUN)
+                            ] = 0,
+    run_id: Annotated[str, typer.Option("--run-id", "--run_id", help="Job id "
+                                        "(TORCHELASTIC_RUN_ID).", rich_help_panel=TORCHRUN)
+                      ] = "none",
+    log_dir: Annotated[Path | None, typer.Option("--log-dir", "--log_dir", help="Also write "
+                                                 "LOG_DIR/rank<N>.log per rank.",
+                                                 rich_help_panel=TORCHRUN)] = None,
+    redirects: Annotated[str | None, typer.Option(
+        "-r", "--redirects", help="Send streams to the log files only: 0 none, 1 stdout, "
+        "2 stderr, 3 both; or per local rank, e.g. 0:1,1:2.", rich_help_panel=TORCHRUN)] = None,
+    tee: Annotated[str | None, typer.Option(
+        "-t", "--tee", help="Streams also written to log files (same syntax as --redirects).",
+        rich_help_panel=TORCHRUN)] = None,
+    local_ranks_filter: Annotated[str | None, typer.Option(
+        "--local-ranks-filter", "--local_ranks_filter", help="Show only these local ranks "
+        "on the console, e.g. 0,2.", rich_help_panel=TORCHRUN)] = None,
+    platform: Annotated[str | None, typer.Option("--platform", help="cpu, cuda, npu or auto "
+                                                 "(default: the config's, else detected).",
+                                                 rich_help_panel=PYPTO)] = None,
+    device_bind: Annotated[str, typer.Option("--device-bind", help="local-rank: device = "
+                                             "LOCAL_RANK (torchrun); mask: one visible device "
+                                             "per worker.", rich_help_panel=PYPTO)
+                           ] = "local-rank",
+    cpu_bind: Annotated[bool, typer.Option("--cpu-bind", help="Pin each local rank to its own "
+                                           "share of the CPUs.", rich_help_panel=PYPTO)
+                        ] = False,
+    start_method: Annotated[str | None, typer.Option(
+        "--start-method", help="auto (fork from a torch-preloaded zygote where safe), fork or "
+        "spawn; env PYPTO_LAUNCH_START_METHOD.", rich_help_panel=PYPTO)] = None,
+    grace_period: Annotated[float, typer.Option("--grace-period", help="Seconds between "
+                                                "SIGTERM and SIGKILL when stopping workers.",
+                                                rich_help_panel=PYPTO)] = 5.0,
+    rdzv_timeout: Annotated[float, typer.Option("--rdzv-timeout", help="Seconds to wait for "
+                                                "the other nodes / the master.",
+                                                rich_help_panel=PYPTO)] = 60.0,
+) -> None:
+    from ..launcher import LaunchError, LaunchSpec
+    from ..launcher import launch as run_launch
+
+    spec = LaunchSpec(
+        target=script, args=list(args or []), module=module, config=config, profile=profile,
+        nnodes=nnodes, nproc_per_node=nproc_per_node, node_rank=node_rank,
+        master_addr=master_addr, master_port=master_port, standalone=standalone,
+        max_restarts=max_restarts, run_id=run_id, log_dir=log_dir, redirects=redirects,
+        tee=tee, local_ranks_filter=local_ranks_filter, platform=platform,
+        device_bind=device_bind, cpu_bind=cpu_bind, start_method=start_method,
+        grace_period=grace_period, rdzv_timeout=rdzv_timeout,
+    )
+    with user_errors():
+        try:
+            result = run_launch(spec, own_process=True)
+        except LaunchError as e:
+            raise fail(str(e), e.code) from None
+    raise typer.Exit(result.exit_code)
 
 
 def register(app: typer.Typer) -> None:
-    """Placeholder until the launcher lands; adds no command."""
+    """Add `pypto launch`; options stop at SCRIPT, everything after it goes to the script."""
+    app.command(
+        "launch", help=HELP, no_args_is_help=True,
+        context_settings={"allow_interspersed_args": False},
+    )(launch)

@@ -21,3 +21,7 @@ launch_cmd.register(app)
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,42 @@ def cli():
         return runner.invoke(app, args, **kw)
 
     return invoke
+
+
+# --- launching workers through `pypto launch` (owned by the launcher) ----------------------
+
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+def run_pypto_launch(args: list[str], timeout: float, env: dict[str, str] | None = None,
+                     cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m pypto_serving.cli.main launch ARGS` in a real subprocess and wait.
+
+    Returns the CompletedProcess (text stdout/stderr, captured). On timeout the launcher is
+    sent SIGINT (it stops its workers), then killed, and the test fails with its output.
+    Use --standalone or a free --master-port so parallel tests never share a port.
+    """
+    import sys
+
+    python = str(PYTHON) if PYTHON.exists() else sys.executable
+    proc = subprocess.Popen([python, "-m", "pypto_serving.cli.main", "launch", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"pypto launch {' '.join(args)} did not finish in {timeout}s\n"
+                    f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture
+def pypto_launch():
+    """The `run_pypto_launch` helper as a fixture: pypto_launch([...], timeout=60)."""
+    return run_pypto_launch

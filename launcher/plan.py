@@ -1,0 +1,313 @@
+"""LaunchSpec (what the user asked for) resolved into a Plan (what will run), once.
+
+All checks that can fail before a process exists live here: flags vs the config, device
+counts, ports, the script or module. Each raises LaunchError with a one-line fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .devices import DEVICE_BINDS, PLATFORMS, count_source, detect_platform, visible_devices
+from .errors import LaunchError
+from .target import Target, check_target
+
+if TYPE_CHECKING:
+    from ..core.config import ServingConfig
+    from ..core.topology import Topology
+
+START_METHODS = ("auto", "fork", "spawn")
+START_METHOD_ENV = "PYPTO_LAUNCH_START_METHOD"
+DEFAULT_MASTER_PORT = 29500
+STREAMS = {0: (False, False), 1: (True, False), 2: (False, True), 3: (True, True)}
+
+
+@dataclass
+class LaunchSpec:
+    """A launch request, field for field the flags of `pypto launch` (torchrun's names).
+
+    `config` is a resolved ServingConfig or a config file path; `profile` a shipped profile
+    name. With either, the world comes from the config and contradicting flags are errors.
+    None means "not given" (torchrun's defaults apply).
+    """
+
+    target: str
+    args: Sequence[str] = ()
+    module: bool = False
+    config: ServingConfig | str | Path | None = None
+    profile: str | None = None
+    nnodes: int | str | None = None
+    nproc_per_node: int | str | None = None
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+    standalone: bool = False
+    max_restarts: int = 0
+    run_id: str = "none"
+    log_dir: str | Path | None = None
+    redirects: str | None = None
+    tee: str | None = None
+    local_ranks_filter: str | Sequence[int] | None = None
+    platform: str | None = None
+    device_bind: str = "local-rank"
+    cpu_bind: bool = False
+    start_method: str | None = None
+    grace_period: float = 5.0
+    rdzv_timeout: float = 60.0
+    env: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated launch: the world, this node's share of it, and how to run and log it."""
+
+    target: Target
+    nnodes: int
+    nproc_per_node: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    max_restarts: int
+    run_id: str
+    platform: str
+    visible: tuple[str, ...]
+    device_bind: str
+    cpu_bind: bool
+    start_method: str
+    grace_period: float
+    rdzv_timeout: float
+    log_dir: Path | None
+    redirects: tuple[tuple[bool, bool], ...]
+    shown_ranks: frozenset[int] | None
+    base_env: Mapping[str, str]
+    config: ServingConfig | None = None
+    warnings: tuple[str, ...] = ()
+    cwd: str = field(default_factory=os.getcwd)
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    def global_rank(self, local_rank: int) -> int:
+        return self.node_rank * self.nproc_per_node + local_rank
+
+    def topology(self) -> Topology | None:
+        if self.config is None:
+            return None
+        from ..core.topology import resolve_topology
+
+        return resolve_topology(self.config)
+
+
+def make_plan(spec: LaunchSpec) -> Plan:
+    """Resolve and check `spec`; raise LaunchError (or core's ConfigError) on bad input."""
+    warnings: list[str] = []
+    cfg = _resolve_config(spec)
+    platform = _platform(spec, cfg)
+    nnodes = _nnodes(spec, cfg)
+    nproc = _nproc(spec, cfg, platform)
+    base_env = dict(os.environ if spec.env is None else spec.env)
+    visible = visible_devices(platform, base_env) if platform != "cpu" else []
+    _check_devices(platform, nproc, visible, warnings)
+    if not 0 <= spec.node_rank < nnodes:
+        raise LaunchError(f"--node-rank {spec.node_rank} is out of range for --nnodes {nnodes}; "
+                          f"use 0..{nnodes - 1}")
+    if spec.max_restarts < 0:
+        raise LaunchError(f"--max-restarts {spec.max_restarts} must be >= 0")
+    if spec.device_bind not in DEVICE_BINDS:
+        raise LaunchError(f"--device-bind {spec.device_bind!r} is not one of "
+                          f"{', '.join(DEVICE_BINDS)}")
+    if spec.grace_period < 0 or spec.rdzv_timeout <= 0:
+        raise LaunchError("--grace-period must be >= 0 and --rdzv-timeout > 0 (seconds)")
+    addr, port = _master(spec, nnodes)
+    target = check_target(spec.target, spec.module, list(spec.args))
+    log_dir = Path(spec.log_dir).resolve() if spec.log_dir is not None else None
+    redirects = _stream_map(spec.redirects, "--redirects", nproc)
+    tee = _stream_map(spec.tee, "--tee", nproc)
+    if log_dir is None and any(r != (False, False) for r in (*redirects, *tee)):
+        log_dir = Path(tempfile.mkdtemp(prefix="pypto-launch-logs-"))
+        warnings.append(f"--redirects/--tee without --log-dir: worker logs go to {log_dir}")
+    return Plan(
+        target=target, nnodes=nnodes, nproc_per_node=nproc, node_rank=spec.node_rank,
+        master_addr=addr, master_port=port, max_restarts=spec.max_restarts,
+        run_id=spec.run_id, platform=platform, visible=tuple(visible),
+        device_bind=spec.device_bind, cpu_bind=spec.cpu_bind,
+        start_method=_start_method(spec, base_env), grace_period=spec.grace_period,
+        rdzv_timeout=spec.rdzv_timeout, log_dir=log_dir, redirects=redirects,
+        shown_ranks=_ranks_filter(spec.local_ranks_filter, nproc), base_env=base_env,
+        config=cfg, warnings=tuple(warnings),
+    )
+
+
+def _resolve_config(spec: LaunchSpec) -> ServingConfig | None:
+    if spec.config is None and spec.profile is None:
+        return None
+    from ..core.config import ServingConfig
+    from ..core.loader import resolve_config
+
+    if isinstance(spec.config, ServingConfig):
+        if spec.profile is not None:
+            raise LaunchError("give either a ServingConfig or a profile, not both")
+        return spec.config
+    return resolve_config(path=spec.config, profile=spec.profile)
+
+
+def _config_name(spec: LaunchSpec) -> str:
+    if spec.config is not None and not hasattr(spec.config, "cluster"):
+        return f"config {spec.config}"
+    return f"profile {spec.profile}" if spec.profile else "the config"
+
+
+def _platform(spec: LaunchSpec, cfg: ServingConfig | None) -> str:
+    flag = spec.platform
+    if flag is not None and flag not in PLATFORMS:
+        raise LaunchError(f"--platform {flag!r} is not one of {', '.join(PLATFORMS)}")
+    from_cfg = cfg.cluster.platform if cfg is not None else "auto"
+    if flag not in (None, "auto") and from_cfg != "auto" and flag != from_cfg:
+        raise LaunchError(f"--platform {flag} contradicts cluster.platform={from_cfg} of "
+                          f"{_config_name(spec)}; drop the flag or change the config")
+    chosen = flag if flag not in (None, "auto") else from_cfg
+    return detect_platform() if chosen == "auto" else chosen
+
+
+def _as_int(value: int | str, flag: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise LaunchError(f"{flag} {value!r} is not a whole number") from None
+    if n < 1:
+        raise LaunchError(f"{flag} {n} must be >= 1")
+    return n
+
+
+def _nnodes(spec: LaunchSpec, cfg: ServingConfig | None) -> int:
+    value = spec.nnodes
+    if isinstance(value, str) and ":" in value:
+        lo, _, hi = value.partition(":")
+        if lo != hi:
+            raise LaunchError(f"--nnodes {value}: elastic node ranges are not supported; "
+                              "give one number of nodes")
+        value = lo
+    n = _as_int(value, "--nnodes") if value is not None else None
+    if cfg is not None:
+        if n is not None and n != cfg.cluster.nnodes:
+            raise LaunchError(f"--nnodes {n} contradicts cluster.nnodes={cfg.cluster.nnodes} "
+                              f"of {_config_name(spec)}; drop the flag or change the config")
+        return cfg.cluster.nnodes
+    if spec.standalone and n not in (None, 1):
+        raise LaunchError("--standalone runs a single node; drop --nnodes or set it to 1")
+    return n or 1
+
+
+def _nproc(spec: LaunchSpec, cfg: ServingConfig | None, platform: str) -> int:
+    value = spec.nproc_per_node
+    if isinstance(value, str) and value in ("auto", "cpu", "gpu"):
+        if value == "gpu" or (value == "auto" and platform != "cpu"):
+            plat = "cuda" if value == "gpu" else platform
+            n = len(visible_devices(plat, spec.env))
+            if n == 0:
+                raise LaunchError(f"--nproc-per-node {value}: no {plat} devices found "
+                                  f"(counted from {count_source(plat)})")
+        else:
+            n = os.cpu_count() or 1
+    else:
+        n = _as_int(value, "--nproc-per-node") if value is not None else None
+    if cfg is not None:
+        per_node = cfg.cluster.devices_per_node
+        if n is not None and n != per_node:
+            raise LaunchError(
+                f"--nproc-per-node {n} contradicts cluster.devices_per_node={per_node} of "
+                f"{_config_name(spec)} (world size {cfg.parallel.world_size} over "
+                f"{cfg.cluster.nnodes} node(s)); drop the flag or change the config")
+        return per_node
+    return n or 1
+
+
+def _check_devices(platform: str, nproc: int, visible: list[str], warnings: list[str]) -> None:
+    if platform == "cpu":
+        cores = os.cpu_count() or 1
+        if nproc > cores:
+            warnings.append(f"{nproc} workers on {cores} CPU cores: they will share cores")
+        return
+    if nproc > len(visible):
+        raise LaunchError(
+            f"{nproc} processes per node but this machine has {len(visible)} {platform} "
+            f"device(s) (counted from {count_source(platform)}); lower --nproc-per-node / "
+            "cluster.devices_per_node or use --platform cpu")
+
+
+def _master(spec: LaunchSpec, nnodes: int) -> tuple[str, int]:
+    if spec.standalone:
+        if spec.master_port is not None:
+            raise LaunchError("--standalone picks its own port; drop --master-port")
+        return spec.master_addr or "127.0.0.1", pick_free_port()
+    addr = spec.master_addr or "127.0.0.1"
+    port = DEFAULT_MASTER_PORT if spec.master_port is None else spec.master_port
+    if not 0 < port < 65536:
+        raise LaunchError(f"--master-port {port} is not a TCP port (1..65535)")
+    if nnodes > 1 and spec.master_addr is None:
+        raise LaunchError("--nnodes > 1 needs --master-addr (the host of node 0)")
+    return addr, port
+
+
+def pick_free_port() -> int:
+    """A TCP port free right now on every interface (bound and released)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _stream_map(value: str | None, flag: str, nproc: int) -> tuple[tuple[bool, bool], ...]:
+    """torchrun's stream spec: '3' for all ranks, or '0:1,1:2' per local rank.
+
+    Each entry is (stdout, stderr): 0 none, 1 stdout, 2 stderr, 3 both.
+    """
+    if value is None or value == "":
+        return ((False, False),) * nproc
+    value = value.strip()
+    if re.fullmatch(r"[0-3]", value):
+        return (STREAMS[int(value)],) * nproc
+    per = [(False, False)] * nproc
+    for item in value.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*([0-3])\s*", item)
+        if m is None:
+            raise LaunchError(f"{flag} {value!r}: use 0-3 for every rank or LOCAL_RANK:0-3 "
+                              "pairs such as 0:1,1:2 (1 stdout, 2 stderr, 3 both)")
+        rank = int(m.group(1))
+        if rank >= nproc:
+            raise LaunchError(f"{flag} names local rank {rank} but there are {nproc}")
+        per[rank] = STREAMS[int(m.group(2))]
+    return tuple(per)
+
+
+def _ranks_filter(value: str | Sequence[int] | None, nproc: int) -> frozenset[int] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            ranks = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise LaunchError(
+                f"--local-ranks-filter {value!r}: give local ranks like 0,2") from None
+    else:
+        ranks = list(value)
+    bad = [r for r in ranks if not 0 <= r < nproc]
+    if bad:
+        raise LaunchError(f"--local-ranks-filter names local rank(s) {bad} but this node runs "
+                          f"local ranks 0..{nproc - 1}")
+    return frozenset(ranks)
+
+
+def _start_method(spec: LaunchSpec, env: Mapping[str, str]) -> str:
+    method = spec.start_method or env.get(START_METHOD_ENV) or "auto"
+    if method not in START_METHODS:
+        raise LaunchError(f"start method {method!r} (from --start-method or "
+                          f"{START_METHOD_ENV}) is not one of {', '.join(START_METHODS)}")
+    return method

@@ -1,0 +1,78 @@
+"""How a worker ended, and the failure report the launcher prints."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WorkerEnd:
+    """One worker's end: who (global/local rank, node), how (exit code or signal), when."""
+
+    rank: int
+    local_rank: int
+    node: int
+    returncode: int
+    time: float
+    restart_count: int
+    tail: tuple[str, ...] = field(default=())
+    error: str | None = None
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.returncode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.returncode).name
+        except ValueError:
+            return f"signal {-self.returncode}"
+
+    def how(self) -> str:
+        name = self.signal_name
+        return f"killed by {name}" if name else f"exited with code {self.returncode}"
+
+    def render(self) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
+        lines = [f"  rank {self.rank} (local rank {self.local_rank}, node {self.node}) "
+                 f"{self.how()} at {stamp}"]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        if self.tail:
+            lines.append(f"  last {len(self.tail)} line(s) of its output:")
+            lines += [f"    [rank{self.rank}]:{line}" for line in self.tail]
+        else:
+            lines.append("  (it printed nothing)")
+        return "\n".join(lines)
+
+
+def read_error_file(path: Path) -> str | None:
+    """The message torch's @record wrote to TORCHELASTIC_ERROR_FILE, if any."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(message, dict):
+        message = message.get("message")
+    if not isinstance(message, str) or not message.strip():
+        return None
+    return message.strip().splitlines()[-1]
+
+
+def failure_report(first: WorkerEnd, others: list[WorkerEnd], attempt: int,
+                   attempts: int) -> str:
+    head = (f"pypto launch: worker failure on attempt {attempt + 1} of {attempts} "
+            f"(restart {first.restart_count})")
+    lines = [head, first.render()]
+    failed = [o for o in others if o.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL)]
+    stopped = [o for o in others if o not in failed and o.returncode != 0]
+    for o in failed:
+        lines.append(f"  then rank {o.rank} (local rank {o.local_rank}) {o.how()}")
+    if stopped:
+        ranks = ", ".join(str(o.rank) for o in stopped)
+        lines.append(f"  stopped the other worker(s) of this node: rank {ranks}")
+    return "\n".join(lines)

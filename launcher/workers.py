@@ -1,0 +1,169 @@
+"""Starting one worker: forked from the zygote (fast) or spawned as a fresh interpreter.
+
+The fork rule: fork from the zygote only when (1) the start method is `auto` or `fork`,
+(2) the platform is cpu (cuda/npu spawn unless `fork` is asked for explicitly, since their
+runtimes' fork-safety is not something this machine can show), (3) the node runs more than
+one worker (one worker gains nothing), and (4) the zygote reports, after importing torch,
+exactly one OS thread and no initialised CUDA. Otherwise every worker is a fresh
+`python SCRIPT` / `python -m MODULE`, exactly as torchrun starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import zygote as zygote_protocol
+from .prctl import die_with_parent
+from .target import Target
+
+
+@dataclass
+class Worker:
+    """One running worker of this node."""
+
+    local_rank: int
+    rank: int
+    pid: int
+    stdout_fd: int
+    stderr_fd: int
+    started: float
+    popen: subprocess.Popen | None = None
+    returncode: int | None = None
+    ended: float | None = None
+    open_fds: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.open_fds = {self.stdout_fd, self.stderr_fd}
+
+    @property
+    def alive(self) -> bool:
+        return self.returncode is None
+
+    def set_status(self, status: int) -> None:
+        """Record a raw wait status (from the zygote) as a Popen-style return code."""
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self.ended = time.time()
+
+
+def fork_rule_allows(method: str, platform: str, nproc: int) -> tuple[bool, str]:
+    """Whether to try the zygote at all, and why not."""
+    if method == "spawn":
+        return False, "start method spawn was asked for"
+    if nproc < 2 and method != "fork":
+        return False, "one worker per node gains nothing from the zygote"
+    if platform != "cpu" and method != "fork":
+        return False, f"platform {platform} spawns unless the start method is fork"
+    return True, ""
+
+
+class ZygoteClient:
+    """The launcher's side of the zygote: start it, wait for its verdict, ask for forks."""
+
+    def __init__(self, env: dict[str, str], cwd: str):
+        self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        zenv = dict(env)
+        zenv["OMP_NUM_THREADS"] = "1"  # no OpenMP pool in the parent; workers set their own
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pypto_serving.launcher.zygote", str(child.fileno()),
+             str(os.getpid())],
+            pass_fds=[child.fileno()], env=zenv, cwd=cwd, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        child.close()
+        self.exits: list[tuple[int, int]] = []
+        self.ready: dict | None = None
+        self.closed = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def wait_ready(self, timeout: float) -> tuple[bool, str]:
+        """Block until the zygote has preloaded; (fork_safe, reason)."""
+        self._sock.settimeout(timeout)
+        try:
+            message = self._next()
+        except (TimeoutError, OSError) as e:
+            return False, f"the zygote did not start ({e})"
+        finally:
+            self._sock.settimeout(None)
+        if message is None or message.get("op") != "ready":
+            return False, "the zygote exited while preloading"
+        self.ready = message
+        return bool(message["fork_safe"]), message.get("reason", "")
+
+    def fork(self, request: dict, fds: tuple[int, int]) -> int:
+        zygote_protocol.send(self._sock, {"op": "fork", **request}, fds)
+        while True:
+            message = self._next()
+            if message is None:
+                raise OSError("the zygote exited")
+            if message["op"] == "forked":
+                return int(message["pid"])
+            self._note(message)
+
+    def drain(self) -> list[tuple[int, int]]:
+        """Exit reports received so far: (pid, raw status). Non-blocking; EOF raises."""
+        self._sock.setblocking(False)
+        try:
+            while True:
+                try:
+                    message = self._next()
+                except BlockingIOError:
+                    break
+                if message is None:
+                    self.closed = True
+                    break
+                self._note(message)
+        finally:
+            self._sock.setblocking(True)
+        exits, self.exits = self.exits, []
+        return exits
+
+    def _next(self) -> dict | None:
+        message, fds = zygote_protocol.receive(self._sock)
+        for fd in fds:
+            os.close(fd)
+        return message
+
+    def _note(self, message: dict) -> None:
+        if message.get("op") == "exited":
+            self.exits.append((int(message["pid"]), int(message["status"])))
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Tell the zygote to stop (it kills what is left of its workers) and wait for it."""
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def spawn_worker(target: Target, env: dict[str, str], cwd: str, fds: tuple[int, int],
+                 cpus: list[int] | None) -> subprocess.Popen:
+    """A fresh interpreter for one worker, in its own process group, dying with us."""
+    parent = os.getpid()
+
+    def setup() -> None:  # runs in the child between fork and exec
+        os.setpgid(0, 0)
+        die_with_parent(parent, signal.SIGKILL)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return subprocess.Popen(
+        target.command(sys.executable), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+        stdout=fds[0], stderr=fds[1], preexec_fn=setup,
+    )

@@ -1,0 +1,317 @@
+"""The zygote: imports torch once per node, then forks workers that run the user's code.
+
+Run as `python -m pypto_serving.launcher.zygote FD LAUNCHER_PID` by the launcher, which
+talks to it over the AF_UNIX SOCK_SEQPACKET socket FD (JSON messages; pipe fds travel
+with SCM_RIGHTS). Stdlib only, no threads: after the preload it reports whether forking
+is safe (one OS thread, no accelerator runtime initialised), and the launcher falls back to
+spawning fresh interpreters when it is not.
+
+Messages, launcher -> zygote: {"op": "fork", ...worker request} with [stdout_w, stderr_w].
+Zygote -> launcher: {"op": "ready", "fork_safe", "reason", "preload_s"},
+{"op": "forked", "local_rank", "pid"}, {"op": "exited", "pid", "status"} (raw wait status).
+EOF of the socket means "stop": the zygote kills what is left of its workers and exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+from .prctl import become_subreaper, die_with_parent
+
+PRELOAD_ENV = "PYPTO_ZYGOTE_PRELOAD"
+DEFAULT_PRELOAD = "torch,torch.distributed"
+MAX_MESSAGE = 1 << 20
+
+
+def send(sock: socket.socket, message: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
+    data = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """One message and its fds; (None, []) at end of stream."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 4)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return json.loads(data), fds
+
+
+# --- the zygote process --------------------------------------------------------------------
+
+def main(argv: list[str]) -> None:
+    fd, launcher_pid = int(argv[1]), int(argv[2])
+    die_with_parent(launcher_pid)
+    become_subreaper()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    send(sock, preload())
+    _serve(sock)
+    os._exit(0)  # skip interpreter teardown: with torch loaded it costs most of a second
+
+
+def preload() -> dict:
+    """Import the heavy modules once, then judge whether forking from here is safe."""
+    start = time.perf_counter()
+    names = [n.strip() for n in os.environ.get(PRELOAD_ENV, DEFAULT_PRELOAD).split(",")
+             if n.strip()]
+    for name in names:
+        try:
+            __import__(name)
+        except BaseException as e:  # noqa: B036 - any failure just means "spawn instead"
+            return _ready(False, f"preloading {name} failed: {type(e).__name__}: {e}", start)
+    threads = _os_threads()
+    if threads != 1 or threading.active_count() != 1:
+        return _ready(False, f"the preloaded process runs {threads} OS threads "
+                      f"({threading.active_count()} Python threads); fork needs exactly one",
+                      start)
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch, "cuda", None) is not None:
+        if torch.cuda.is_initialized():
+            return _ready(False, "CUDA is already initialised in the preloaded process", start)
+    return _ready(True, "", start)
+
+
+def _ready(safe: bool, reason: str, start: float) -> dict:
+    return {"op": "ready", "fork_safe": safe, "reason": reason,
+            "preload_s": round(time.perf_counter() - start, 3)}
+
+
+def _os_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _serve(sock: socket.socket) -> None:
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    workers: dict[int, int] = {}
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    own_fds = (sock.fileno(), wake_r, wake_w)
+    try:
+        while True:
+            for key, _ in sel.select(timeout=1.0):
+                if key.fileobj is sock:
+                    message, fds = receive(sock)
+                    if message is None:
+                        return
+                    pid = _fork_worker(message, fds, own_fds)
+                    workers[pid] = message["local_rank"]
+                    send(sock, {"op": "forked", "local_rank": message["local_rank"], "pid": pid})
+                else:
+                    try:
+                        os.read(wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+            _reap(sock, workers)
+    except (BrokenPipeError, ConnectionResetError):
+        return
+    finally:
+        for pid in workers:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _reap(sock: socket.socket, workers: dict[int, int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if workers.pop(pid, None) is not None:
+            send(sock, {"op": "exited", "pid": pid, "status": status})
+
+
+def _fork_worker(request: dict, fds: list[int], own_fds: tuple[int, ...]) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    zygote_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _become_worker(request, fds, own_fds, zygote_pid)  # never returns
+    for fd in fds:
+        os.close(fd)
+    return pid
+
+
+# --- inside a forked worker ----------------------------------------------------------------
+
+def _become_worker(request: dict, fds: list[int], own_fds: tuple[int, ...],
+                   zygote_pid: int) -> None:
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        die_with_parent(zygote_pid)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for fd in own_fds:
+            os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        for fd in (devnull, *fds):
+            os.close(fd)
+        os.chdir(request["cwd"])
+        env = request["env"]
+        os.environ.clear()
+        os.environ.update(env)
+        if request.get("cpus"):
+            os.sched_setaffinity(0, request["cpus"])
+        _fresh_stdio(env)
+        _reseed()
+        _match_threads(env)
+        code = run_target(request["target"], request["is_module"], request["args"])
+    except BaseException:  # noqa: B036 - the boot itself failed; say why and exit 1
+        try:
+            os.write(2, traceback.format_exc().encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _fresh_stdio(env: dict) -> None:
+    """New stdio objects on fds 0-2, buffered as a fresh interpreter on pipes would be."""
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    encoding = sys.stdout.encoding if sys.stdout is not None else "utf-8"
+    out = open(1, "wb", buffering=0 if unbuffered else -1, closefd=False)
+    err = open(2, "wb", buffering=0 if unbuffered else -1, closefd=False)
+    sys.stdin = sys.__stdin__ = open(0, closefd=False)
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        out, encoding=encoding, errors="strict", write_through=unbuffered)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        err, encoding=encoding, errors="backslashreplace", line_buffering=True,
+        write_through=unbuffered)
+
+
+def _reseed() -> None:
+    """Give each worker its own random streams, as a fresh interpreter would have.
+
+    Python's `random` and numpy's global generator are seeded from the OS in a fresh
+    process, so they are reseeded here. torch's default generator starts from a fixed seed
+    in every fresh process, and the zygote never draws from it, so it is left alone.
+    """
+    import random
+
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        try:
+            numpy.random.seed()
+        except Exception:  # noqa: BLE001 - a broken numpy must not stop the worker
+            pass
+
+
+def _match_threads(env: dict) -> None:
+    """The zygote imported torch with one OpenMP thread; give the worker its own count."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        wanted = int(env["OMP_NUM_THREADS"])
+    except (KeyError, ValueError):
+        wanted = len(os.sched_getaffinity(0))
+    if wanted > 0 and torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+
+
+def run_target(value: str, is_module: bool, args: list[str]) -> int:
+    """Run a script or module as __main__ with sys.argv set; return the exit code.
+
+    Ends like the interpreter would: non-daemon threads are joined and atexit handlers run;
+    an uncaught KeyboardInterrupt ends the process by SIGINT.
+    """
+    sys.argv = [value, *args]
+    if is_module:
+        sys.path[0] = os.getcwd()
+    else:
+        sys.path[0] = os.path.dirname(os.path.realpath(value))
+    interrupted = False
+    try:
+        if is_module:
+            runpy.run_module(value, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(value, run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = _exit_code(e.code)
+    except KeyboardInterrupt as e:
+        _print_exception(e)
+        code, interrupted = 130, True
+    except BaseException as e:  # noqa: B036 - report like the interpreter, exit 1
+        _print_exception(e)
+        code = 1
+    code = _finish(code)
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
+
+
+def _exit_code(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    print(value, file=sys.stderr)
+    return 1
+
+
+def _print_exception(e: BaseException) -> None:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, runpy.__file__):
+        tb = tb.tb_next
+    sys.excepthook(type(e), e, tb)
+
+
+def _finish(code: int) -> int:
+    try:
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+    except SystemExit as e:
+        code = _exit_code(e.code)
+    except BaseException as e:  # noqa: B036
+        _print_exception(e)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    return code
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Launch-to-exit wall time of `pypto launch` against `torchrun`, side by side.
+
+Each run starts N workers that do init_process_group("gloo") + barrier and exit. The
+commands are interleaved round-robin (so load drifts hit all of them alike) and the table
+shows medians over --runs, with the ratio to torchrun. Usage:
+
+    .venv/bin/python scripts/bench_launch.py [--runs 7] [--nproc 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+SCRIPT = """\
+import torch.distributed as dist
+dist.init_process_group("gloo")
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def commands(script: str, nproc: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+    n = str(nproc)
+    env = dict(os.environ)
+    spawn_env = {**env, "PYPTO_LAUNCH_START_METHOD": "spawn"}
+    pypto = [str(BIN / "pypto"), "launch", "--standalone", "--nproc-per-node", n, script]
+    return {
+        "torchrun --standalone": (
+            [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", n, script], env),
+        "pypto launch (fork, default)": (pypto, env),
+        "pypto launch (spawn)": (pypto, spawn_env),
+        "python -c 'import torch' (1 process)": ([sys.executable, "-c", "import torch"], env),
+    }
+
+
+def time_once(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=300)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per command")
+    parser.add_argument("--nproc", type=int, default=4, help="workers per launch")
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "gloo_barrier.py")
+        Path(script).write_text(SCRIPT)
+        cmds = commands(script, opts.nproc)
+        for cmd, env in cmds.values():  # warm the page cache; not timed
+            time_once(cmd, env)
+        times: dict[str, list[float]] = {name: [] for name in cmds}
+        for _ in range(opts.runs):
+            for name, (cmd, env) in cmds.items():
+                times[name].append(time_once(cmd, env))
+    base = statistics.median(times["torchrun --standalone"])
+    print(f"launch-to-exit, {opts.nproc} workers, gloo init_process_group + barrier; "
+          f"median of {opts.runs} interleaved runs")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+    print()
+    width = max(len(n) for n in times)
+    print(f"| {'command':<{width}} | median s | min s | max s | vs torchrun |")
+    print(f"| {'-' * width} | -------: | ----: | ----: | ----------: |")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"| {name:<{width}} | {med:8.2f} | {min(values):5.2f} | {max(values):5.2f} | "
+              f"{med / base:10.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""4-way gloo init + all_reduce + barrier; prints what the test checks, one line per rank."""
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+dist.barrier()
+print(json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(), "sum": t.item(),
+                  "argv": sys.argv[1:], "main": __name__, "pid": os.getpid(),
+                  "ppid": os.getppid()}))
+dist.destroy_process_group()
