@@ -23,6 +23,12 @@ Platform = Literal["auto", "cpu", "cuda", "npu"]
 DType = Literal["float32", "float16", "bfloat16"]
 RoutingPolicy = Literal["least_loaded", "round_robin", "prefix_affinity"]
 
+# Bounds that keep every derived answer small enough to hold: a rank lists its expert ids
+# and a group its member ranks, so a typo like 10**11 must be a config error, not an
+# out-of-memory crash in `topo show`. Both cover the benchmarked 1M-rank, 65,536-expert shape.
+MAX_WORLD_SIZE = 1 << 20
+MAX_EXPERTS = 1 << 16
+
 _SCHEMA = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
@@ -111,8 +117,8 @@ class ModelSpec(BaseModel):
     intermediate_size: int = Field(128, ge=1)
     """Width of the dense SwiGLU MLP (and of each expert). Example: 14336."""
 
-    num_experts: int = Field(8, ge=0)
-    """Routed experts per MoE layer; 0 makes a dense model. Example: 64."""
+    num_experts: int = Field(8, ge=0, le=MAX_EXPERTS)
+    """Routed experts per MoE layer (at most 65,536); 0 makes a dense model. Example: 64."""
 
     experts_per_token: int = Field(2, ge=1)
     """Experts each token is routed to (top-k); MoE models only. Example: 2."""
@@ -269,6 +275,15 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
 
     world = p.world_size
+    if world > MAX_WORLD_SIZE:
+        field, size = max((("parallel.data_parallel_size", dp),
+                           ("parallel.pipeline_parallel_size", pp),
+                           ("parallel.tensor_parallel_size", tp)), key=lambda fs: fs[1])
+        issues.append(ConfigIssue(
+            field, size,
+            f"the layout DP {dp} x PP {pp} x TP {tp} has {world} ranks, more than the "
+            f"{MAX_WORLD_SIZE} a layout may have; use smaller parallel sizes",
+        ))
     if c.devices_per_node is None:
         issues.append(ConfigIssue(
             "cluster.nnodes", c.nnodes,
@@ -391,6 +406,10 @@ def _divisors(n: int) -> list[int]:
 
 
 def _choices(values: list[int]) -> str:
-    if len(values) == 1:
-        return str(values[0])
-    return ", ".join(str(v) for v in values[:-1]) + f" or {values[-1]}"
+    """'1, 2, 4 or 8'; a long list keeps its ends: '1, 2, ..., 500 or 1000'."""
+    shown = [str(v) for v in values]
+    if len(shown) > 12:
+        shown = [*shown[:8], "...", *shown[-2:]]
+    if len(shown) == 1:
+        return shown[0]
+    return ", ".join(shown[:-1]) + f" or {shown[-1]}"
