@@ -229,6 +229,35 @@ def test_huge_head_counts_fail_fast_with_a_message():
                             f"{2**40}; use 1, 2, 4, 8,")
 
 
+def test_long_suggestion_lists_keep_their_ends():
+    issue = only_issue({"model": {"num_attention_heads": 10**21, "hidden_size": 10**21,
+                                  "num_kv_heads": 7}})
+    assert issue == (f"model.num_kv_heads=7: must divide num_attention_heads={10**21}; use "
+                     f"1, 2, 4, 5, 8, 10, 16, 20, ..., {5 * 10**20} or {10**21}")
+
+
+# --- bounds that keep derived data small -------------------------------------------------
+
+def test_world_beyond_a_million_ranks_names_the_biggest_dimension():
+    issues = issues_of({"parallel": {"data_parallel_size": 4, "pipeline_parallel_size": 2,
+                                     "tensor_parallel_size": 1 << 18},
+                        "model": {"num_layers": 4}, "cluster": {"nnodes": 1}})
+    assert issues[0] == (
+        f"parallel.tensor_parallel_size={1 << 18}: the layout DP 4 x PP 2 x TP {1 << 18} has "
+        f"{1 << 21} ranks, more than the 1048576 a layout may have; use smaller parallel sizes")
+
+
+def test_a_million_ranks_is_allowed():
+    cfg = parse_config({"parallel": {"data_parallel_size": 1 << 20},
+                        "model": {"num_experts": 0}})
+    assert cfg.parallel.world_size == 1 << 20
+
+
+def test_experts_are_bounded():
+    assert only_issue({"model": {"num_experts": 10**11}}) == (
+        "model.num_experts=100000000000: must be <= 65536")
+
+
 # --- model shape -------------------------------------------------------------------------
 
 def test_model_shape_rules_report_together():
