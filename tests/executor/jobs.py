@@ -1,30 +1,29 @@
-"""Launching the executor's worker scripts as real multi-process jobs (loaded by path)."""
+"""Launching the executor's worker scripts through `pypto launch` (loaded by path)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
-VENV_BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 180
+
+_spec = importlib.util.spec_from_file_location("_tests_conftest", ROOT / "tests" / "conftest.py")
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+run_pypto_launch = _conftest.run_pypto_launch
 
 
 def launch(config: dict, script: Path, args: list[str], work: Path,
            timeout: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run `script args` on every rank of `config`'s layout; returns the finished process."""
+    """`pypto launch --config CONFIG --standalone SCRIPT ARGS`: one worker per rank."""
     config_path = work / "config.json"
     config_path.write_text(json.dumps(config))
-    world = config["cluster"]["devices_per_node"] * config["cluster"].get("nnodes", 1)
-    cmd = [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc-per-node={world}",
-           str(script), *args]
-    env = {**os.environ, "PYPTO_CONFIG": str(config_path), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)
+    return run_pypto_launch(["--config", str(config_path), "--standalone", str(script), *args],
+                            timeout=timeout, cwd=ROOT)
 
 
 def run_layout_job(world_cases: list[dict], work: Path) -> dict[int, dict]:
