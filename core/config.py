@@ -290,9 +290,8 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
             f"the world of DP {dp} x PP {pp} x TP {tp} = {world} ranks does not split evenly "
             f"over {c.nnodes} nodes; use a divisor of {world} or set cluster.devices_per_node",
         ))
-        return issues
-    capacity = c.nnodes * c.devices_per_node
-    if world != capacity:
+    elif world != c.nnodes * c.devices_per_node:
+        capacity = c.nnodes * c.devices_per_node
         fix = f"set cluster.devices_per_node={world // c.nnodes}" if world % c.nnodes == 0 else (
             f"set cluster.nnodes={world // c.devices_per_node}"
             if world % c.devices_per_node == 0
@@ -359,7 +358,7 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
                 f"num_experts >= {p.expert_parallel_size} or a smaller DP x TP",
             ))
 
-    if p.data_parallel_size_local is not None:
+    if p.data_parallel_size_local is not None and c.devices_per_node is not None:
         per_node, rem = divmod(c.devices_per_node, tp * pp)
         if rem or p.data_parallel_size_local != per_node:
             issues.append(ConfigIssue(

@@ -7,6 +7,8 @@ import json
 import jsonschema
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pypto_serving.core.loader import load_config, load_profile, profile_names, read_mapping
 
@@ -131,3 +133,32 @@ def test_every_profile_validates_through_the_cli(cli, repo_root):
         assert read_mapping(path)
         r = cli(["config", "validate", str(path)])
         assert r.exit_code == 0, (name, r.output)
+
+
+_FIELDS = {
+    "parallel": ["data_parallel_size", "tensor_parallel_size", "pipeline_parallel_size",
+                 "enable_expert_parallel", "expert_placement_strategy", "pipeline_layer_partition",
+                 "data_parallel_size_local", "tensor_paralel_size"],
+    "model": ["num_layers", "num_attention_heads", "num_kv_heads", "num_experts",
+              "experts_per_token", "hidden_size", "intermediate_size", "dtype"],
+    "cluster": ["nnodes", "devices_per_node", "platform"],
+}
+_values = st.one_of(st.integers(-3, 10**12), st.booleans(), st.none(), st.text(max_size=5),
+                    st.lists(st.integers(-1, 9), max_size=3), st.floats(allow_nan=True))
+_configs = st.fixed_dictionaries({}, optional={
+    section: st.dictionaries(st.sampled_from(keys), _values, max_size=4)
+    for section, keys in _FIELDS.items()
+})
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=_configs)
+def test_random_configs_never_traceback(cli, tmp_path, data):
+    f = tmp_path / "fuzz.json"
+    f.write_text(json.dumps(data))
+    r = cli(["config", "validate", str(f)])
+    assert r.exit_code in (0, 2), r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    if r.exit_code == 2:
+        assert "problem" in r.output and "Traceback" not in r.output
