@@ -55,7 +55,8 @@ def launch(
                                               "after a failure.", rich_help_panel=TORCHRUN)
                             ] = 0,
     run_id: Annotated[str, typer.Option("--run-id", "--rdzv-id", "--rdzv_id",
-                                        help="Job id (TORCHELASTIC_RUN_ID).", rich_help_panel=TORCHRUN)
+                                        help="Job id (TORCHELASTIC_RUN_ID).",
+                                        rich_help_panel=TORCHRUN)
                       ] = "none",
     log_dir: Annotated[Path | None, typer.Option("--log-dir", "--log_dir", help="Also write "
                                                  "LOG_DIR/rank<N>.log per rank.",

@@ -218,9 +218,9 @@ def _fresh_stdio(env: dict) -> None:
 def _reseed() -> None:
     """Give each worker its own random streams, as a fresh interpreter would have.
 
-    Python's `random` and numpy's global generator are seeded from the OS in a fresh
-    process, so they are reseeded here. torch's default generator starts from a fixed seed
-    in every fresh process, and the zygote never draws from it, so it is left alone.
+    A fresh process seeds Python's `random`, numpy's global generator and torch's default
+    generator from the OS; after a fork they would all repeat the zygote's streams, so each
+    is reseeded here from os.urandom.
     """
     import random
 
@@ -231,6 +231,9 @@ def _reseed() -> None:
             numpy.random.seed()
         except Exception:  # noqa: BLE001 - a broken numpy must not stop the worker
             pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
 
 
 def _match_threads(env: dict) -> None:
@@ -288,11 +291,15 @@ def _exit_code(value: object) -> int:
     return 1
 
 
+_OWN_FRAMES = {__file__, runpy.__file__, "<frozen runpy>"}
+
+
 def _print_exception(e: BaseException) -> None:
+    """The traceback as the interpreter prints it, starting at the user's code."""
     tb = e.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, runpy.__file__):
+    while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FRAMES:
         tb = tb.tb_next
-    sys.excepthook(type(e), e, tb)
+    sys.excepthook(type(e), e.with_traceback(tb), tb)
 
 
 def _finish(code: int) -> int:

@@ -1,0 +1,63 @@
+"""Worker output: rank prefixes, colour only on request, per-rank files, filters, redirects."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _run(lt, port, *flags, env=None):
+    return lt.run(["--nproc-per-node", "2", "--master-port", str(port), *flags,
+                   str(lt.workers / "talk.py")], timeout=60, env=env)
+
+
+def test_lines_are_prefixed_by_rank_and_files_written(port, lt, tmp_path):
+    result = _run(lt, port, "--log-dir", str(tmp_path / "logs"))
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):
+        out = [line for line in result.stdout.splitlines() if line.startswith(f"[rank{rank}]:")]
+        assert out == [f"[rank{rank}]:out one {rank}", f"[rank{rank}]:out two {rank}",
+                       f"[rank{rank}]:no newline {rank}"]
+        assert f"[rank{rank}]:err {rank}" in result.stderr.splitlines()
+        log = (tmp_path / "logs" / f"rank{rank}.log").read_text().splitlines()
+        assert sorted(log) == sorted([f"out one {rank}", f"err {rank}", f"out two {rank}",
+                                      f"no newline {rank}"])
+    assert "\x1b[" not in result.stdout + result.stderr  # plain when piped
+
+
+def test_colour_when_forced(port, lt):
+    result = _run(lt, port, env={**os.environ, "FORCE_COLOR": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" in result.stdout and "[rank1]:\x1b[0mout one 1" in result.stdout
+
+
+def test_local_ranks_filter_shows_only_chosen_ranks(port, lt, tmp_path):
+    result = _run(lt, port, "--local-ranks-filter", "1", "--log-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "[rank1]:out one 1" in result.stdout
+    assert "[rank0]" not in result.stdout + result.stderr
+    assert "out one 0" in (tmp_path / "rank0.log").read_text()
+
+
+def test_redirects_keep_streams_off_the_console(port, lt, tmp_path):
+    result = _run(lt, port, "--redirects", "0:1,1:3", "--log-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "[rank0]:out" not in result.stdout and "[rank0]:err 0" in result.stderr
+    assert "[rank1]" not in result.stdout + result.stderr
+    assert "err 1" in (tmp_path / "rank1.log").read_text()
+
+
+def test_tee_without_log_dir_makes_one(port, lt):
+    result = _run(lt, port, "--tee", "3")
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stderr.splitlines() if "worker logs go to" in x)
+    log_dir = line.rsplit(" ", 1)[1]
+    try:
+        assert "out one 1" in open(os.path.join(log_dir, "rank1.log")).read()
+    finally:
+        import shutil
+
+        shutil.rmtree(log_dir, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""Supervision: a failure stops the group, restarts, signals; nothing is ever left running."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _pids(rows: dict[int, dict]) -> list[int]:
+    """Every worker, its parent (zygote or launcher) and grandchild from the JSON rows."""
+    pids = []
+    for row in rows.values():
+        pids += [row["pid"], row["ppid"]] + ([row["grandchild"]] if row["grandchild"] else [])
+    return pids
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_failing_worker_stops_the_others_and_nothing_remains(method, port, lt):
+    start = time.monotonic()
+    result = lt.run(["--nproc-per-node", "3", "--master-port", str(port), "--start-method",
+                     method, str(lt.workers / "behave.py"), "--fail-rank", "1", "--code", "3",
+                     "--grandchild"], timeout=60)
+    assert result.returncode == 1
+    assert time.monotonic() - start < 30  # the sleepers (60 s) were stopped, not waited for
+    report = result.stderr
+    assert re.search(r"rank 1 \(local rank 1, node 0\) exited with code 3 at \d{4}-\d\d-\d\d",
+                     report), report
+    assert "[rank1]:rank 1 failing now" in report  # the tail of its log
+    assert "stopped the other worker(s) of this node: rank" in report
+    rows = lt.rank_json(result.stdout)
+    assert sorted(rows) == [0, 1, 2]
+    lt.assert_gone(_pids(rows))
+
+
+def test_kill_9_of_one_worker_tears_down_the_tree(port, lt):
+    job = lt.start(["--nproc-per-node", "3", "--master-port", str(port),
+                    str(lt.workers / "behave.py"), "--grandchild"])
+    rows = job.wait_for_json(3, timeout=60)
+    assert all(lt.running(pid) for pid in _pids(rows))
+    os.kill(rows[2]["pid"], signal.SIGKILL)
+    code, out, err = job.finish(timeout=30)
+    assert code == 1
+    assert "rank 2 (local rank 2, node 0) killed by SIGKILL" in err, err
+    lt.assert_gone(_pids(rows))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_the_launcher_is_forwarded_and_it_exits_cleanly(sig, port, lt):
+    job = lt.start(["--nproc-per-node", "2", "--master-port", str(port),
+                    str(lt.workers / "behave.py"), "--grandchild"])
+    rows = job.wait_for_json(2, timeout=60)
+    assert all(lt.running(pid) for pid in _pids(rows))
+    job.signal(sig)
+    code, out, err = job.finish(timeout=30)
+    assert code == 128 + sig
+    assert f"stopped by {signal.Signals(sig).name}" in err
+    assert not [line for line in err.splitlines()
+                if "Traceback" in line and not line.startswith("[rank")]
+    lt.assert_gone(_pids(rows))
+
+
+def test_worker_ignoring_sigterm_is_killed_after_the_grace_period(port, lt):
+    start = time.monotonic()
+    result = lt.run(["--nproc-per-node", "2", "--master-port", str(port), "--grace-period", "1",
+                     str(lt.workers / "behave.py"), "--fail-rank", "0", "--ignore-term"],
+                    timeout=60)
+    assert result.returncode == 1
+    assert time.monotonic() - start < 30
+    lt.assert_gone(_pids(lt.rank_json(result.stdout)))
+
+
+def test_restart_recovers_a_failing_group(port, lt):
+    result = lt.run(["--nproc-per-node", "2", "--master-port", str(port), "--max-restarts", "2",
+                     str(lt.workers / "behave.py"), "--fail-rank", "0",
+                     "--fail-until-restart", "1", "--sleep", "0.5"], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("worker failure") == 1
+    assert "restarting the local group (restart 1 of 2)" in result.stderr
+    restarts = sorted({line for lines in lt.rank_lines(result.stdout).values()
+                       for line in lines if '"restart"' in line and '"restart": 1' in line})
+    assert len(restarts) == 2  # both ranks ran again with TORCHELASTIC_RESTART_COUNT=1
+    assert "rank 0 done" in result.stdout and "rank 1 done" in result.stdout
+
+
+def test_restarts_exhausted_fails_with_every_report(port, lt):
+    result = lt.run(["--nproc-per-node", "2", "--master-port", str(port), "--max-restarts", "1",
+                     str(lt.workers / "behave.py"), "--fail-rank", "1", "--code", "7"],
+                    timeout=60)
+    assert result.returncode == 1
+    assert "worker failure on attempt 1 of 2 (restart 0)" in result.stderr
+    assert "worker failure on attempt 2 of 2 (restart 1)" in result.stderr
+    assert result.stderr.count("exited with code 7") == 2
