@@ -99,12 +99,37 @@ def _npu_available() -> bool:
 
 def _device_for(platform: str, local_rank: int) -> torch.device:
     if platform == "cuda":
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        index = _device_index(torch.cuda.device_count(), local_rank, "CUDA_VISIBLE_DEVICES")
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     if platform == "npu":
-        torch.npu.set_device(local_rank)
-        return torch.device("npu", local_rank)
+        index = _device_index(torch.npu.device_count(), local_rank, "ASCEND_RT_VISIBLE_DEVICES")
+        torch.npu.set_device(index)
+        return torch.device("npu", index)
     return torch.device("cpu")
+
+
+def _device_index(visible: int, local_rank: int, mask_var: str) -> int:
+    """LOCAL_RANK (torchrun's binding), or 0 when the launcher masked one device per worker."""
+    if local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise PlatformUnavailableError(
+        f"LOCAL_RANK={local_rank} but only {visible} devices are visible ({mask_var}); "
+        "launch no more workers per node than devices")
+
+
+def _check_coordinates(topology: Topology, rank: int, env: dict[str, str]) -> None:
+    """The launcher's PYPTO_*_RANK must agree with core's topology of the config we loaded."""
+    info = topology.rank_info(rank)
+    for dim in ("dp", "tp", "pp", "ep"):
+        raw = env.get(f"PYPTO_{dim.upper()}_RANK")
+        mine = getattr(info, dim)
+        if raw is not None and raw != str(mine):
+            raise LaunchEnvError(
+                f"PYPTO_{dim.upper()}_RANK={raw} but the config puts rank {rank} at {dim} "
+                f"{mine}: the launcher and this worker read different configs")
 
 
 def _timeout() -> timedelta:
@@ -139,6 +164,7 @@ def init_distributed(config: ServingConfig | None = None) -> ParallelContext:
             f"PP {p.pipeline_parallel_size} x TP {p.tensor_parallel_size} needs "
             f"{topology.world_size} ranks; launch it with `pypto launch` (which starts the "
             "right number) or fix the parallel sizes")
+    _check_coordinates(topology, env.rank, os.environ)
     platform = resolve_platform(config.cluster.platform)
     device = _device_for(platform, env.local_rank)
     if not dist.is_initialized():

@@ -6,14 +6,18 @@ replicated, so each TP rank dispatches only its slice of the tokens and the slic
 put back together with one all_reduce over TP after the combine.
 
 Backends (`parallel.all2all_backend`):
-- `pypto_default`: rows go to their experts' owners with a variable-size all_to_all and
-  come back with the reverse one; routing weights are applied at the source.
-- `allgather_reducescatter`: every rank gathers all tokens (padded to the largest count),
-  applies its experts, and a reduce_scatter returns each rank the sum for its own tokens.
+- `pypto_default`: rows (packed with their expert id and token index) go to their experts'
+  owners with a variable-size all_to_all after the split sizes are exchanged, and come back
+  with the reverse one; routing weights are applied at the source. 3 collectives a layer.
+- `allgather_reducescatter`: every rank gathers all tokens (padded to the largest count;
+  rows, expert ids and weights packed in one gather after a gather of the counts), applies
+  its experts, and a reduce_scatter returns each rank the sum for its own tokens.
 Every EP rank must enter every MoE layer, with or without tokens (see runner.run_dummy).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -88,10 +92,10 @@ class ExpertParallelMoE(nn.Module):
         order = torch.argsort(dest, stable=True)
         send_counts = torch.bincount(dest, minlength=self.ep.world_size).tolist()
         recv_counts = self.ep.exchange_split_sizes(send_counts)
-        send_rows = xs[token[order]]
-        send_meta = torch.stack((flat_ids[order], token[order]), dim=1)
-        recv_rows = self.ep.all_to_all(send_rows, send_counts, recv_counts)
-        recv_meta = self.ep.all_to_all(send_meta, send_counts, recv_counts)
+        send = pack_rows(xs[token[order]], torch.stack((flat_ids[order], token[order]), dim=1))
+        recv_rows, recv_meta = unpack_rows(
+            self.ep.all_to_all(send, send_counts, recv_counts),
+            (xs.dtype, xs.shape[1:]), (torch.long, (2,)))
         record = {} if self.trace is not None else None
         results = self._run_local(recv_rows, recv_meta[:, 0], record)
         if record is not None:
@@ -114,7 +118,9 @@ class ExpertParallelMoE(nn.Module):
         x_pad = torch.cat((xs, xs.new_zeros(pad, xs.shape[1])))
         ids_pad = torch.cat((ids, ids.new_full((pad, k), -1)))
         w_pad = torch.cat((weights, weights.new_zeros(pad, k)))
-        gx, gids, gw = ep.all_gather(x_pad), ep.all_gather(ids_pad), ep.all_gather(w_pad)
+        gx, gids, gw = unpack_rows(ep.all_gather(pack_rows(x_pad, ids_pad, w_pad)),
+                                   (xs.dtype, xs.shape[1:]), (ids.dtype, (k,)),
+                                   (weights.dtype, (k,)))
         partial = torch.zeros_like(gx)
         record = {} if self.trace is not None else None
         for e in self.local_ids:
@@ -127,6 +133,30 @@ class ExpertParallelMoE(nn.Module):
         if record is not None:
             self.trace.append({"layer": self.layer_id, "sent": n, "experts": record})
         return ep.reduce_scatter(partial)[:n]
+
+
+def pack_rows(*parts: torch.Tensor) -> torch.Tensor:
+    """Rows of several tensors side by side as raw bytes [rows, bytes], so one collective
+    moves them all, exactly, whatever their dtypes."""
+    n = parts[0].shape[0]
+    return torch.cat([p.contiguous().view(torch.uint8).reshape(n, _row_bytes(p.shape[1:], p.dtype))
+                      for p in parts], dim=1)
+
+
+def unpack_rows(packed: torch.Tensor, *specs: tuple[torch.dtype, tuple[int, ...]]
+                ) -> list[torch.Tensor]:
+    """Inverse of pack_rows: `specs` are (dtype, row shape) of each part, in order."""
+    n, out, start = packed.shape[0], [], 0
+    for dtype, shape in specs:
+        width = _row_bytes(shape, dtype)
+        raw = packed[:, start:start + width].contiguous()
+        out.append(raw.view(dtype).reshape(n, *shape))
+        start += width
+    return out
+
+
+def _row_bytes(shape, dtype: torch.dtype) -> int:
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
 def expert_modules(model: Transformer) -> list[ExpertParallelMoE]:

@@ -88,10 +88,14 @@ class Attention(nn.Module):
 
     def kv_index(self, device: torch.device) -> torch.Tensor:
         """For each held query head, the position of its KV head among the held KV heads."""
-        return torch.tensor(
-            [h // self.queries_per_kv - self.kv_head_ids.start for h in self.head_ids],
-            device=device,
-        )
+        key = (self.head_ids, self.kv_head_ids, device)
+        if getattr(self, "_kv_index_key", None) != key:
+            self._kv_index = torch.tensor(
+                [h // self.queries_per_kv - self.kv_head_ids.start for h in self.head_ids],
+                device=device,
+            )
+            self._kv_index_key = key
+        return self._kv_index
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, cache=None) -> torch.Tensor:
         n, d = x.shape[0], self.head_dim

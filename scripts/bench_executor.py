@@ -131,7 +131,7 @@ def launch(config: dict, args: argparse.Namespace, work: Path) -> list[dict]:
         cmd = [str(pypto), "launch", "--config", str(config_path), __file__, *worker_args]
         env = dict(os.environ)
     else:
-        cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={world}", __file__, *worker_args]
         env = {**os.environ, "PYPTO_CONFIG": str(config_path)}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))

@@ -64,3 +64,26 @@ def test_a_platform_this_machine_lacks_is_refused_with_the_fix():
         distributed.resolve_platform("cuda")
     assert distributed.resolve_platform("auto") in ("cpu", "npu")
     assert distributed.BACKENDS[distributed.resolve_platform("cpu")] == "gloo"
+
+
+def test_coordinates_that_disagree_with_the_config_are_refused(monkeypatch, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({
+        "parallel": {"tensor_parallel_size": 2},
+        "model": {"num_experts": 0},
+        "cluster": {"devices_per_node": 2, "platform": "cpu"},
+    }))
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
+                        "PYPTO_CONFIG": str(config), "PYPTO_TP_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(LaunchEnvError, match="PYPTO_TP_RANK=0 but the config puts rank 1 at "
+                                             "tp 1: the launcher and this worker read"):
+        distributed.init_distributed()
+    assert not torch.distributed.is_initialized()
+
+
+def test_a_masked_device_is_index_zero():
+    assert distributed._device_index(4, 3, "CUDA_VISIBLE_DEVICES") == 3
+    assert distributed._device_index(1, 3, "CUDA_VISIBLE_DEVICES") == 0
+    with pytest.raises(PlatformUnavailableError, match="LOCAL_RANK=3 but only 2 devices"):
+        distributed._device_index(2, 3, "CUDA_VISIBLE_DEVICES")

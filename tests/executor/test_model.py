@@ -86,3 +86,17 @@ def test_cache_holds_only_its_layers():
 def test_a_batch_without_tokens_is_refused():
     with pytest.raises(ValueError, match="at least one sequence and one token"):
         build_step(PrefillBatch([[]], [[0]]), 4, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("rows", [0, 3])
+def test_packed_rows_come_back_bit_exact_in_every_dtype(rows):
+    from pypto_serving.executor.ep import pack_rows, unpack_rows
+
+    x = torch.randn(rows, 5, dtype=torch.bfloat16)
+    ids = torch.randint(0, 2**40, (rows, 2))
+    w = torch.rand(rows, 2)
+    packed = pack_rows(x, ids, w)
+    assert packed.dtype == torch.uint8 and packed.shape == (rows, 5 * 2 + 2 * 8 + 2 * 4)
+    got = unpack_rows(packed, (torch.bfloat16, (5,)), (torch.long, (2,)), (torch.float32, (2,)))
+    for a, b in zip(got, (x, ids, w), strict=True):
+        assert torch.equal(a, b)
