@@ -149,7 +149,7 @@ def unpack_rows(packed: torch.Tensor, *specs: tuple[torch.dtype, tuple[int, ...]
     n, out, start = packed.shape[0], [], 0
     for dtype, shape in specs:
         width = _row_bytes(shape, dtype)
-        raw = packed[:, start:start + width].contiguous()
+        raw = packed[:, start:start + width].clone()  # own storage: offset 0, aligned
         out.append(raw.view(dtype).reshape(n, *shape))
         start += width
     return out
