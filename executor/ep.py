@@ -149,7 +149,8 @@ def unpack_rows(packed: torch.Tensor, *specs: tuple[torch.dtype, tuple[int, ...]
     n, out, start = packed.shape[0], [], 0
     for dtype, shape in specs:
         width = _row_bytes(shape, dtype)
-        raw = packed[:, start:start + width].clone()  # own storage: offset 0, aligned
+        raw = packed.new_empty((n, width))  # fresh, so the dtype view is aligned
+        raw.copy_(packed[:, start:start + width])
         out.append(raw.view(dtype).reshape(n, *shape))
         start += width
     return out
