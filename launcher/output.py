@@ -82,6 +82,12 @@ class OutputRouter:
                 self._files[local].write(
                     f"# pypto launch: restart {restart_count}\n".encode())
 
+    def new_attempt(self) -> None:
+        """Forget the previous attempt's tails and partial lines."""
+        self._partial.clear()
+        for tail in self.tails.values():
+            tail.clear()
+
     def feed(self, local_rank: int, fd: int, data: bytes) -> None:
         """Bytes read from a worker's stdout (fd 1) or stderr (fd 2)."""
         buf = self._partial.pop((local_rank, fd), b"") + data

@@ -34,7 +34,7 @@ from .workers import Worker, ZygoteClient, fork_rule_allows, spawn_worker
 ZYGOTE_READY_TIMEOUT = 120.0
 DRAIN_AFTER_EXIT = 1.0
 POLL = 0.1
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 class _Stop(BaseException):
@@ -102,7 +102,7 @@ class Supervisor:
         if plan.nnodes == 1:
             rendezvous.check_port_free(plan.master_port)
         allowed, why_not = fork_rule_allows(plan.start_method, plan.platform,
-                                            plan.nproc_per_node)
+                                            plan.nproc_per_node, dict(plan.base_env))
         if allowed:
             self.zygote = ZygoteClient(dict(plan.base_env), plan.cwd)
             self._track(self.zygote.pid)
@@ -160,6 +160,7 @@ class Supervisor:
             raise _Stop(self._signals[0])
         cpus = cpu_sets(plan.nproc_per_node) if plan.cpu_bind else None
         self.workers = []
+        self.out.new_attempt()
         for local in range(plan.nproc_per_node):
             env = worker_env(plan, local, restart_count, self.run_dir, topology)
             error_file(self.run_dir, restart_count, local).parent.mkdir(parents=True,
@@ -335,13 +336,18 @@ class Supervisor:
             if w.popen is not None and w.popen.poll() is None:
                 w.popen.kill()
                 w.popen.wait()
-        if self.zygote is not None:
-            try:
-                roots += psutil.Process(self.zygote.pid).children()
-            except psutil.Error:
-                pass
+        roots += self._zygote_children()
         tree.kill_tree(roots, [w.pid for w in self.workers], grace,
                        adopt_children_of=None)
+
+    def _zygote_children(self) -> list[psutil.Process]:
+        """The zygote's children: workers and the orphans it adopted as subreaper."""
+        if self.zygote is None:
+            return []
+        try:
+            return psutil.Process(self.zygote.pid).children()
+        except psutil.Error:
+            return []
 
     # --- signals and cleanup ---------------------------------------------------------------
 
@@ -357,7 +363,10 @@ class Supervisor:
             raise _Stop(signum)
 
     def _cleanup(self) -> None:
-        try:
+        try:  # the tree first: orphans adopted by the zygote die before it does
+            tree.kill_tree([p for p in self._procs if self.zygote is None
+                            or p.pid != self.zygote.pid]
+                           + self._zygote_children(), [w.pid for w in self.workers], 0.0)
             if self.zygote is not None:
                 self.zygote.close()
             tree.kill_tree(self._procs, [w.pid for w in self.workers], 0.0,

@@ -23,8 +23,9 @@ class Target:
     args: tuple[str, ...] = ()
 
     def command(self, python: str) -> list[str]:
-        """The command line that runs this target in a fresh interpreter."""
-        head = [python, "-m", self.value] if self.is_module else [python, self.value]
+        """The command line that runs this target in a fresh, unbuffered interpreter
+        (torchrun's `python -u`)."""
+        head = [python, "-u", "-m", self.value] if self.is_module else [python, "-u", self.value]
         return [*head, *self.args]
 
 

@@ -51,10 +51,13 @@ class Worker:
         self.ended = time.time()
 
 
-def fork_rule_allows(method: str, platform: str, nproc: int) -> tuple[bool, str]:
+def fork_rule_allows(method: str, platform: str, nproc: int,
+                     env: dict[str, str] | None = None) -> tuple[bool, str]:
     """Whether to try the zygote at all, and why not."""
     if method == "spawn":
         return False, "start method spawn was asked for"
+    if env and env.get("PYTHON_EXEC"):
+        return False, "PYTHON_EXEC names another interpreter"
     if nproc < 2 and method != "fork":
         return False, "one worker per node gains nothing from the zygote"
     if platform != "cpu" and method != "fork":
@@ -67,6 +70,7 @@ class ZygoteClient:
 
     def __init__(self, env: dict[str, str], cwd: str):
         self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)  # large envs
         zenv = dict(env)
         zenv["OMP_NUM_THREADS"] = "1"  # no OpenMP pool in the parent; workers set their own
         self.proc = subprocess.Popen(
@@ -164,6 +168,6 @@ def spawn_worker(target: Target, env: dict[str, str], cwd: str, fds: tuple[int, 
             os.sched_setaffinity(0, cpus)
 
     return subprocess.Popen(
-        target.command(sys.executable), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-        stdout=fds[0], stderr=fds[1], preexec_fn=setup,
+        target.command(env.get("PYTHON_EXEC", sys.executable)), env=env, cwd=cwd,
+        stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1], preexec_fn=setup,
     )

@@ -158,6 +158,10 @@ def _fork_worker(request: dict, fds: list[int], own_fds: tuple[int, ...]) -> int
     pid = os.fork()
     if pid == 0:
         _become_worker(request, fds, own_fds, zygote_pid)  # never returns
+    try:
+        os.setpgid(pid, pid)  # also in the parent, so a group signal can never miss it
+    except OSError:
+        pass
     for fd in fds:
         os.close(fd)
     return pid
@@ -188,7 +192,7 @@ def _become_worker(request: dict, fds: list[int], own_fds: tuple[int, ...],
         os.environ.update(env)
         if request.get("cpus"):
             os.sched_setaffinity(0, request["cpus"])
-        _fresh_stdio(env)
+        _fresh_stdio()
         _reseed()
         _match_threads(env)
         code = run_target(request["target"], request["is_module"], request["args"])
@@ -201,18 +205,17 @@ def _become_worker(request: dict, fds: list[int], own_fds: tuple[int, ...],
         os._exit(code)
 
 
-def _fresh_stdio(env: dict) -> None:
-    """New stdio objects on fds 0-2, buffered as a fresh interpreter on pipes would be."""
-    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+def _fresh_stdio() -> None:
+    """New stdio objects on fds 0-2, unbuffered as under `python -u` (torchrun's workers)."""
     encoding = sys.stdout.encoding if sys.stdout is not None else "utf-8"
-    out = open(1, "wb", buffering=0 if unbuffered else -1, closefd=False)
-    err = open(2, "wb", buffering=0 if unbuffered else -1, closefd=False)
+    out = open(1, "wb", buffering=0, closefd=False)
+    err = open(2, "wb", buffering=0, closefd=False)
     sys.stdin = sys.__stdin__ = open(0, closefd=False)
     sys.stdout = sys.__stdout__ = io.TextIOWrapper(
-        out, encoding=encoding, errors="strict", write_through=unbuffered)
+        out, encoding=encoding, errors="strict", write_through=True)
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(
         err, encoding=encoding, errors="backslashreplace", line_buffering=True,
-        write_through=unbuffered)
+        write_through=True)
 
 
 def _reseed() -> None:

@@ -40,11 +40,13 @@ def test_forked_worker_looks_like_a_fresh_interpreter(port, lt):
     assert "fork" not in forked.stderr  # no fallback notice: it really forked
     fork_rows, spawn_rows = lt.rank_json(forked.stdout), lt.rank_json(spawned.stdout)
     assert sorted(fork_rows) == sorted(spawn_rows) == [0, 1, 2]
-    same = ("main", "file", "path0", "argv0", "stdin", "stdout_tty", "threads", "pgid_is_pid")
+    same = ("main", "file", "path0", "argv0", "stdin", "stdout_tty", "unbuffered", "threads",
+            "pgid_is_pid")
     for rank in range(3):
         for key in same:
             assert fork_rows[rank][key] == spawn_rows[rank][key], key
     assert fork_rows[0]["main"] == "__main__" and fork_rows[0]["threads"] == 1
+    assert fork_rows[0]["unbuffered"] is True  # python -u, as torchrun runs workers
     # each forked worker has its own random streams
     assert len({row["random"] for row in fork_rows.values()}) == 3
     assert len({row["numpy"] for row in fork_rows.values()}) == 3

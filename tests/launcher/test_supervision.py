@@ -96,3 +96,23 @@ def test_restarts_exhausted_fails_with_every_report(port, lt):
     assert "worker failure on attempt 1 of 2 (restart 0)" in result.stderr
     assert "worker failure on attempt 2 of 2 (restart 1)" in result.stderr
     assert result.stderr.count("exited with code 7") == 2
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_orphans_in_their_own_session_are_reaped_too(method, port, lt):
+    result = lt.run(["--nproc-per-node", "2", "--master-port", str(port), "--start-method",
+                     method, str(lt.workers / "orphan.py")], timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = lt.rank_json(result.stdout)
+    assert sorted(rows) == [0, 1]
+    lt.assert_gone([row["orphan"] for row in rows.values()])
+
+
+def test_kill_9_of_the_launcher_takes_its_workers_down(port, lt):
+    job = lt.start(["--nproc-per-node", "2", "--master-port", str(port),
+                    str(lt.workers / "behave.py")])
+    rows = job.wait_for_json(2, timeout=60)
+    job.proc.kill()
+    job.proc.wait(10)
+    # parent-death signals: the zygote dies with the launcher, the workers with the zygote
+    lt.assert_gone([pid for row in rows.values() for pid in (row["pid"], row["ppid"])])

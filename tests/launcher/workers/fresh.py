@@ -31,6 +31,7 @@ print(json.dumps({
     "argv0": sys.argv[0],
     "stdin": sys.stdin.read(),
     "stdout_tty": sys.stdout.isatty(),
+    "unbuffered": sys.stdout.write_through,
     "affinity": sorted(os.sched_getaffinity(0)),
     "pgid_is_pid": os.getpgid(0) == os.getpid(),
 }))
