@@ -77,29 +77,24 @@ def build_step(
 
 
 def _flatten(seqs, starts, block_tables, block_size, device) -> StepInput:
-    tokens, positions, slices, lens, slots, last = [], [], [], [], [], []
-    offset = 0
-    for i, (toks, start) in enumerate(zip(seqs, starts, strict=True)):
-        pos = list(range(start, start + len(toks)))
-        tokens += toks
-        positions += pos
-        slices.append(slice(offset, offset + len(toks)))
-        lens.append(start + len(toks))
-        if block_tables is not None:
-            slots.append(slot_mapping(block_tables[i], pos, block_size, device))
-        offset += len(toks)
-        last.append(offset - 1)
     if block_tables is None and any(starts):
         raise ValueError("without a KV cache every sequence must start at position 0")
-    meta = AttentionMetadata(
-        positions=torch.tensor(positions, dtype=torch.long, device=device),
-        seq_slices=slices,
-        context_lens=lens,
-        slots=torch.cat(slots) if block_tables is not None else None,
-        block_tables=block_tables,
-    )
+    tokens, lens, key_rows, slots, last = [], [], [], [], []
+    for i, (toks, start) in enumerate(zip(seqs, starts, strict=True)):
+        length = start + len(toks)
+        if block_tables is not None:
+            context = slot_mapping(block_tables[i], range(length), block_size)
+            slots += context[start:]
+        else:
+            context = list(range(len(tokens), len(tokens) + length))
+        key_rows.append(context)
+        tokens += toks
+        lens.append(length)
+        last.append(len(tokens) - 1)
+    meta = AttentionMetadata.build([len(s) for s in seqs], lens, key_rows,
+                                   slots if block_tables is not None else None, device)
     return StepInput(
-        tokens=torch.tensor(tokens, dtype=torch.long, device=device),
+        tokens=torch.tensor(tokens, dtype=torch.long).to(device),
         meta=meta,
-        last_rows=torch.tensor(last, dtype=torch.long, device=device),
+        last_rows=torch.tensor(last, dtype=torch.long).to(device),
     )

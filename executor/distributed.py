@@ -267,6 +267,13 @@ def get_world_group() -> GroupCoordinator:
     return get_group("world")
 
 
+def get_groups() -> dict[str, GroupCoordinator]:
+    """Every group of this rank, by kind, in creation order (what check-comm walks)."""
+    if _state is None:
+        raise GroupsNotInitializedError("world")
+    return dict(_state.groups)
+
+
 def get_parallel_context() -> ParallelContext:
     if _state is None or _state.context is None:
         raise GroupsNotInitializedError("world")

@@ -25,7 +25,7 @@ from torch import nn
 from ..core.placement import split_evenly
 from .comm import GroupCoordinator
 from .context import ParallelContext
-from .model import MoE, Transformer, route
+from .model import MoE, Transformer, route, run_experts
 
 
 def apply_ep(model: Transformer, ctx: ParallelContext) -> Transformer:
@@ -49,12 +49,15 @@ class ExpertParallelMoE(nn.Module):
         self.gate = moe.gate
         self.local_ids = tuple(ctx.experts)
         self.experts = nn.ModuleDict({str(e): moe.experts[e] for e in self.local_ids})
+        self.local_experts = {e: self.experts[str(e)] for e in self.local_ids}
         self.ep: GroupCoordinator = ctx.ep
         self.tp: GroupCoordinator = ctx.tp
         self.backend = ctx.config.parallel.all2all_backend
         self.register_buffer("owner", torch.tensor(
             [placement.owner_of(e) for e in range(placement.num_experts)], dtype=torch.long,
             device=ctx.device), persistent=False)
+        self.register_buffer("local_id_tensor", torch.tensor(self.local_ids, device=ctx.device),
+                             persistent=False)
         self.trace: list[dict] | None = None
         """Set to a list to record, per call, which (source EP rank, token) rows each local
         expert processed: the proof that a routed token reaches its expert exactly once."""
@@ -74,15 +77,11 @@ class ExpertParallelMoE(nn.Module):
         return self.tp.all_reduce(full)
 
     def _run_local(self, x: torch.Tensor, expert_ids: torch.Tensor, record) -> torch.Tensor:
-        """Apply each local expert to the rows routed to it (rows in x, ids per row)."""
-        out = torch.zeros_like(x)
-        for e in self.local_ids:
-            (rows,) = torch.where(expert_ids == e)
-            if rows.numel():
-                out[rows] = self.experts[str(e)](x[rows])
-            if record is not None:
-                record[e] = rows.tolist()
-        return out
+        """Each row through its (local) expert; `record` gets the rows each expert took."""
+        if record is not None:
+            for e in self.local_ids:
+                record[e] = torch.where(expert_ids == e)[0].tolist()
+        return run_experts(x, expert_ids, self.local_experts, self.owner.numel())
 
     def _all_to_all(self, xs, weights, ids) -> torch.Tensor:
         n, k = ids.shape
@@ -121,17 +120,14 @@ class ExpertParallelMoE(nn.Module):
         gx, gids, gw = unpack_rows(ep.all_gather(pack_rows(x_pad, ids_pad, w_pad)),
                                    (xs.dtype, xs.shape[1:]), (ids.dtype, (k,)),
                                    (weights.dtype, (k,)))
-        partial = torch.zeros_like(gx)
+        token, slot = torch.where(torch.isin(gids, self.local_id_tensor))
         record = {} if self.trace is not None else None
-        for e in self.local_ids:
-            token, slot = torch.where(gids == e)
-            if token.numel():
-                y = self.experts[str(e)](gx[token]) * gw[token, slot, None]
-                partial.index_add_(0, token, y)
-            if record is not None:
-                record[e] = [(int(t) // width, int(t) % width) for t in token]
+        y = self._run_local(gx[token], gids[token, slot], record)
+        partial = torch.zeros_like(gx).index_add_(0, token, y * gw[token, slot, None])
         if record is not None:
-            self.trace.append({"layer": self.layer_id, "sent": n, "experts": record})
+            rows = token.tolist()
+            self.trace.append({"layer": self.layer_id, "sent": n, "experts": {
+                e: [divmod(rows[r], width) for r in picked] for e, picked in record.items()}})
         return ep.reduce_scatter(partial)[:n]
 
 

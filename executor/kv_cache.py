@@ -26,11 +26,9 @@ class LayerCache:
         self.k.view(-1, *self.k.shape[2:])[slots] = k
         self.v.view(-1, *self.v.shape[2:])[slots] = v
 
-    def read(self, block_table: Sequence[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of a sequence's first `length` tokens: [length, kv_heads, dim]."""
-        slots = slot_mapping(block_table, range(length), self.block_size, self.k.device)
-        return (self.k.view(-1, *self.k.shape[2:])[slots],
-                self.v.view(-1, *self.v.shape[2:])[slots])
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values indexed by flat slot: [num_blocks * block_size, kv_heads, dim]."""
+        return self.k.view(-1, *self.k.shape[2:]), self.v.view(-1, *self.v.shape[2:])
 
 
 class PagedKVCache:
@@ -65,19 +63,14 @@ class PagedKVCache:
         return 2 * self.k.numel() * self.k.element_size()
 
 
-def slot_mapping(
-    block_table: Sequence[int], positions: Sequence[int], block_size: int,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """Flat cache slots of token positions of one sequence."""
+def slot_mapping(block_table: Sequence[int], positions: Sequence[int], block_size: int
+                 ) -> list[int]:
+    """Flat cache slots (block * block_size + offset) of token positions of one sequence."""
     need = (max(positions) // block_size + 1) if len(positions) else 0
     if need > len(block_table):
         raise IndexError(f"position {max(positions)} needs {need} blocks but the block table "
                          f"has {len(block_table)}")
-    return torch.tensor(
-        [block_table[p // block_size] * block_size + p % block_size for p in positions],
-        dtype=torch.long, device=device,
-    )
+    return [block_table[p // block_size] * block_size + p % block_size for p in positions]
 
 
 def blocks_needed(num_tokens: int, block_size: int) -> int:

@@ -13,6 +13,7 @@ builds bit-identical full weights and slices its share from them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,19 +27,50 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class AttentionMetadata:
-    """Where each sequence's new tokens sit in a flat batch, and where their KV lives.
+    """Where each sequence's tokens are, as padded [seqs, width] index tables.
 
-    `seq_slices[i]` is the slice of the flat token batch that belongs to sequence i;
-    `context_lens[i]` its length after this step (cached + new tokens). With a KV cache,
-    `slots` are the flat cache slots of the new tokens and `block_tables[i]` the blocks of
-    sequence i. With no cache every sequence's new tokens are its whole context.
+    The flat batch holds each sequence's new tokens in turn. `query_index[s, j]` is the flat
+    row of sequence s's j-th new token (`query_valid` marks real entries, and selecting with
+    it gives back the flat order); `key_index[s, p]` is where the key/value of position p of
+    sequence s is read: a flat KV-cache slot, or with no cache a flat row of this batch.
+    `slots` are the cache slots the new tokens are written to (None without a cache). All
+    built once per step (batch.build_step, sequence_metadata), shared by every layer.
     """
 
     positions: torch.Tensor
-    seq_slices: list[slice]
-    context_lens: list[int]
+    query_index: torch.Tensor
+    query_valid: torch.Tensor
+    key_index: torch.Tensor
+    key_valid: torch.Tensor
     slots: torch.Tensor | None = None
-    block_tables: list[list[int]] | None = None
+
+    @classmethod
+    def build(
+        cls, new_tokens: list[int], context_lens: list[int], key_rows: list[list[int]],
+        slots: list[int] | None, device: torch.device | str,
+    ) -> AttentionMetadata:
+        """From per-sequence counts of new tokens, context lengths and key locations."""
+        n_seq = len(new_tokens)
+        width_q, width_k = max(new_tokens), max(context_lens)
+        query_index = torch.zeros(n_seq, width_q, dtype=torch.long)
+        query_valid = torch.zeros(n_seq, width_q, dtype=torch.bool)
+        key_index = torch.zeros(n_seq, width_k, dtype=torch.long)
+        key_valid = torch.zeros(n_seq, width_k, dtype=torch.bool)
+        positions, offset = [], 0
+        for s, (n, length, rows) in enumerate(zip(new_tokens, context_lens, key_rows,
+                                                  strict=True)):
+            query_index[s, :n] = torch.arange(offset, offset + n)
+            query_valid[s, :n] = True
+            key_index[s, :length] = torch.tensor(rows, dtype=torch.long)
+            key_valid[s, :length] = True
+            positions.extend(range(length - n, length))
+            offset += n
+        return cls(
+            positions=torch.tensor(positions, dtype=torch.long).to(device),
+            query_index=query_index.to(device), query_valid=query_valid.to(device),
+            key_index=key_index.to(device), key_valid=key_valid.to(device),
+            slots=None if slots is None else torch.tensor(slots, dtype=torch.long).to(device),
+        )
 
 
 class RMSNorm(nn.Module):
@@ -105,20 +137,17 @@ class Attention(nn.Module):
         v = self.wv(x).view(n, len(self.kv_head_ids), d)
         if cache is not None:
             cache.write(meta.slots, k, v)
+            k, v = cache.flat()
         kv_index = self.kv_index(x.device)
-        out = torch.empty_like(q)
-        scale = 1.0 / math.sqrt(d)
-        for i, rows in enumerate(meta.seq_slices):
-            if cache is not None:
-                ks, vs = cache.read(meta.block_tables[i], meta.context_lens[i])
-            else:
-                ks, vs = k[rows], v[rows]
-            ks, vs = ks[:, kv_index], vs[:, kv_index]          # [ctx, heads, d]
-            scores = torch.einsum("thd,chd->htc", q[rows], ks) * scale
-            key_pos = torch.arange(ks.shape[0], device=x.device)
-            future = key_pos[None, :] > meta.positions[rows][:, None]
-            scores = scores.masked_fill(future[None], float("-inf"))
-            out[rows] = torch.einsum("htc,chd->thd", scores.softmax(-1), vs)
+        keys = k[meta.key_index][:, :, kv_index]            # [seqs, ctx, heads, d]
+        values = v[meta.key_index][:, :, kv_index]
+        queries = q[meta.query_index]                        # [seqs, new, heads, d]
+        scores = torch.einsum("sthd,schd->shtc", queries, keys) / math.sqrt(d)
+        query_pos = meta.positions[meta.query_index]         # [seqs, new]
+        key_pos = torch.arange(keys.shape[1], device=x.device)
+        hidden = (key_pos[None, None, :] > query_pos[:, :, None]) | ~meta.key_valid[:, None, :]
+        scores = scores.masked_fill(hidden[:, None], float("-inf"))
+        out = torch.einsum("shtc,schd->sthd", scores.softmax(-1), values)[meta.query_valid]
         return self.wo(out.reshape(n, len(self.head_ids) * d))
 
 
@@ -143,6 +172,23 @@ def route(gate: nn.Linear, x: torch.Tensor, top_k: int) -> tuple[torch.Tensor, t
     return weights.to(x.dtype), ids
 
 
+def run_experts(rows: torch.Tensor, expert_ids: torch.Tensor, experts: Mapping[int, nn.Module],
+                num_experts: int) -> torch.Tensor:
+    """Row i through expert expert_ids[i]: rows sorted by expert, each expert called once on
+    its contiguous run (one host sync for the run lengths, whatever the expert count)."""
+    order = torch.argsort(expert_ids, stable=True)
+    counts = torch.bincount(expert_ids, minlength=num_experts).tolist()
+    ordered, out = rows[order], torch.empty_like(rows)
+    results, start = [], 0
+    for e, count in enumerate(counts):
+        if count:
+            results.append(experts[e](ordered[start:start + count]))
+            start += count
+    if results:
+        out[order] = torch.cat(results)
+    return out
+
+
 class MoE(nn.Module):
     """Top-k routed SwiGLU experts; every expert sees only the tokens routed to it."""
 
@@ -156,12 +202,10 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, ids = route(self.gate, x, self.top_k)
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            token, slot = torch.where(ids == e)
-            if token.numel():
-                out.index_add_(0, token, expert(x[token]) * weights[token, slot, None])
-        return out
+        token = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.top_k)
+        y = run_experts(x[token], ids.reshape(-1), dict(enumerate(self.experts)),
+                        len(self.experts))
+        return torch.zeros_like(x).index_add_(0, token, y * weights.reshape(-1, 1))
 
 
 class Block(nn.Module):
@@ -238,11 +282,8 @@ def build_reference_model(
 
 def sequence_metadata(lengths: list[int], device: torch.device | str = "cpu") -> AttentionMetadata:
     """Metadata for whole sequences run from position 0 with no cache (the reference path)."""
-    slices, positions, start = [], [], 0
+    rows, offset = [], 0
     for n in lengths:
-        slices.append(slice(start, start + n))
-        positions.append(torch.arange(n))
-        start += n
-    return AttentionMetadata(
-        positions=torch.cat(positions).to(device), seq_slices=slices, context_lens=list(lengths)
-    )
+        rows.append(list(range(offset, offset + n)))
+        offset += n
+    return AttentionMetadata.build(list(lengths), list(lengths), rows, None, device)

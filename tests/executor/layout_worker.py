@@ -70,7 +70,7 @@ def run_case(case: dict, ctx) -> dict:
         ref = reference_generate(ref_model, prompts, steps)
         result["ref_tokens"] = ref.tokens
         result["max_rel_err"] = [
-            float((got - want).abs().max() / want.abs().max())
+            float((got.cpu() - want.cpu()).abs().max() / want.abs().max())
             for got, want in zip(gen.logits, ref.logits, strict=True)
         ]
     return result
