@@ -71,13 +71,13 @@ class OutputRouter:
         return self.plan.log_dir / f"rank{self.plan.global_rank(local_rank)}.log"
 
     def open_logs(self, restart_count: int) -> None:
-        """Open (append) every rank's log file; restarts add a marker line."""
+        """Open every rank's log file (once per launch); restarts add a marker line."""
         if self.plan.log_dir is None:
             return
         self.plan.log_dir.mkdir(parents=True, exist_ok=True)
         for local in range(self.plan.nproc_per_node):
-            if local not in self._files:
-                self._files[local] = open(self.log_path(local), "ab")  # noqa: SIM115
+            if local not in self._files:  # a new launch starts the files afresh
+                self._files[local] = open(self.log_path(local), "wb")  # noqa: SIM115
             if restart_count:
                 self._files[local].write(
                     f"# pypto launch: restart {restart_count}\n".encode())

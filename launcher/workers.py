@@ -149,6 +149,8 @@ class ZygoteClient:
             self._sock.close()
         except OSError:
             pass
+        if self.ready is None:  # still importing torch: nothing to wind down
+            self.proc.kill()
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

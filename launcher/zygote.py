@@ -60,7 +60,10 @@ def main(argv: list[str]) -> None:
     become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
-    send(sock, preload())
+    try:
+        send(sock, preload())
+    except OSError:  # the launcher stopped while we were preloading
+        os._exit(0)
     _serve(sock)
     os._exit(0)  # skip interpreter teardown: with torch loaded it costs most of a second
 

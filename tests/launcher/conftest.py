@@ -80,24 +80,29 @@ class LaunchProcess:
              "pypto_serving.cli.main", "launch", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
+        self._rest = b""
 
     def wait_for_json(self, count: int, timeout: float) -> dict[int, dict]:
         """Read stdout until `count` ranks printed a JSON line; return them by rank."""
+        import select
+
         deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
         found: dict[int, dict] = {}
-        os.set_blocking(self.proc.stdout.fileno(), False)
         while len(found) < count:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
                 self.kill()
                 raise AssertionError(f"only {sorted(found)} reported; output:\n"
                                      + "\n".join(self.lines) + self.proc.stderr.read())
-            line = self.proc.stdout.readline()
-            if not line:
-                time.sleep(0.02)
+            if not select.select([fd], [], [], min(left, 0.2))[0]:
                 continue
-            self.lines.append(line.rstrip("\n"))
-            found.update(rank_json(line))
-        os.set_blocking(self.proc.stdout.fileno(), True)
+            self._rest += os.read(fd, 65536)
+            *complete, self._rest = self._rest.split(b"\n")
+            for raw in complete:
+                line = raw.decode()
+                self.lines.append(line)
+                found.update(rank_json(line))
         return found
 
     def signal(self, sig: int) -> None:
@@ -105,7 +110,8 @@ class LaunchProcess:
 
     def finish(self, timeout: float) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "\n".join(self.lines) + "\n" + out, err
+        before = "".join(line + "\n" for line in self.lines) + self._rest.decode()
+        return self.proc.returncode, before + out, err
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -116,3 +116,17 @@ def test_kill_9_of_the_launcher_takes_its_workers_down(port, lt):
     job.proc.wait(10)
     # parent-death signals: the zygote dies with the launcher, the workers with the zygote
     lt.assert_gone([pid for row in rows.values() for pid in (row["pid"], row["ppid"])])
+
+
+def test_ctrl_c_while_starting_leaves_nothing(port, lt):
+    import psutil
+
+    job = lt.start(["--nproc-per-node", "2", "--master-port", str(port),
+                    str(lt.workers / "behave.py")])
+    time.sleep(0.4)  # the zygote is importing torch; no worker exists yet, or just about
+    family = [p.pid for p in psutil.Process(job.proc.pid).children(recursive=True)]
+    job.signal(signal.SIGINT)
+    code, out, err = job.finish(timeout=30)
+    assert code == 130, err
+    assert "stopped by SIGINT" in err and "Traceback" not in err.replace("[rank", "")
+    lt.assert_gone(family + [row["pid"] for row in lt.rank_json(out).values()])
