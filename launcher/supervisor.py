@@ -193,9 +193,17 @@ class Supervisor:
             request = {"local_rank": local, "env": env, "cwd": plan.cwd,
                        "target": plan.target.value, "is_module": plan.target.is_module,
                        "args": list(plan.target.args), "cpus": cpus}
-            pid = self.zygote.fork(request, fds)
-            return Worker(local, rank, pid, out_r, err_r, time.time())
-        popen = spawn_worker(plan.target, env, plan.cwd, fds, cpus)
+            try:
+                pid = self.zygote.fork(request, fds)
+                return Worker(local, rank, pid, out_r, err_r, time.time())
+            except OSError as e:
+                raise LaunchError(f"the zygote died while starting local rank {local} ({e}); "
+                                  "retry, or use --start-method spawn", code=1) from None
+        try:
+            popen = spawn_worker(plan.target, env, plan.cwd, fds, cpus)
+        except OSError as e:
+            raise LaunchError(f"cannot start the worker of local rank {local}: {e}",
+                              code=1) from None
         return Worker(local, rank, popen.pid, out_r, err_r, time.time(), popen=popen)
 
     def _supervise(self) -> tuple[WorkerEnd | None, list[WorkerEnd], int | None]:
@@ -378,4 +386,4 @@ class Supervisor:
                 signal.signal(sig, handler)
 
 
-__all__ = ["LaunchError", "LaunchResult", "Supervisor", "WorkerEnd"]
+__all__ = ["LaunchResult", "Supervisor", "WorkerEnd"]

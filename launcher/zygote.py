@@ -112,7 +112,7 @@ def _serve(sock: socket.socket) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
-    own_fds = (sock.fileno(), wake_r, wake_w)
+    own_fds = (sock.fileno(), wake_r, wake_w, sel.fileno())  # closed in every worker
     try:
         while True:
             for key, _ in sel.select(timeout=1.0):
