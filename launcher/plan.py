@@ -137,7 +137,7 @@ def make_plan(spec: LaunchSpec) -> Plan:
     return Plan(
         target=target, nnodes=nnodes, nproc_per_node=nproc, node_rank=spec.node_rank,
         master_addr=addr, master_port=port, max_restarts=spec.max_restarts,
-        run_id=spec.run_id, platform=platform, visible=tuple(visible),
+        run_id=_run_id(spec), platform=platform, visible=tuple(visible),
         device_bind=spec.device_bind, cpu_bind=spec.cpu_bind,
         start_method=_start_method(spec, base_env), grace_period=spec.grace_period,
         rdzv_timeout=spec.rdzv_timeout, log_dir=log_dir, redirects=redirects,
@@ -255,6 +255,15 @@ def _master(spec: LaunchSpec, nnodes: int) -> tuple[str, int]:
     if nnodes > 1 and spec.master_addr is None:
         raise LaunchError("--nnodes > 1 needs --master-addr (the host of node 0)")
     return addr, port
+
+
+def _run_id(spec: LaunchSpec) -> str:
+    """As torchrun: --standalone without an explicit id gets a random one."""
+    if spec.standalone and spec.run_id == "none":
+        import uuid
+
+        return str(uuid.uuid4())
+    return spec.run_id
 
 
 def pick_free_port() -> int:

@@ -24,6 +24,8 @@ def test_torchrun_defaults(script):
     assert (plan.nnodes, plan.nproc_per_node, plan.master_addr, plan.master_port) == (
         1, 1, "127.0.0.1", 29500)
     assert plan.run_id == "none" and plan.config is None and plan.platform == "cpu"
+    standalone = make_plan(LaunchSpec(target=script, standalone=True, env={}))
+    assert len(standalone.run_id) == 36 and standalone.master_port != 29500
 
 
 def test_config_sets_the_world(script):
