@@ -41,7 +41,7 @@ def aligned_table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ..
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(c.rjust(w) if h in right else c.ljust(w)
-                         for c, w, h in zip(cells, widths, headers)).rstrip()
+                         for c, w, h in zip(cells, widths, headers, strict=True)).rstrip()
 
     text = Text(f"{title}\n", style="bold")
     text.append(line(headers) + "\n", style="bold")
