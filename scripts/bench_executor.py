@@ -2,15 +2,18 @@
 
 For every layout one job is launched (`pypto launch` when it is installed, else torchrun);
 each rank loads the reference model sharded by its ParallelContext, warms up, then runs
---runs rounds of prefill + --steps decode steps on --seqs sequences per replica. Printed per
-layout: the median decode step time (ms, over all rounds' steps), decode tokens/s summed
-over DP replicas, the ratio to the one-rank baseline of the same model, and the bytes each
-group kind moved per decode step on rank 0 (as counted by the group helpers).
+--runs runs of prefill + --steps decode steps on --seqs sequences per replica, with one
+intra-op thread per rank (--threads), so layouts differ only in how the work is split and
+what it costs to communicate. The whole list of layouts is run --rounds times, interleaved,
+so load from other processes spreads over all of them. Printed per layout: the median
+decode step time (ms, over every step of every run and round), decode tokens/s summed over
+DP replicas, the ratio to the one-rank baseline of the same model, and the bytes each group
+kind moved per decode step on rank 0 (as counted by the group helpers).
 
 On a GPU machine pass --platform cuda (NCCL); each layout needs that many GPUs.
 
-Usage: .venv/bin/python scripts/bench_executor.py [--runs 3] [--steps 16] [--layouts a,b]
-       [--platform cpu|cuda|auto] [--hidden 256] [--plain]
+Usage: .venv/bin/python scripts/bench_executor.py [--runs 3] [--rounds 2] [--steps 16]
+       [--layouts a,b] [--platform cpu|cuda|auto] [--hidden 256] [--threads 1] [--plain]
 """
 
 from __future__ import annotations
@@ -72,11 +75,13 @@ def layout_config(name: str, hidden: int, platform: str) -> dict:
 
 # --- worker side -------------------------------------------------------------------------------
 
-def worker(out_dir: str, seqs: int, prompt_len: int, steps: int, runs: int) -> None:
+def worker(out_dir: str, seqs: int, prompt_len: int, steps: int, runs: int, threads: int
+           ) -> None:
     import random
 
     import torch
 
+    torch.set_num_threads(threads)
     from pypto_serving.executor import distributed
     from pypto_serving.executor.generate import greedy_generate
     from pypto_serving.executor.runner import ReferenceModelRunner
@@ -124,7 +129,8 @@ def launch(config: dict, args: argparse.Namespace, work: Path) -> list[dict]:
     out = work / "out"
     out.mkdir()
     worker_args = ["--worker", str(out), "--seqs", str(args.seqs), "--prompt-len",
-                   str(args.prompt_len), "--steps", str(args.steps), "--runs", str(args.runs)]
+                   str(args.prompt_len), "--steps", str(args.steps), "--runs", str(args.runs),
+                   "--threads", str(args.threads)]
     world = config["cluster"]["devices_per_node"]
     pypto = Path(sys.executable).parent / "pypto"
     if _has_launch(pypto):
@@ -134,7 +140,7 @@ def launch(config: dict, args: argparse.Namespace, work: Path) -> list[dict]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={world}", __file__, *worker_args]
         env = {**os.environ, "PYPTO_CONFIG": str(config_path)}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
+    env["OMP_NUM_THREADS"] = str(args.threads)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"layout job failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -148,17 +154,22 @@ def _has_launch(pypto: Path) -> bool:
     return probe.returncode == 0
 
 
-def summarize(name: str, ranks: list[dict], seqs: int) -> dict:
-    replicas = {}
-    for r in ranks:  # the replica's first rank times its steps
-        if r["tp"] == 0 and r["pp"] == 0:
-            replicas[r["dp"]] = statistics.median(r["decode_s"])
+def summarize(name: str, rounds: list[list[dict]], seqs: int) -> dict:
+    """One row from every round's ranks: medians over all decode steps of all rounds."""
+    replicas, prefill = {}, []
+    for ranks in rounds:
+        for r in ranks:  # the replica's first rank times its steps
+            if r["tp"] == 0 and r["pp"] == 0:
+                replicas.setdefault(r["dp"], []).extend(r["decode_s"])
+            if r["rank"] == 0:
+                prefill.extend(r["prefill_s"])
+    replicas = {dp: statistics.median(times) for dp, times in replicas.items()}
     step = statistics.median(replicas.values())
-    rank0 = next(r for r in ranks if r["rank"] == 0)
+    rank0 = next(r for r in rounds[-1] if r["rank"] == 0)
     return {
-        "layout": name, "world": len(ranks), "step_ms": step * 1e3,
+        "layout": name, "world": len(rounds[-1]), "step_ms": step * 1e3,
         "tok_s": sum(seqs / s for s in replicas.values()),
-        "prefill_ms": statistics.median(rank0["prefill_s"]) * 1e3,
+        "prefill_ms": statistics.median(prefill) * 1e3,
         "bytes": rank0["bytes_per_step"], "device": rank0["device"],
     }
 
@@ -196,7 +207,9 @@ def render(rows: list[dict], plain: bool) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="prefill + decode runs per job")
+    ap.add_argument("--rounds", type=int, default=2, help="passes over all layouts")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
     ap.add_argument("--steps", type=int, default=16, help="decode steps per run")
     ap.add_argument("--seqs", type=int, default=8, help="sequences per replica")
     ap.add_argument("--prompt-len", type=int, default=32)
@@ -209,29 +222,32 @@ def main() -> None:
     ap.add_argument("--plain", action="store_true", help="plain columns instead of markdown")
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.seqs, args.prompt_len, args.steps, args.runs)
+        worker(args.worker, args.seqs, args.prompt_len, args.steps, args.runs, args.threads)
         return
     names = [n for n in args.layouts.split(",") if n]
     unknown = [n for n in names if n not in LAYOUTS]
     if unknown:
         raise SystemExit(f"unknown layout(s) {', '.join(unknown)}; known: {', '.join(LAYOUTS)}")
-    rows = []
-    for name in names:
-        config = layout_config(name, args.hidden, args.platform)
-        if args.max_world and config["cluster"]["devices_per_node"] > args.max_world:
-            continue
-        work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-        try:
-            start = time.perf_counter()
-            row = summarize(name, launch(config, args, work), args.seqs)
-            print(f"{name}: {row['step_ms']:.2f} ms/step, {row['tok_s']:.0f} tok/s "
-                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-            rows.append(row)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    configs = {name: layout_config(name, args.hidden, args.platform) for name in names}
+    if args.max_world:
+        configs = {n: c for n, c in configs.items()
+                   if c["cluster"]["devices_per_node"] <= args.max_world}
+    results: dict[str, list[list[dict]]] = {name: [] for name in configs}
+    for round_no in range(args.rounds):
+        for name, config in configs.items():
+            work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+            try:
+                start = time.perf_counter()
+                results[name].append(launch(config, args, work))
+                print(f"round {round_no + 1}: {name} ({time.perf_counter() - start:.0f} s)",
+                      file=sys.stderr)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    rows = [summarize(name, rounds, args.seqs) for name, rounds in results.items()]
     print(f"# executor decode benchmark: hidden {args.hidden}, 4 layers, {args.seqs} seqs x "
-          f"prompt {args.prompt_len} per replica, {args.steps} decode steps x {args.runs} runs"
-          f" (medians); {host_platform.machine()} {os.cpu_count()} cpus, device "
+          f"prompt {args.prompt_len} per replica, {args.steps} decode steps x {args.runs} runs x "
+          f"{args.rounds} rounds (medians), {args.threads} thread(s) per rank; "
+          f"{host_platform.machine()} {os.cpu_count()} cpus, device "
           f"{rows[0]['device'] if rows else '?'}")
     print(render(rows, args.plain))
     if args.json:
