@@ -59,6 +59,8 @@ WORLD2 = [
     case("tp2-ep-allgather", config(tp=2, moe=True, ep=True,
                                     parallel={"all2all_backend": "allgather_reducescatter"}),
          trace=True, lengths=((5, 3, 7),)),
+    # weights handed in as one full state dict (seed 7), sharded by the runner
+    dict(case("pp2-moe-from-state-dict", config(pp=2, moe=True), ref_seed=7), weights_seed=7),
     # a negative control: the reference gets other weights, so the comparison must fail
     case("tp2-dense-wrong-reference", config(tp=2), ref_seed=1),
 ]

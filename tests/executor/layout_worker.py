@@ -32,7 +32,11 @@ def run_case(case: dict, ctx) -> dict:
     steps = case["steps"][replica]
     runner = ReferenceModelRunner(ctx, seed=case.get("seed", 0))
     assert isinstance(runner, ModelRunner)
-    runner.load_weights()
+    if case.get("weights_seed") is not None:  # a full state dict handed in, sharded here
+        full = build_reference_model(ctx.model, seed=case["weights_seed"]).state_dict()
+        runner.load_weights(full)
+    else:
+        runner.load_weights()
     cache = runner.init_kv_cache(case.get("num_blocks", 32))
     moes = expert_modules(runner.model)
     traces = []

@@ -25,7 +25,7 @@ _spec.loader.exec_module(jobs)
 pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(240)]
 
 BY_NAME = {c["name"]: c for c in cases.WORLD2 + cases.WORLD4}
-ALL = [c for c in BY_NAME.values() if c["ref_seed"] == 0]
+ALL = [c for c in BY_NAME.values() if c["ref_seed"] == c.get("weights_seed", 0)]
 TOL = 1e-4
 
 
