@@ -59,6 +59,17 @@ class LaunchResult:
     log_dir: Path | None = None
 
 
+def _root_cause_order(end: WorkerEnd) -> tuple[bool, float, int]:
+    """Among failures noticed together, the likely cause first.
+
+    Exits reach us in batches (the zygote reaps whatever is dead when it gets to run), so
+    arrival order says little. A worker killed by a signal (the launcher has sent none yet)
+    cannot have been reacting to a peer, while an exception exit often is (a peer's socket
+    closed), so signal deaths come first, then the earliest noticed, then the lowest rank.
+    """
+    return (end.returncode >= 0, end.time, end.local_rank)
+
+
 class Supervisor:
     """Owns one launch from first check to last reaped process."""
 
@@ -247,14 +258,17 @@ class Supervisor:
                         if code is not None:
                             w.returncode, w.ended = code, time.time()
                 now = time.monotonic()
+                batch = []
                 for w in self.workers:
                     if w.returncode is not None and w.local_rank not in ends:
                         self._drain_worker(sel, w)
                         ends[w.local_rank] = self._end_of(w)
-                        if first is None and stop is None and w.returncode != 0:
-                            first = ends[w.local_rank]
-                            self._signal_group(signal.SIGTERM)
-                            kill_at = now + self.plan.grace_period
+                        batch.append(ends[w.local_rank])
+                failed = [e for e in batch if e.returncode != 0]
+                if failed and first is None and stop is None:
+                    first = min(failed, key=_root_cause_order)
+                    self._signal_group(signal.SIGTERM)
+                    kill_at = now + self.plan.grace_period
                 if self._signals and stop is None:
                     stop = self._signals[0]
                     self._signal_group(stop)

@@ -123,10 +123,42 @@ def test_ctrl_c_while_starting_leaves_nothing(port, lt):
 
     job = lt.start(["--nproc-per-node", "2", "--master-port", str(port),
                     str(lt.workers / "behave.py")])
-    time.sleep(0.4)  # the zygote is importing torch; no worker exists yet, or just about
-    family = [p.pid for p in psutil.Process(job.proc.pid).children(recursive=True)]
+    deadline = time.monotonic() + 30
+    family: list[int] = []
+    while not family:  # the zygote exists: the launcher's handlers are in place
+        assert time.monotonic() < deadline and job.proc.poll() is None
+        family = [p.pid for p in psutil.Process(job.proc.pid).children(recursive=True)]
+        time.sleep(0.01)
+    time.sleep(0.2)  # the zygote is importing torch: no worker exists yet
     job.signal(signal.SIGINT)
     code, out, err = job.finish(timeout=30)
     assert code == 130, err
     assert "stopped by SIGINT" in err and "Traceback" not in err.replace("[rank", "")
     lt.assert_gone(family + [row["pid"] for row in lt.rank_json(out).values()])
+
+
+def test_report_blames_the_killed_rank_not_the_peer_that_reacted(port, lt, tmp_path):
+    """Both deaths reach the launcher in one batch (the zygote is stopped meanwhile, as a
+    busy machine would delay it); the signal death is the cause, the exit 1 its effect."""
+    import psutil
+
+    job = lt.start(["--nproc-per-node", "2", "--master-port", str(port), "--start-method",
+                    "fork", str(lt.workers / "peerwatch.py"), str(tmp_path)])
+    rows = job.wait_for_json(2, timeout=60)
+    zygote = rows[0]["ppid"]
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        os.kill(rows[1]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while psutil.Process(rows[0]["pid"]).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "rank 0 did not react to its peer's death"
+            time.sleep(0.02)
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    code, out, err = job.finish(timeout=30)
+    assert code == 1
+    lines = err.splitlines()
+    first = lines[next(i for i, x in enumerate(lines) if "worker failure" in x) + 1]
+    assert "rank 1 (local rank 1, node 0) killed by SIGKILL" in first, err
+    assert "then rank 0 (local rank 0) exited with code 1" in err
+    lt.assert_gone([rows[0]["pid"], rows[1]["pid"], zygote])
