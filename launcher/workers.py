@@ -141,7 +141,7 @@ class ZygoteClient:
 
     def _note(self, message: dict) -> None:
         if message.get("op") == "exited":
-            self.exits.append((int(message["pid"]), int(message["status"])))
+            self.exits += [(int(pid), int(status)) for pid, status in message["ends"]]
 
     def close(self, timeout: float = 2.0) -> None:
         """Tell the zygote to stop (it kills what is left of its workers) and wait for it."""

@@ -8,7 +8,7 @@ spawning fresh interpreters when it is not.
 
 Messages, launcher -> zygote: {"op": "fork", ...worker request} with [stdout_w, stderr_w].
 Zygote -> launcher: {"op": "ready", "fork_safe", "reason", "preload_s"},
-{"op": "forked", "local_rank", "pid"}, {"op": "exited", "pid", "status"} (raw wait status).
+{"op": "forked", "local_rank", "pid"}, {"op": "exited", "ends": [[pid, raw wait status]...]}.
 EOF of the socket means "stop": the zygote kills what is left of its workers and exits.
 """
 
@@ -140,15 +140,20 @@ def _serve(sock: socket.socket) -> None:
 
 
 def _reap(sock: socket.socket, workers: dict[int, int]) -> None:
+    """Collect every dead child; report the workers among them in ONE message, so the
+    launcher sees deaths that happened together as one batch (see the root-cause order)."""
+    ends = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
         if workers.pop(pid, None) is not None:
-            send(sock, {"op": "exited", "pid": pid, "status": status})
+            ends.append([pid, status])
+    if ends:
+        send(sock, {"op": "exited", "ends": ends})
 
 
 def _fork_worker(request: dict, fds: list[int], own_fds: tuple[int, ...]) -> int:
