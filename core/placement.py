@@ -95,6 +95,12 @@ def head_shard(num_heads: int, tp_size: int, tp_rank: int) -> range:
     return range(tp_rank * per, (tp_rank + 1) * per)
 
 
+def mlp_shard(intermediate_size: int, tp_size: int, tp_rank: int) -> range:
+    """MLP (and TP-sharded expert) columns of a TP rank: column-parallel up/gate projections,
+    row-parallel down projection (intermediate_size is divisible by tp_size)."""
+    return split_evenly(intermediate_size, tp_size)[tp_rank]
+
+
 def kv_head_shard(num_kv_heads: int, tp_size: int, tp_rank: int) -> range:
     """KV heads a TP rank computes and caches.
 

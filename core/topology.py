@@ -19,6 +19,7 @@ from .placement import (
     head_shard,
     kv_head_shard,
     layer_partition,
+    mlp_shard,
     vocab_shard,
 )
 
@@ -67,6 +68,7 @@ class RankInfo:
     ep: int | None
     layers: range
     attention_heads: range
+    mlp_columns: range  # of the dense MLP, and of every expert when experts are TP-sharded
     experts: tuple[int, ...]
     vocab: range  # embedding (first stage) / LM head (last stage) rows; empty in between
     kv_cache: KVCacheShard
@@ -85,6 +87,7 @@ class RankInfo:
             "ep": self.ep,
             "layers": _span(self.layers),
             "attention_heads": _span(self.attention_heads),
+            "mlp_columns": _span(self.mlp_columns),
             "experts": list(self.experts),
             "vocab": _span(self.vocab),
             "kv_cache": self.kv_cache.to_dict(),
@@ -180,6 +183,7 @@ class Topology:
             dp=dp, pp=pp, tp=tp, ep=ep,
             layers=self.stage_layers[pp],
             attention_heads=head_shard(m.num_attention_heads, lay.tp, tp),
+            mlp_columns=mlp_shard(m.intermediate_size, lay.tp, tp),
             experts=experts,
             vocab=(vocab_shard(m.vocab_size, lay.tp, tp) if pp in (0, lay.pp - 1)
                    else range(0)),

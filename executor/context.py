@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.config import ModelSpec, ServingConfig
-from ..core.placement import ExpertPlacement, split_evenly
+from ..core.placement import ExpertPlacement
 from ..core.topology import KVCacheShard, RankInfo, Topology
 from .comm import GroupCoordinator
 
@@ -41,10 +41,7 @@ class ParallelContext:
         device: torch.device,
     ) -> ParallelContext:
         info = topology.rank_info(rank)
-        m, tp = topology.config.model, groups["tp"]
-        # RankInfo has no MLP column shard yet; core's even split (intermediate_size is
-        # validated divisible by TP) is the rule, applied here once.
-        mlp = split_evenly(m.intermediate_size, tp.world_size)[tp.rank_in_group]
+        tp = groups["tp"]
         return cls(
             config=topology.config,
             rank_info=info,
@@ -55,7 +52,7 @@ class ParallelContext:
             world=groups["world"],
             ep=groups.get("ep"),
             expert_placement=topology.expert_placement,
-            mlp_columns=mlp,
+            mlp_columns=info.mlp_columns,
             tp_vocab_shards=tuple(topology.rank_info(r).vocab for r in tp.ranks),
         )
 

@@ -70,7 +70,8 @@ def test_rank_5_holds_what_the_design_says(t8):
     assert info.to_dict() == {
         "rank": 5, "node": 1, "local_rank": 1, "device": "cpu:1",
         "dp": 1, "pp": 0, "tp": 1, "ep": 3,
-        "layers": [0, 2], "attention_heads": [4, 8], "experts": [6, 7], "vocab": [128, 256],
+        "layers": [0, 2], "attention_heads": [4, 8], "mlp_columns": [64, 128], "experts": [6, 7],
+        "vocab": [128, 256],
         "kv_cache": {"replica": 1, "layers": [0, 2], "kv_heads": [2, 4], "replicas": 1},
         "is_first_stage": True, "is_last_stage": False,
     }
