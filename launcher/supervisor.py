@@ -181,6 +181,10 @@ class Supervisor:
             try:
                 worker = self._start_one(local, env, (out_w, err_w),
                                          cpus[local] if cpus else None, out_r, err_r)
+            except BaseException:
+                os.close(out_r)
+                os.close(err_r)
+                raise
             finally:
                 os.close(out_w)
                 os.close(err_w)
@@ -238,6 +242,10 @@ class Supervisor:
         drain_until: float | None = None
         try:
             while True:
+                if self.zygote is not None:  # exits that arrived while we were forking
+                    for pid, status in self.zygote.take_queued():
+                        if pid in by_pid:
+                            by_pid[pid].set_status(status)
                 for key, _ in sel.select(timeout=POLL):
                     if key.data is None:
                         assert self.zygote is not None

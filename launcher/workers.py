@@ -115,6 +115,11 @@ class ZygoteClient:
                 return int(message["pid"])
             self._note(message)
 
+    def take_queued(self) -> list[tuple[int, int]]:
+        """Exit reports that arrived while waiting for a fork reply."""
+        exits, self.exits = self.exits, []
+        return exits
+
     def drain(self) -> list[tuple[int, int]]:
         """Exit reports received so far: (pid, raw status). Non-blocking; EOF raises."""
         self._sock.setblocking(False)
