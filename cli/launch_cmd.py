@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
+from ..core.flags import CONFIG_FLAGS
 from .errors import fail, user_errors
+from .options import ConfigSource, config_options
+
+# The layout flags launch adds; --nnodes, --platform and --nproc-per-node are its own
+# (torchrun's) and fold into the config when flags describe the layout.
+PARALLEL_FLAGS = tuple(f for f in CONFIG_FLAGS if f.path.startswith("parallel."))
 
 HELP = """Start one worker per local device running SCRIPT (or -m MODULE), supervise them, and
 leave nothing behind. torchrun's flags work the same; with --config/--profile the world
@@ -18,6 +24,7 @@ TORCHRUN = "torchrun flags"
 PYPTO = "pypto flags"
 
 
+@config_options(flags=PARALLEL_FLAGS, with_profile=False)
 def launch(
     script: Annotated[str, typer.Argument(help="The script to run (a module with -m).",
                                           show_default=False)],
@@ -89,12 +96,23 @@ def launch(
     rdzv_timeout: Annotated[float, typer.Option("--rdzv-timeout", help="Seconds to wait for "
                                                 "the other nodes / the master.",
                                                 rich_help_panel=PYPTO)] = 60.0,
+    source: ConfigSource = None,
 ) -> None:
     from ..launcher import LaunchError, LaunchSpec
     from ..launcher import launch as run_launch
 
+    resolved = config
+    if source.describes_layout:
+        # Layout flags: build the config here (profile < file < flags), with this node's
+        # torchrun flags as its cluster section, so the two cannot contradict each other.
+        cluster = {"cluster.nnodes": _int_or_none(nnodes), "cluster.platform": platform,
+                   "cluster.devices_per_node": _int_or_none(nproc_per_node)}
+        with user_errors():
+            resolved = ConfigSource(profile, source.model_profile,
+                               {**source.flags, **cluster}).resolve(config)
+        profile = None
     spec = LaunchSpec(
-        target=script, args=list(args or []), module=module, config=config, profile=profile,
+        target=script, args=list(args or []), module=module, config=resolved, profile=profile,
         nnodes=nnodes, nproc_per_node=nproc_per_node, node_rank=node_rank,
         master_addr=master_addr, master_port=master_port, standalone=standalone,
         max_restarts=max_restarts, run_id=run_id, log_dir=log_dir, redirects=redirects,
@@ -108,6 +126,10 @@ def launch(
         except LaunchError as e:
             raise fail(str(e), e.code) from None
     raise typer.Exit(result.exit_code)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def register(app: typer.Typer) -> None:

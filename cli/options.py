@@ -26,6 +26,12 @@ class ConfigSource:
     model_profile: str | None = None
     flags: dict[str, Any] = field(default_factory=dict)  # dotted path -> value
 
+    @property
+    def describes_layout(self) -> bool:
+        """True when flags or a model profile were given (a layout without any file)."""
+        return self.model_profile is not None or any(
+            v is not None for v in self.flags.values())
+
     def resolve(
         self, path: Path | None = None, default_profile: str | None = None
     ) -> ServingConfig:
@@ -62,21 +68,31 @@ _SOURCE_PARAMS = [
 ]
 
 
-def config_options(func: Callable) -> Callable:
-    """Give `func` the shared config options; it receives them as `source: ConfigSource`."""
+def config_options(
+    func: Callable | None = None, *, flags: tuple[ConfigFlag, ...] = CONFIG_FLAGS,
+    with_profile: bool = True,
+) -> Callable:
+    """Give `func` the shared config options; it receives them as `source: ConfigSource`.
+
+    `flags` picks which layout flags to add and `with_profile=False` leaves --profile out,
+    for commands (launch) that own some of these names already.
+    """
+    if func is None:
+        return functools.partial(config_options, flags=flags, with_profile=with_profile)
     sig = inspect.signature(func)
     hints = typing.get_type_hints(func, include_extras=True)  # resolve string annotations
     own = [p.replace(annotation=hints.get(name, p.annotation))
            for name, p in sig.parameters.items() if name != "source"]
-    flag_params = [_flag_param(f) for f in CONFIG_FLAGS]
+    source_params = _SOURCE_PARAMS if with_profile else _SOURCE_PARAMS[1:]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        flags = {f.path: kwargs.pop(_param_name(f)) for f in CONFIG_FLAGS}
-        source = ConfigSource(kwargs.pop("profile"), kwargs.pop("model_profile"), flags)
+        values = {f.path: kwargs.pop(_param_name(f)) for f in flags}
+        profile = kwargs.pop("profile") if with_profile else None
+        source = ConfigSource(profile, kwargs.pop("model_profile"), values)
         return func(*args, source=source, **kwargs)
 
-    params = own + _SOURCE_PARAMS + flag_params
+    params = own + source_params + [_flag_param(f) for f in flags]
     positional = [p for p in params if p.kind != inspect.Parameter.KEYWORD_ONLY]
     keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params
                if p.kind == inspect.Parameter.KEYWORD_ONLY]

@@ -43,11 +43,11 @@ def show(
     Examples: pypto topo show --profile cpu-demo;  pypto topo show -dp 2 -tp 4
     --model-profile small-moe --map;  pypto topo show cfg.yaml --rank 5 --json
     """
-    has_flags = any(v is not None for v in source.flags.values()) or source.model_profile
     with user_errors():
         # Flags alone describe a layout (built-in defaults below them); with nothing at all,
         # show the default profile.
-        cfg = source.resolve(file, default_profile=None if has_flags else DEFAULT_PROFILE)
+        cfg = source.resolve(
+            file, default_profile=None if source.describes_layout else DEFAULT_PROFILE)
     topo = resolve_topology(cfg)
     try:
         kinds = None if group is None else (group,)

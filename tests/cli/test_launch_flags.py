@@ -1,0 +1,52 @@
+"""`pypto launch` takes the layout flags with vLLM's names (issue 11), in real processes."""
+
+from __future__ import annotations
+
+import json
+
+from pypto_serving.core.loader import resolve_config
+from pypto_serving.core.topology import resolve_topology
+
+WORKER = """
+import json, os
+keys = ["RANK", "WORLD_SIZE", "PYPTO_DP_RANK", "PYPTO_TP_RANK", "PYPTO_PP_RANK", "PYPTO_EP_RANK"]
+cfg = json.load(open(os.environ["PYPTO_CONFIG"]))
+tp = cfg["parallel"]["tensor_parallel_size"]
+print(json.dumps({**{k: os.environ.get(k) for k in keys}, "tp": tp}))
+"""
+
+
+def _rows(stdout: str) -> dict[int, dict]:
+    rows = {}
+    for line in stdout.splitlines():
+        if line.startswith("[rank") and "{" in line:
+            row = json.loads(line.split("]:", 1)[1])
+            rows[int(row["RANK"])] = row
+    return rows
+
+
+def test_flags_alone_describe_the_launched_layout(pypto_launch, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    r = pypto_launch(["--standalone", "-dp", "2", "-tp", "2", "--enable-expert-parallel",
+                      "--platform", "cpu", str(script)], timeout=90)
+    assert r.returncode == 0, r.stderr
+    rows = _rows(r.stdout)
+    topo = resolve_topology(resolve_config(overrides={
+        "parallel": {"data_parallel_size": 2, "tensor_parallel_size": 2,
+                     "enable_expert_parallel": True}}))
+    assert sorted(rows) == [0, 1, 2, 3]
+    for rank, row in rows.items():
+        info = topo.rank_info(rank)
+        assert row["WORLD_SIZE"] == "4" and row["tp"] == 2
+        assert (row["PYPTO_DP_RANK"], row["PYPTO_TP_RANK"], row["PYPTO_EP_RANK"]) == (
+            str(info.dp), str(info.tp), str(info.ep))
+
+
+def test_flag_error_is_one_message_and_spawns_nothing(pypto_launch, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("raise SystemExit('must not run')\n")
+    r = pypto_launch(["--standalone", "-tp", "3", str(script)], timeout=60)
+    assert r.returncode == 2
+    assert "parallel.tensor_parallel_size=3 (from --tensor-parallel-size)" in r.stderr
+    assert "must not run" not in r.stderr + r.stdout and "Traceback" not in r.stderr
