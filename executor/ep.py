@@ -2,8 +2,9 @@
 
 Each EP rank keeps the whole experts core's placement gives it (`RankInfo.experts`, linear
 or round_robin). The router stays replicated. Inside a TP group the activations are
-replicated, so each TP rank dispatches only its slice of the tokens and the slices are
-put back together with one all_reduce over TP after the combine.
+replicated, so each TP rank dispatches only its slice of the tokens and the combined
+slices are put back together with one all_gather over TP (each rank's slice padded to the
+largest, ceil(tokens / TP) rows: about a TP-th of the bytes of an all_reduce of all rows).
 
 Backends (`parallel.all2all_backend`):
 - `pypto_default`: rows (packed with their expert id and token index) go to their experts'
@@ -72,9 +73,16 @@ class ExpertParallelMoE(nn.Module):
             out = self._all_to_all(xs, weights, ids)
         if self.tp.world_size == 1:
             return out
-        full = torch.zeros_like(x)
-        full[rows.start:rows.stop] = out
-        return self.tp.all_reduce(full)
+        return self._gather_tp_slices(out, x.shape[0])
+
+    def _gather_tp_slices(self, out: torch.Tensor, n: int) -> torch.Tensor:
+        """All `n` rows on every TP rank from each rank's combined slice: one all_gather of
+        the slices padded to the largest (exact copies, and 1/TP of an all_reduce's bytes)."""
+        slices = split_evenly(n, self.tp.world_size)
+        width = len(slices[0])  # split_evenly puts the larger slices first
+        padded = torch.cat((out, out.new_zeros(width - out.shape[0], out.shape[1])))
+        gathered = self.tp.all_gather(padded).view(len(slices), width, out.shape[1])
+        return torch.cat([gathered[i, :len(s)] for i, s in enumerate(slices)])
 
     def _run_local(self, x: torch.Tensor, expert_ids: torch.Tensor, record) -> torch.Tensor:
         """Each row through its (local) expert; `record` gets the rows each expert took."""

@@ -35,7 +35,8 @@ class Generation:
 
 
 def any_replica_busy(ctx: ParallelContext, busy: bool) -> bool:
-    """Whether any DP replica has work this step (a MAX all_reduce over the DP group)."""
+    """Whether any DP replica has work this step: a SUM all_reduce of 0/1 busy flags over
+    the DP group, non-zero when at least one replica is busy."""
     flag = torch.tensor([int(busy)], dtype=torch.long, device=ctx.device)
     return bool(ctx.dp.all_reduce(flag).item())
 

@@ -108,21 +108,27 @@ def _tp_names():
 @pytest.mark.parametrize("name", _tp_names())
 def test_tp_bytes_match_the_layout(results, name):
     """Per step: 2 all_reduces per layer (attention out, MLP/MoE out) + 1 for the embedding,
-    each tokens x hidden x 4 bytes; the logits all_gather is seqs x largest vocab shard x 4."""
+    each tokens x hidden x 4 bytes; the logits all_gather is seqs x largest vocab shard x 4.
+    Under EP a MoE layer's output is instead one all_gather of this rank's token slice,
+    padded to ceil(tokens / TP) rows: ceil(tokens / TP) x hidden x 4 bytes."""
     topo = _topology(name)
-    hidden = topo.config.model.hidden_size
-    shard = max(len(s) for s in split_evenly(topo.config.model.vocab_size, topo.layout.tp))
+    hidden, tp_size = topo.config.model.hidden_size, topo.layout.tp
+    shard = max(len(s) for s in split_evenly(topo.config.model.vocab_size, tp_size))
+    ep = topo.expert_placement is not None
     for rank, res in results[name].items():
         info = topo.rank_info(rank)
-        seqs = len(res["tokens"])
+        layers, seqs = len(info.layers), len(res["tokens"])
         for tokens, comm in zip(res["step_tokens"], res["comm"], strict=True):
             tp = comm["tp"]
-            n_reduce = 2 * len(info.layers) + info.is_first_stage
+            n_reduce = (1 if ep else 2) * layers + info.is_first_stage
             assert tp["all_reduce"] == {"calls": n_reduce, "bytes": n_reduce * tokens * hidden * 4}
+            gather = {"calls": 0, "bytes": 0}
+            if ep:
+                slice_rows = -(-tokens // tp_size)
+                gather = {"calls": layers, "bytes": layers * slice_rows * hidden * 4}
             if info.is_last_stage:
-                assert tp["all_gather"] == {"calls": 1, "bytes": seqs * shard * 4}
-            else:
-                assert "all_gather" not in tp
+                gather = {"calls": gather["calls"] + 1, "bytes": gather["bytes"] + seqs * shard * 4}
+            assert tp.get("all_gather", {"calls": 0, "bytes": 0}) == gather
 
 
 @pytest.mark.parametrize("name", [c["name"] for c in ALL
