@@ -71,11 +71,6 @@ class GroupCoordinator:
     # --- membership ---------------------------------------------------------------------
 
     @property
-    def device_group(self):
-        """The torch process group handle (vLLM's name for it)."""
-        return self.process_group
-
-    @property
     def first_rank(self) -> int:
         return self.ranks[0]
 

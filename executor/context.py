@@ -103,13 +103,3 @@ class ParallelContext:
     @property
     def kv_block_size(self) -> int:
         return self.config.serve.kv_block_size
-
-    def describe(self) -> str:
-        r = self.rank_info
-        return (f"rank {r.rank} (dp {r.dp}, pp {r.pp}, tp {r.tp}, ep {r.ep}) layers "
-                f"{_span(r.layers)} heads {_span(r.attention_heads)} kv heads "
-                f"{_span(self.kv_heads)} experts {list(r.experts)} vocab {_span(r.vocab)}")
-
-
-def _span(r: range) -> str:
-    return f"[{r.start}, {r.stop})"
