@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import SequenceTooLongError
 from .kv_cache import slot_mapping
 from .model import AttentionMetadata
 
@@ -58,11 +59,25 @@ class StepInput:
         return self.last_rows.shape[0]
 
 
+def check_max_seq_len(lengths: list[int], max_seq_len: int, fix: str) -> None:
+    """Each sequence of `lengths` tokens uses positions 0..length-1: all must be below
+    model.max_seq_len (the rotary table's size). `fix` says what the caller can shorten."""
+    for i, length in enumerate(lengths):
+        if length > max_seq_len:
+            raise SequenceTooLongError(
+                f"sequence {i} needs positions up to {length - 1}, but model.max_seq_len is "
+                f"{max_seq_len} (positions 0..{max_seq_len - 1}): {fix}, or raise "
+                "model.max_seq_len")
+
+
 def build_step(
     batch: PrefillBatch | DecodeBatch | None, block_size: int, device: torch.device,
-    use_cache: bool = True,
+    use_cache: bool = True, max_seq_len: int | None = None,
 ) -> StepInput:
-    """Flatten a batch; `None` is the dummy step (one token at position 0, no cache)."""
+    """Flatten a batch; `None` is the dummy step (one token at position 0, no cache).
+
+    With `max_seq_len`, a sequence reaching a position at or beyond it is refused.
+    """
     if batch is None:
         return _flatten([[0]], [0], None, block_size, device)
     if isinstance(batch, DecodeBatch):
@@ -73,6 +88,9 @@ def build_step(
         starts = batch.start_positions or [0] * len(seqs)
     if not seqs or any(len(s) == 0 for s in seqs):
         raise ValueError("a batch needs at least one sequence and one token per sequence")
+    if max_seq_len is not None:
+        check_max_seq_len([start + len(s) for s, start in zip(seqs, starts, strict=True)],
+                          max_seq_len, "shorten the sequence")
     return _flatten(seqs, starts, batch.block_tables if use_cache else None, block_size, device)
 
 

@@ -25,3 +25,7 @@ class GroupsNotInitializedError(ExecutorError):
 
 class PlatformUnavailableError(ExecutorError):
     """cluster.platform names a device kind this machine does not have."""
+
+
+class SequenceTooLongError(ExecutorError):
+    """A sequence needs a position at or beyond model.max_seq_len (no rotary entry for it)."""

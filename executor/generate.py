@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batch import DecodeBatch, PrefillBatch, StepOutput
+from .batch import DecodeBatch, PrefillBatch, StepOutput, check_max_seq_len
 from .context import ParallelContext
 from .kv_cache import BlockAllocator
 from .model import Transformer, sequence_metadata
@@ -52,8 +52,11 @@ def greedy_generate(
 
     With no prompts the replica is idle from the start (it only runs dummy steps while
     others work, when that is needed). `on_step(i, output)` runs after each real step.
+    A request that would need a position at or beyond model.max_seq_len is refused before
+    any step runs.
     """
     ctx = runner.ctx
+    _check_request(prompts, max_new_tokens, ctx.model.max_seq_len)
     block_size = ctx.kv_block_size
     if runner.kv_cache is None:
         runner.init_kv_cache()
@@ -107,6 +110,7 @@ def reference_generate(
 ) -> Generation:
     """The single-device truth: greedy tokens and last-token logits, recomputing every
     sequence from scratch at each step (no KV cache), so the cache is checked too."""
+    _check_request(prompts, max_new_tokens, model.spec.max_seq_len)
     out = Generation(tokens=[[] for _ in prompts])
     device = next(model.parameters()).device
     for _ in range(max_new_tokens):
@@ -121,6 +125,13 @@ def reference_generate(
         out.logits.append(step_logits)
         out.step_tokens.append(sum(lengths))
     return out
+
+
+def _check_request(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int) -> None:
+    """The model reads each prompt and every new token but the last: len + new - 1 positions."""
+    if max_new_tokens > 0:
+        check_max_seq_len([len(p) + max_new_tokens - 1 for p in prompts], max_seq_len,
+                          "shorten the prompt or lower max_new_tokens")
 
 
 def _sync(device: torch.device) -> None:

@@ -88,6 +88,11 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float):
         super().__init__()
+        if head_dim % 2:
+            # the halves would differ in width and broadcasting would silently mix them up
+            raise ValueError(
+                f"rotary embedding needs an even head_dim, got {head_dim} (model.hidden_size / "
+                "model.num_attention_heads): pick sizes whose quotient is even")
         half = head_dim // 2
         freqs = 1.0 / theta ** (torch.arange(half, dtype=torch.float64) / half)
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), freqs)

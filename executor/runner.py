@@ -105,7 +105,8 @@ class ReferenceModelRunner:
         if self.model is None:
             raise RuntimeError("call load_weights() before running the model")
         ctx, model = self.ctx, self.model
-        step = build_step(batch, ctx.kv_block_size, ctx.device, use_cache=kv_cache is not None)
+        step = build_step(batch, ctx.kv_block_size, ctx.device, use_cache=kv_cache is not None,
+                          max_seq_len=ctx.model.max_seq_len)
         if ctx.is_first_stage:
             h = model.embed(step.tokens)
         else:
