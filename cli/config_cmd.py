@@ -9,13 +9,16 @@ from typing import Annotated
 
 import typer
 
-from ..core.loader import FORMATS, profile_names
+from ..core.loader import DEFAULT_PROFILE, FORMATS
 from ..core.report import layout_summary
 from ..core.serialize import OUTPUT_FORMATS, config_json_schema, dump_config
 from .errors import fail, user_errors
 from .options import ConfigSource, config_options
 
-app = typer.Typer(help="Validate, describe and create serving config files.", no_args_is_help=True)
+app = typer.Typer(
+    help="Validate, describe and create serving config files.\n\n"
+         "Example: pypto config init -o serving.yaml && pypto config validate serving.yaml",
+    no_args_is_help=True)
 
 
 @app.command("validate")
@@ -49,30 +52,32 @@ def schema() -> None:
 
 
 @app.command("init")
+@config_options
 def init(
-    profile: Annotated[str, typer.Option("--profile", help="Shipped profile to start from.")
-                       ] = "cpu-demo",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write; "
                                                 "stdout when omitted.")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="yaml, toml or json; "
                                             "by default from the output's extension, else yaml.")
                    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    source: ConfigSource = None,
 ) -> None:
     """Write a complete starter config: every field at its value, described in comments.
+    It starts from --profile (default cpu-demo) with any layout flags applied.
 
     Example: pypto config init --profile tp8-one-node -o serving.toml
     """
-    from ..core.loader import load_profile
-
-    if fmt is None:
-        fmt = FORMATS.get(output.suffix.lower(), "yaml") if output else "yaml"
+    by_suffix = FORMATS.get(output.suffix.lower()) if output else None
+    if output is not None and by_suffix is None:
+        raise fail(f"{output}: use a .yaml, .yml, .toml or .json name so the file can be loaded")
+    fmt = fmt or by_suffix or "yaml"
     if fmt not in OUTPUT_FORMATS:
         raise fail(f"--format {fmt!r} is not supported; use yaml, toml or json")
-    if profile not in profile_names():
-        raise fail(f"unknown profile {profile!r}; shipped: {', '.join(profile_names())}")
+    if by_suffix is not None and fmt != by_suffix:
+        raise fail(f"--format {fmt} does not match {output.name}; drop --format or rename the "
+                   f"file to .{fmt}")
     with user_errors():
-        text = dump_config(load_profile(profile), fmt)
+        text = dump_config(source.resolve(default_profile=DEFAULT_PROFILE), fmt)
     if output is None:
         sys.stdout.write(text)
         return
@@ -82,4 +87,4 @@ def init(
         output.write_text(text, encoding="utf-8")
     except OSError as e:
         raise fail(f"cannot write {output}: {e.strerror}") from None
-    typer.echo(f"wrote {output} ({fmt}, profile {profile})")
+    typer.echo(f"wrote {output} ({fmt})")

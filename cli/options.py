@@ -35,19 +35,22 @@ class ConfigSource:
     def resolve(
         self, path: Path | None = None, default_profile: str | None = None
     ) -> ServingConfig:
-        profile = self.profile
-        if profile is None and path is None and default_profile is not None:
-            profile = default_profile
+        """The config; `default_profile` applies only when nothing at all was given."""
         flag_names = {f.path: f.name for f in CONFIG_FLAGS if self.flags.get(f.path) is not None}
-        return resolve_config(path, profile, overrides_from_flags(self.flags),
-                              self.model_profile, flag_names)
+        return resolve_config(path, self.profile, overrides_from_flags(self.flags),
+                              self.model_profile, flag_names, default_profile)
 
 
 def _flag_param(flag: ConfigFlag) -> inspect.Parameter:
     names = [flag.name] + ([flag.short] if flag.short else [])
     if flag.value_type is bool:
-        names = [f"{flag.name}/--no-{flag.name[2:]}"]
-    help_text = flag.help + (f" [{'|'.join(flag.choices)}]" if flag.choices else "")
+        # vLLM's store-true spelling; None (not given) leaves the file's value alone.
+        option = typer.Option(None, flag.name, help=flag.help,
+                              rich_help_panel="Layout flags (vLLM names)", show_default=False)
+        return inspect.Parameter(_param_name(flag), inspect.Parameter.KEYWORD_ONLY,
+                                 default=option, annotation=bool | None)
+    # Plain parentheses: square brackets would be read as rich markup and vanish.
+    help_text = flag.help + (f" (one of: {', '.join(flag.choices)})" if flag.choices else "")
     option = typer.Option(None, *names, help=help_text, rich_help_panel="Layout flags (vLLM names)",
                           show_default=False)
     return inspect.Parameter(_param_name(flag), inspect.Parameter.KEYWORD_ONLY,

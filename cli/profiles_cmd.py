@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..core.loader import load_profile, model_profile, model_profile_names, profile_names
+from ..core.report import layout_label
 from .errors import user_errors
 
 
@@ -27,12 +28,9 @@ def profiles() -> None:
     with user_errors():
         for name in profile_names():
             cfg = load_profile(name)
-            p, c = cfg.parallel, cfg.cluster
-            layout = (f"DP {p.data_parallel_size} x PP {p.pipeline_parallel_size} x "
-                      f"TP {p.tensor_parallel_size}"
-                      + (f" + EP {p.expert_parallel_size}" if p.enable_expert_parallel else ""))
-            table.add_row(name, str(p.world_size), layout, f"{c.nnodes} x {c.devices_per_node}",
-                          c.platform, cfg.model.name)
+            c = cfg.cluster
+            table.add_row(name, str(cfg.parallel.world_size), layout_label(cfg),
+                          f"{c.nnodes} x {c.devices_per_node}", c.platform, cfg.model.name)
         models = Table(title="Model shapes (--model-profile)")
         for col in ("name", "layers", "hidden", "heads / kv", "experts (top-k)", "vocab"):
             models.add_column(col)

@@ -15,7 +15,10 @@ from ..core.topology import GroupUnavailableError, resolve_topology
 from .errors import fail, user_errors
 from .options import ConfigSource, config_options
 
-app = typer.Typer(help="Inspect the resolved topology of a layout.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect the resolved topology of a layout.\n\n"
+         "Example: pypto topo show -dp 2 -tp 4 --model-profile small-moe --map",
+    no_args_is_help=True)
 
 
 @app.command("show")
@@ -43,11 +46,12 @@ def show(
     Examples: pypto topo show --profile cpu-demo;  pypto topo show -dp 2 -tp 4
     --model-profile small-moe --map;  pypto topo show cfg.yaml --rank 5 --json
     """
+    if as_json and (draw_map or svg is not None):
+        raise fail("--json cannot be combined with --map or --svg; use one of them")
+    if svg is not None and not svg.parent.is_dir():
+        raise fail(f"--svg {svg}: folder {svg.parent} does not exist")
     with user_errors():
-        # Flags alone describe a layout (built-in defaults below them); with nothing at all,
-        # show the default profile.
-        cfg = source.resolve(
-            file, default_profile=None if source.describes_layout else DEFAULT_PROFILE)
+        cfg = source.resolve(file, default_profile=DEFAULT_PROFILE)
     topo = resolve_topology(cfg)
     try:
         kinds = None if group is None else (group,)
@@ -67,7 +71,7 @@ def show(
     console = make_console(record=svg is not None)
     console.print(doc["summary"])
     if draw_map or svg is not None:
-        console.print(topo_render.layout_map(topo))
+        console.print(topo_render.layout_map(topo, console.width))
     else:
         console.print(topo_render.rank_table(doc))
         console.print(topo_render.group_table(doc))

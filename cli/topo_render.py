@@ -88,24 +88,29 @@ def group_table(doc: dict[str, Any]) -> Text:
                          right=("count", "size"))
 
 
-def layout_map(topo: Topology, max_nodes: int = 4, max_cells: int = 32) -> RenderableType:
-    """One row per node, one cell per device; TP groups framed, coloured by DP replica."""
+def layout_map(topo: Topology, width: int = 100, max_nodes: int = 4,
+               max_cells: int = 32) -> RenderableType:
+    """One panel per node, one cell per device; TP groups framed, coloured by DP replica.
+
+    Frames (and the cells of one wide frame) wrap into rows that fit `width` columns.
+    """
     c = topo.config.cluster
     nodes = c.nnodes if c.nnodes <= max_nodes else 1
     rows: list[RenderableType] = []
     for node in range(nodes):
         first = node * c.devices_per_node
         last = min(first + c.devices_per_node, first + max_cells)
-        frames: list[RenderableType] = []
+        frames: list[tuple[int, Panel]] = []
         rank = first
         while rank < last:
             info = topo.rank_info(rank)
             tp_group = topo.group("tp", rank)
             members = [r for r in tp_group.ranks if first <= r < last and r >= rank]
-            frames.append(_tp_frame(topo, info.dp, info.pp, tp_group.index, members))
+            frames.append(_tp_frame(topo, info.dp, info.pp, tp_group.index, members, width - 4))
             rank = members[-1] + 1
         grid = Table.grid(padding=(0, 1))
-        grid.add_row(*frames)
+        for line in _fill(frames, width - 4):
+            grid.add_row(*line)
         more = c.devices_per_node - (last - first)
         title = f"node {node}" + (f"  (+{more} devices not drawn)" if more > 0 else "")
         rows.append(Panel(grid, title=title, title_align="left", box=box.SQUARE, expand=False))
@@ -117,20 +122,41 @@ def layout_map(topo: Topology, max_nodes: int = 4, max_cells: int = 32) -> Rende
     return Group(*rows)
 
 
-def _tp_frame(topo: Topology, dp: int, pp: int, tp_index: int, ranks: list[int]) -> Panel:
+def _fill(items: list[tuple[int, Panel]], width: int) -> list[list[Panel]]:
+    """Greedy line filling of (width, frame) pairs, one space between frames."""
+    lines: list[list[Panel]] = [[]]
+    used = 0
+    for w, item in items:
+        if lines[-1] and used + 1 + w > width:
+            lines.append([])
+            used = 0
+        used += (1 if lines[-1] else 0) + w
+        lines[-1].append(item)
+    return lines
+
+
+def _tp_frame(topo: Topology, dp: int, pp: int, tp_index: int, ranks: list[int],
+              width: int) -> tuple[int, Panel]:
+    """A TP group's frame and its width; its cells wrap to rows when wider than `width`."""
     color = DP_COLORS[dp % len(DP_COLORS)]
-    cells = Table.grid(padding=(0, 1))
     labels = []
     for r in ranks:
         info = topo.rank_info(r)
         lines = [f"r{r}", f"tp{info.tp}"]
         if info.ep is not None:
             lines.append(f"E{ids(list(info.experts), most=3)}")
-        labels.append(Text("\n".join(lines), style=f"bold {color}", justify="center"))
-    cells.add_row(*labels)
+        labels.append(lines)
+    cell = max(len(line) for lines in labels for line in lines) + 1
+    per_row = max(1, min(len(labels), (width - 4) // cell))
+    cells = Table.grid(padding=(0, 1))
+    for start in range(0, len(labels), per_row):
+        row = [Text("\n".join(lines), style=f"bold {color}", justify="center")
+               for lines in labels[start:start + per_row]]
+        cells.add_row(*row, *[""] * (per_row - len(row)))
     stage = f" s{pp}" if topo.layout.pp > 1 else ""
-    return Panel(cells, title=f"dp{dp}{stage}", subtitle=f"tp#{tp_index}", border_style=color,
-                 box=box.ROUNDED, expand=False)
+    frame = Panel(cells, title=f"dp{dp}{stage}", subtitle=f"tp#{tp_index}", border_style=color,
+                  box=box.ROUNDED, expand=False)
+    return per_row * cell + 3, frame
 
 
 def _legend(topo: Topology) -> Table:

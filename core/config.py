@@ -8,7 +8,7 @@ live here too, in `ServingConfig`, and report every problem of a config at once.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,27 +37,27 @@ class ParallelConfig(BaseModel):
 
     model_config = _SCHEMA
 
-    data_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, strict=True, ge=1)
     """Independent serving replicas (DP), each with its own scheduler and KV cache.
     Example: 2 serves two copies of the model behind the router."""
 
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, strict=True, ge=1)
     """Devices one layer's tensors are split over (TP): heads, columns and rows.
     Example: 4 gives each rank a quarter of the attention heads."""
 
-    pipeline_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, strict=True, ge=1)
     """Ordered stages the layer stack is cut into (PP).
     Example: 2 with 32 layers gives layers 0-15 to stage 0 and 16-31 to stage 1."""
 
-    data_parallel_size_local: int | None = Field(None, ge=1)
+    data_parallel_size_local: int | None = Field(None, strict=True, ge=1)
     """DP replicas placed on each node; null derives it from cluster.devices_per_node.
     Example: 1 with TP 4 on 4-device nodes puts one replica per node."""
 
-    pipeline_layer_partition: tuple[int, ...] | None = None
+    pipeline_layer_partition: tuple[Annotated[int, Field(strict=True, ge=1)], ...] | None = None
     """Explicit layers per stage, overriding the even split; must sum to model.num_layers.
     Example: [7, 9] gives stage 0 seven layers and stage 1 nine."""
 
-    enable_expert_parallel: bool = False
+    enable_expert_parallel: bool = Field(False, strict=True)
     """Partition MoE experts over the EP group (size DP x TP) instead of sharding each expert
     with TP. MoE models only. Example: true with DP 2 x TP 4 spreads experts over 8 ranks."""
 
@@ -101,35 +101,35 @@ class ModelSpec(BaseModel):
     name: str = "tiny-moe"
     """A label for tables and logs. Example: 'deepseek-v3-shape'."""
 
-    num_layers: int = Field(4, ge=1)
+    num_layers: int = Field(4, strict=True, ge=1)
     """Decoder layers. Example: 32."""
 
-    hidden_size: int = Field(64, ge=1)
+    hidden_size: int = Field(64, strict=True, ge=1)
     """Width of the residual stream. Example: 4096."""
 
-    num_attention_heads: int = Field(8, ge=1)
+    num_attention_heads: int = Field(8, strict=True, ge=1)
     """Query heads per layer. Example: 32."""
 
-    num_kv_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(4, strict=True, ge=1)
     """Key/value heads per layer (grouped-query attention); must divide the query heads.
     Example: 8 with 32 query heads."""
 
-    intermediate_size: int = Field(128, ge=1)
+    intermediate_size: int = Field(128, strict=True, ge=1)
     """Width of the dense SwiGLU MLP (and of each expert). Example: 14336."""
 
-    num_experts: int = Field(8, ge=0, le=MAX_EXPERTS)
+    num_experts: int = Field(8, strict=True, ge=0, le=MAX_EXPERTS)
     """Routed experts per MoE layer (at most 65,536); 0 makes a dense model. Example: 64."""
 
-    experts_per_token: int = Field(2, ge=1)
+    experts_per_token: int = Field(2, strict=True, ge=1)
     """Experts each token is routed to (top-k); MoE models only. Example: 2."""
 
-    vocab_size: int = Field(256, ge=1)
+    vocab_size: int = Field(256, strict=True, ge=1)
     """Vocabulary size of the embedding and LM head. Example: 128256."""
 
-    max_seq_len: int = Field(512, ge=1)
+    max_seq_len: int = Field(512, strict=True, ge=1)
     """Longest sequence (prompt + generated) the KV cache must hold. Example: 8192."""
 
-    rope_theta: float = Field(10000.0, gt=0, allow_inf_nan=False)
+    rope_theta: float = Field(10000.0, strict=True, gt=0, allow_inf_nan=False)
     """Rotary embedding base. Example: 500000.0."""
 
     dtype: DType = "float32"
@@ -143,40 +143,16 @@ class ModelSpec(BaseModel):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @model_validator(mode="after")
-    def _check_shape(self) -> ModelSpec:
-        issues: list[ConfigIssue] = []
-        if self.hidden_size % self.num_attention_heads:
-            issues.append(ConfigIssue(
-                "hidden_size", self.hidden_size,
-                f"not divisible by num_attention_heads={self.num_attention_heads}; "
-                f"use a multiple of {self.num_attention_heads}",
-            ))
-        if self.num_attention_heads % self.num_kv_heads:
-            issues.append(ConfigIssue(
-                "num_kv_heads", self.num_kv_heads,
-                f"must divide num_attention_heads={self.num_attention_heads}; use "
-                + _choices(_divisors(self.num_attention_heads)),
-            ))
-        if self.is_moe and self.experts_per_token > self.num_experts:
-            issues.append(ConfigIssue(
-                "experts_per_token", self.experts_per_token,
-                f"more than num_experts={self.num_experts}; use at most {self.num_experts}",
-            ))
-        if issues:
-            raise ConfigError(issues)
-        return self
-
 
 class ClusterSpec(BaseModel):
     """Where the ranks run."""
 
     model_config = _SCHEMA
 
-    nnodes: int = Field(1, ge=1)
+    nnodes: int = Field(1, strict=True, ge=1)
     """Hosts taking part. Example: 2."""
 
-    devices_per_node: int | None = Field(None, ge=1)
+    devices_per_node: int | None = Field(None, strict=True, ge=1)
     """Worker processes (one per device) on each host; null fills in world size / nnodes.
     Example: 8."""
 
@@ -193,7 +169,7 @@ class ServeSpec(BaseModel):
     host: str = "127.0.0.1"
     """Address the router listens on. Example: '0.0.0.0' to accept remote clients."""
 
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8000, strict=True, ge=0, le=65535)
     """Router port; 0 picks a free one. Example: 8000."""
 
     policy: RoutingPolicy = "least_loaded"
@@ -201,13 +177,13 @@ class ServeSpec(BaseModel):
     yet prefilled plus tokens still to decode), 'round_robin' cycles, 'prefix_affinity'
     prefers the replica that already holds the prompt's prefix. Example: 'round_robin'."""
 
-    max_num_seqs: int = Field(8, ge=1)
+    max_num_seqs: int = Field(8, strict=True, ge=1)
     """Sequences one replica runs in a batch. Example: 256."""
 
-    max_queue: int = Field(64, ge=1)
+    max_queue: int = Field(64, strict=True, ge=1)
     """Requests a replica may hold waiting before the router answers 429. Example: 1024."""
 
-    kv_block_size: int = Field(16, ge=1)
+    kv_block_size: int = Field(16, strict=True, ge=1)
     """Tokens per paged KV-cache block. Example: 16."""
 
 
@@ -268,11 +244,45 @@ class ServingConfig(BaseModel):
         return self
 
 
+def model_shape_issues(m: ModelSpec) -> list[ConfigIssue]:
+    """Rules inside the model section (paths 'model.*'); checked with the cross-section rules
+    so that one run reports both kinds."""
+    issues: list[ConfigIssue] = []
+    heads = m.num_attention_heads
+    if m.hidden_size % heads:
+        issues.append(ConfigIssue(
+            "model.hidden_size", m.hidden_size,
+            f"not divisible by num_attention_heads={heads}; use a multiple of {heads}",
+            ("model.num_attention_heads",)))
+    elif m.head_dim % 2:
+        issues.append(ConfigIssue(
+            "model.hidden_size", m.hidden_size,
+            f"gives head_dim = {m.hidden_size} / {heads} = {m.head_dim}, but rotary "
+            f"embeddings need an even head_dim; use a multiple of {2 * heads}",
+            ("model.num_attention_heads",)))
+    if heads % m.num_kv_heads:
+        issues.append(ConfigIssue(
+            "model.num_kv_heads", m.num_kv_heads,
+            f"must divide num_attention_heads={heads}; use " + _choices(_divisors(heads)),
+            ("model.num_attention_heads",)))
+    if m.is_moe and m.experts_per_token > m.num_experts:
+        issues.append(ConfigIssue(
+            "model.experts_per_token", m.experts_per_token,
+            f"more than num_experts={m.num_experts}; use at most {m.num_experts}",
+            ("model.num_experts",)))
+    return issues
+
+
+_SIZES = ("parallel.data_parallel_size", "parallel.pipeline_parallel_size",
+          "parallel.tensor_parallel_size")
+
+
 def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
-    """Every rule that ties two sections together; each issue names the field to change."""
+    """Every rule that ties fields together; each issue names the field to change and, in
+    `related`, the other fields it read."""
     p, m, c = cfg.parallel, cfg.model, cfg.cluster
     tp, pp, dp = p.tensor_parallel_size, p.pipeline_parallel_size, p.data_parallel_size
-    issues: list[ConfigIssue] = []
+    issues: list[ConfigIssue] = model_shape_issues(m)
 
     world = p.world_size
     if world > MAX_WORLD_SIZE:
@@ -282,13 +292,14 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
         issues.append(ConfigIssue(
             field, size,
             f"the layout DP {dp} x PP {pp} x TP {tp} has {world} ranks, more than the "
-            f"{MAX_WORLD_SIZE} a layout may have; use smaller parallel sizes",
+            f"{MAX_WORLD_SIZE} a layout may have; use smaller parallel sizes", _SIZES,
         ))
     if c.devices_per_node is None:
         issues.append(ConfigIssue(
             "cluster.nnodes", c.nnodes,
             f"the world of DP {dp} x PP {pp} x TP {tp} = {world} ranks does not split evenly "
             f"over {c.nnodes} nodes; use a divisor of {world} or set cluster.devices_per_node",
+            _SIZES,
         ))
     elif world != c.nnodes * c.devices_per_node:
         capacity = c.nnodes * c.devices_per_node
@@ -301,7 +312,20 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
             "cluster.devices_per_node", c.devices_per_node,
             f"the layout needs DP {dp} x PP {pp} x TP {tp} = {world} ranks but nnodes="
             f"{c.nnodes} x devices_per_node={c.devices_per_node} gives {capacity} devices; "
-            f"{fix}, or change the parallel sizes",
+            f"{fix}, or change the parallel sizes", (*_SIZES, "cluster.nnodes"),
+        ))
+    elif c.devices_per_node % tp and tp % c.devices_per_node:
+        # With TP fastest, a TP group is a run of TP consecutive ranks: it stays inside one
+        # node only when TP divides devices_per_node (or spans whole nodes when the reverse).
+        first = next(g for g in range(0, world, tp)
+                     if g // c.devices_per_node != (g + tp - 1) // c.devices_per_node)
+        issues.append(ConfigIssue(
+            "cluster.devices_per_node", c.devices_per_node,
+            f"TP groups of {tp} consecutive ranks would straddle nodes (ranks {first}-"
+            f"{first + tp - 1} span nodes {first // c.devices_per_node} and "
+            f"{(first + tp - 1) // c.devices_per_node}); use a multiple of {tp} devices per "
+            f"node, or a divisor of {tp} for TP across whole nodes",
+            ("parallel.tensor_parallel_size",),
         ))
 
     if not _tp_fits(m, tp):
@@ -321,6 +345,7 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
         issues.append(ConfigIssue(
             "parallel.tensor_parallel_size", tp,
             "; ".join(reasons) + "; use " + _choices(valid_tensor_parallel_sizes(m)),
+            ("model.num_attention_heads", "model.num_kv_heads", "model.intermediate_size"),
         ))
 
     if p.pipeline_layer_partition is not None:
@@ -329,18 +354,19 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(
                 "parallel.pipeline_layer_partition", list(parts),
                 f"has {len(parts)} entries but pipeline_parallel_size={pp}; give one per stage",
+                ("parallel.pipeline_parallel_size",),
             ))
-        elif sum(parts) != m.num_layers or min(parts) < 1:
+        elif sum(parts) != m.num_layers:
             issues.append(ConfigIssue(
                 "parallel.pipeline_layer_partition", list(parts),
-                f"must give every stage >= 1 layer and sum to model.num_layers={m.num_layers} "
-                f"(it sums to {sum(parts)})",
+                f"its layers add up to {sum(parts)} but model.num_layers={m.num_layers}; make "
+                f"the entries sum to {m.num_layers}", ("model.num_layers",),
             ))
     elif pp > m.num_layers:
         issues.append(ConfigIssue(
             "parallel.pipeline_parallel_size", pp,
             f"more stages than model.num_layers={m.num_layers}, so a stage would hold no "
-            f"layer; use at most {m.num_layers}",
+            f"layer; use at most {m.num_layers}", ("model.num_layers",),
         ))
 
     if p.enable_expert_parallel:
@@ -348,7 +374,7 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(
                 "parallel.enable_expert_parallel", True,
                 f"model '{m.name}' is dense (model.num_experts=0); set "
-                "enable_expert_parallel=false or use a MoE model",
+                "enable_expert_parallel=false or use a MoE model", ("model.num_experts",),
             ))
         elif m.num_experts < p.expert_parallel_size:
             issues.append(ConfigIssue(
@@ -356,6 +382,8 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
                 f"the EP group has DP {dp} x TP {tp} = {p.expert_parallel_size} ranks, so "
                 f"{p.expert_parallel_size - m.num_experts} of them would hold no expert; use "
                 f"num_experts >= {p.expert_parallel_size} or a smaller DP x TP",
+                ("parallel.data_parallel_size", "parallel.tensor_parallel_size",
+                 "parallel.enable_expert_parallel"),
             ))
 
     if p.data_parallel_size_local is not None and c.devices_per_node is not None:
@@ -366,6 +394,7 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
                 f"cluster.devices_per_node={c.devices_per_node} with TP {tp} x PP {pp} per "
                 f"replica holds {c.devices_per_node / (tp * pp):g} replicas per node; "
                 + (f"use {per_node} or leave it null" if not rem else "leave it null"),
+                ("cluster.devices_per_node", *_SIZES[1:]),
             ))
     return issues
 

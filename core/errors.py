@@ -12,14 +12,15 @@ class ConfigIssue:
     field: str
     value: object
     message: str
-    origin: str | None = None  # the flag that set the value, when one did
+    related: tuple[str, ...] = ()  # other fields the rule read, to name the flags that set them
+    origin: str | None = None  # e.g. "from --tensor-parallel-size": flags behind the problem
 
     def __str__(self) -> str:
         if not self.field:
             return self.message
         value = self.value
         shown = f"{value!r}" if isinstance(value, str) else str(value)
-        origin = f" (from {self.origin})" if self.origin else ""
+        origin = f" ({self.origin})" if self.origin else ""
         return f"{self.field}={shown}{origin}: {self.message}"
 
 

@@ -30,8 +30,12 @@ class ConfigFlag:
 
     @property
     def help(self) -> str:
-        text = (self.field_info.description or "").split("Example:")[0]
-        return " ".join(text.split())
+        """The field description's first sentence: what the value means."""
+        text = " ".join((self.field_info.description or "").split("Example:")[0].split())
+        first = text.split("; ")[0].split(". ")[0].rstrip(".")
+        if self.choices:  # the choices are listed by the caller; drop their explanations
+            first = first.split(": ")[0]
+        return first + "."
 
     @property
     def choices(self) -> tuple[str, ...]:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .config import ModelSpec, ServingConfig
+from .config import ModelSpec, ServingConfig, model_shape_issues
 from .errors import ConfigError, ConfigIssue
 
 FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
@@ -73,7 +73,20 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> ServingC
     try:
         return ServingConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(issues_from_validation(e, ServingConfig), source) from None
+        issues = issues_from_validation(e, ServingConfig)
+        raise ConfigError(issues + _shape_issues_beside(issues, data), source) from None
+
+
+def _shape_issues_beside(issues: list[ConfigIssue], data: Mapping[str, Any]) -> list[ConfigIssue]:
+    """The model-shape rules, when field errors elsewhere stopped the cross-field pass but the
+    model section itself parses: so `hidden_size: 65` is reported beside a bad port."""
+    if any(i.field.startswith("model.") or i.field == "model" for i in issues):
+        return []
+    try:
+        spec = ModelSpec.model_validate(data.get("model", {}))
+    except (ValidationError, AttributeError):
+        return []
+    return [i for i in model_shape_issues(spec) if i not in issues]
 
 
 def load_config(path: str | Path) -> ServingConfig:
@@ -90,7 +103,8 @@ def issues_from_validation(err: ValidationError, root: type[BaseModel]) -> list[
         if isinstance(inner, ConfigError):
             for issue in inner.issues:
                 field = f"{loc}.{issue.field}" if loc and issue.field else (issue.field or loc)
-                issues.append(ConfigIssue(field, issue.value, issue.message))
+                related = tuple(f"{loc}.{r}" if loc else r for r in issue.related)
+                issues.append(ConfigIssue(field, issue.value, issue.message, related))
             continue
         issues.append(ConfigIssue(loc, e.get("input"), _explain(e, root)))
     return issues
@@ -113,7 +127,17 @@ def _explain(e: dict, root: type[BaseModel]) -> str:
         return f"must be {op} {bound}"
     if kind in ("model_type", "dict_type"):
         return "must be a mapping (a section of keys)"
+    if kind in ("int_type", "int_from_float"):
+        return f"must be an integer, not {_json_type(e.get('input'))}"
+    if kind == "bool_type":
+        return f"must be true or false, not {_json_type(e.get('input'))}"
     return e["msg"][0].lower() + e["msg"][1:]
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", str: "a string", float: "a number with a fraction",
+             list: "a list", dict: "a mapping", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -164,9 +188,13 @@ def profile_data(name: str) -> dict[str, Any]:
 def model_profile(name: str) -> ModelSpec:
     data = _read_profile(name, models=True)
     try:
-        return ModelSpec.model_validate(data)
+        spec = ModelSpec.model_validate(data)
     except ValidationError as e:
         raise ConfigError(issues_from_validation(e, ModelSpec), f"model profile {name}") from None
+    issues = model_shape_issues(spec)
+    if issues:
+        raise ConfigError(issues, f"model profile {name}")
+    return spec
 
 
 def load_profile(name: str) -> ServingConfig:
@@ -182,13 +210,19 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
     model_profile_name: str | None = None,
     flag_names: Mapping[str, str] | None = None,
+    default_profile: str | None = None,
 ) -> ServingConfig:
     """Layer defaults < profile < file < flags and validate the result once.
 
     `overrides` is a nested mapping of flag values ({'parallel': {'tensor_parallel_size': 4}});
     `model_profile_name` (a flag) replaces the model section with a shipped model shape.
     `flag_names` maps dotted paths to the flag that set them, so an error names the flag.
+    `default_profile` is used only when no profile, file, model profile or flag was given:
+    flags alone describe a layout on the built-in defaults, not on a profile.
     """
+    if (profile is None and path is None and model_profile_name is None
+            and not any(v is not None for v in _leaves(overrides or {}))):
+        profile = default_profile
     data: dict[str, Any] = {}
     sources = []
     if profile is not None:
@@ -208,9 +242,27 @@ def resolve_config(
     except ConfigError as e:
         if not flag_names:
             raise
-        named = [ConfigIssue(i.field, i.value, i.message, flag_names[i.field])
-                 if i.field in flag_names else i for i in e.issues]
-        raise ConfigError(named, e.source) from None
+        raise ConfigError([_name_flags(i, flag_names) for i in e.issues], e.source) from None
+
+
+def _name_flags(issue: ConfigIssue, flag_names: Mapping[str, str]) -> ConfigIssue:
+    """Say which flags stand behind an issue: the one that set its field ("from --x"), and
+    any that set another field the rule read ("with --y"), so a flag contradicting a file or
+    profile is named even when the issue lands on the file's field."""
+    own = flag_names.get(issue.field)
+    others = [flag_names[f] for f in issue.related if f in flag_names and f != issue.field]
+    parts = ([f"from {own}"] if own else []) + ([f"with {', '.join(others)}"] if others else [])
+    if not parts:
+        return issue
+    return ConfigIssue(issue.field, issue.value, issue.message, issue.related, "; ".join(parts))
+
+
+def _leaves(tree: Mapping[str, Any]) -> Iterator[Any]:
+    for value in tree.values():
+        if isinstance(value, Mapping):
+            yield from _leaves(value)
+        else:
+            yield value
 
 
 def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

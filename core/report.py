@@ -1,8 +1,9 @@
 """The resolved topology as one plain document: what `topo show` prints, as a table or JSON.
 
 Schema `pypto.topology/v1` (stable: fields are only ever added). Big worlds are summarised:
-at most `limit` ranks and `limit` groups per kind are listed, with counts for the rest, so
-the document never enumerates a million ranks.
+at most `limit` ranks, `limit` groups per kind and `limit` members per group are listed,
+with counts and `*_truncated` flags for the rest, so the document stays small at a million
+ranks.
 """
 
 from __future__ import annotations
@@ -10,19 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 from .config import ServingConfig
-from .topology import Topology
+from .topology import GroupInfo, Topology
 
 SCHEMA = "pypto.topology/v1"
 
 
+def layout_label(cfg: ServingConfig) -> str:
+    """'DP 2 x PP 1 x TP 4 + EP 8'."""
+    p = cfg.parallel
+    ep = f" + EP {p.expert_parallel_size}" if p.enable_expert_parallel else ""
+    return (f"DP {p.data_parallel_size} x PP {p.pipeline_parallel_size} x "
+            f"TP {p.tensor_parallel_size}{ep}")
+
+
 def layout_summary(cfg: ServingConfig) -> str:
     """One line: world = DP x PP x TP (+ EP) on nodes x devices; the model."""
-    p, c, m = cfg.parallel, cfg.cluster, cfg.model
-    ep = f" + EP {p.expert_parallel_size}" if p.enable_expert_parallel else ""
+    c, m = cfg.cluster, cfg.model
     kind = f"MoE {m.num_experts} experts" if m.is_moe else "dense"
-    return (f"world {p.world_size} = DP {p.data_parallel_size} x PP {p.pipeline_parallel_size} "
-            f"x TP {p.tensor_parallel_size}{ep} on {c.nnodes} node(s) x {c.devices_per_node} "
-            f"{c.platform} device(s); model {m.name} ({m.num_layers} layers, {kind})")
+    return (f"world {cfg.parallel.world_size} = {layout_label(cfg)} on {c.nnodes} node(s) x "
+            f"{c.devices_per_node} {c.platform} device(s); model {m.name} "
+            f"({m.num_layers} layers, {kind})")
 
 
 def topology_document(
@@ -49,7 +57,7 @@ def topology_document(
                     "platform": c.platform},
         "model": {"name": m.name, "num_layers": m.num_layers, "num_experts": m.num_experts,
                   "num_attention_heads": m.num_attention_heads, "num_kv_heads": m.num_kv_heads},
-        "stage_layers": [[r.start, r.stop] for r in topo.stage_layers],
+        "stage_layers": [[r.start, r.stop] for r in topo.stage_layers[:limit]],
         "expert_placement": None if placement is None else {
             "strategy": placement.strategy, "num_experts": placement.num_experts,
             "ep_size": placement.ep_size,
@@ -62,11 +70,18 @@ def topology_document(
         count = topo.num_groups(kind)
         if rank is not None:
             g = topo.group(kind, rank)
-            listed = [g.to_dict() | {"rank_in_group": g.rank_in_group(rank)}]
+            listed = [_group_entry(g, limit) | {"rank_in_group": g.rank_in_group(rank)}]
         else:
-            listed = [topo.group_at(kind, i).to_dict() for i in range(min(count, limit))]
+            listed = [_group_entry(topo.group_at(kind, i), limit)
+                      for i in range(min(count, limit))]
         doc["groups"][kind] = {
             "count": count, "size": topo.layout.group_size(kind), "groups": listed,
             "truncated": rank is None and count > len(listed),
         }
     return doc
+
+
+def _group_entry(group: GroupInfo, limit: int) -> dict[str, Any]:
+    """A group with at most `limit` of its members listed (`size` says how many there are)."""
+    return {"kind": group.kind, "index": group.index, "size": group.size,
+            "ranks": list(group.ranks[:limit]), "ranks_truncated": group.size > limit}

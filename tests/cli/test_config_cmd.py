@@ -10,6 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pypto_serving.core.errors import ConfigError
 from pypto_serving.core.loader import load_config, load_profile, profile_names, read_mapping
 
 
@@ -94,7 +95,7 @@ def test_schema_accepts_every_profile_and_rejects_broken(cli):
               "extra": 1}
     errors = list(validator.iter_errors(broken))
     assert len(errors) >= 2
-    with pytest.raises(Exception, match="tensor_parallel_size"):
+    with pytest.raises(ConfigError, match="tensor_parallel_size"):
         from pypto_serving.core.loader import parse_config
 
         parse_config(broken)
@@ -162,3 +163,28 @@ def test_random_configs_never_traceback(cli, tmp_path, data):
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     if r.exit_code == 2:
         assert "problem" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("value", [True, "2", "two", [2]])
+def test_loader_and_schema_agree_on_types(cli, value):
+    """A value the exported schema rejects is rejected by the loader too (no coercion)."""
+    from pypto_serving.core.loader import parse_config
+
+    schema = json.loads(cli(["config", "schema"]).stdout)
+    data = {"parallel": {"tensor_parallel_size": value}, "cluster": {"devices_per_node": 2}}
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    with pytest.raises(ConfigError) as e:
+        parse_config(data)
+    assert e.value.issues[0].field == "parallel.tensor_parallel_size"
+    assert "must be an integer" in e.value.render()
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--format", "toml", "-o", "{tmp}/s.yaml"], "--format toml does not match s.yaml"),
+    (["-o", "{tmp}/s.txt"], "use a .yaml, .yml, .toml or .json name"),
+    (["--profile", "cpu-dem"], "did you mean 'cpu-demo'?"),
+])
+def test_init_refuses_what_could_not_be_loaded(cli, tmp_path, args, expect):
+    r = cli(["config", "init", *[a.format(tmp=tmp_path) for a in args]])
+    assert r.exit_code == 2 and expect in r.output
+    assert not list(tmp_path.iterdir())

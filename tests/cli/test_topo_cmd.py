@@ -75,6 +75,12 @@ def test_million_rank_world_is_summarised(cli):
     assert doc["world_size"] == 1_048_576
     assert len(doc["ranks"]) == 8 and doc["ranks_truncated"]
     assert doc["groups"]["dp"]["count"] == 256 and doc["groups"]["dp"]["truncated"]
+    world = doc["groups"]["world"]["groups"][0]
+    assert world["size"] == 1_048_576 and len(world["ranks"]) == 8 and world["ranks_truncated"]
+    assert len(r.stdout) < 100_000  # summarised, not a million rows
+    zoom = cli([*args, "--json", "--rank", "777777"])
+    assert len(zoom.stdout) < 100_000
+    assert json.loads(zoom.stdout)["groups"]["dp"]["groups"][0]["rank_in_group"] == 3038
     r = cli([*args, "--rank", "1048575"])
     assert r.exit_code == 0 and "1048575" in r.output
     table = cli(args)
@@ -92,8 +98,9 @@ def test_flags_alone_equal_the_same_layout_from_a_file(cli, tmp_path):
 
 def _snapshot(name: str, text: str) -> None:
     path = SNAPSHOTS / name
-    if os.environ.get("PYPTO_UPDATE_SNAPSHOTS") or not path.exists():
+    if os.environ.get("PYPTO_UPDATE_SNAPSHOTS"):
         path.write_text(text)
+    assert path.exists(), f"no snapshot {name}; create it with PYPTO_UPDATE_SNAPSHOTS=1"
     assert text == path.read_text(), f"{name} changed; rerun with PYPTO_UPDATE_SNAPSHOTS=1"
 
 
@@ -105,7 +112,9 @@ def test_map_plain_text_snapshot(cli, name, args):
     r = cli(["topo", "show", *args, "--map"])
     assert r.exit_code == 0, r.output
     _snapshot(name, r.stdout)
-    for rank in range(resolve_topology(resolve_config(profile="cpu-demo")).world_size):
+    world = json.loads(cli(["topo", "show", *args, "--json"]).stdout)["world_size"]
+    assert world == (4 if "cpu-demo" in args else 16)
+    for rank in range(world):
         assert f"r{rank}" in r.stdout
 
 

@@ -71,3 +71,32 @@ def test_every_flag_maps_to_a_real_field_with_help():
         assert flag.help, flag.name
         section, field = flag.path.split(".")
         assert field in type(getattr(ServingConfig(), section)).model_fields
+
+
+def test_a_flag_that_contradicts_the_profile_is_named_on_the_file_field():
+    with pytest.raises(ConfigError) as e:
+        resolve_config(profile="cpu-demo", overrides={"parallel": {"tensor_parallel_size": 4}},
+                       flag_names={"parallel.tensor_parallel_size": "--tensor-parallel-size"})
+    (issue,) = [i for i in e.value.issues if i.field == "cluster.devices_per_node"]
+    assert str(issue).startswith(
+        "cluster.devices_per_node=4 (with --tensor-parallel-size): the layout needs DP 2 x "
+        "PP 1 x TP 4 = 8 ranks")
+
+
+def test_tp_groups_must_not_straddle_nodes():
+    with pytest.raises(ConfigError) as e:
+        resolve_config(overrides={"parallel": {"data_parallel_size": 3, "tensor_parallel_size": 4},
+                                  "cluster": {"nnodes": 2}})
+    assert str(e.value.issues[0]) == (
+        "cluster.devices_per_node=6: TP groups of 4 consecutive ranks would straddle nodes "
+        "(ranks 4-7 span nodes 0 and 1); use a multiple of 4 devices per node, or a divisor "
+        "of 4 for TP across whole nodes")
+    # TP across whole nodes is fine: TP 8 over two 4-device nodes.
+    assert resolve_config(overrides={"parallel": {"tensor_parallel_size": 8},
+                                     "cluster": {"nnodes": 2}}).cluster.devices_per_node == 4
+
+
+def test_odd_head_dim_is_refused_for_rotary():
+    with pytest.raises(ConfigError, match=r"model.hidden_size=24: gives head_dim = 24 / 8 = 3, "
+                       r"but rotary embeddings need an even head_dim; use a multiple of 16"):
+        resolve_config(overrides={"model": {"hidden_size": 24}})

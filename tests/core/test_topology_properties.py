@@ -38,7 +38,10 @@ def valid_configs(draw):
         cuts = sorted(draw(st.sets(st.integers(1, layers - 1), min_size=pp - 1,
                                    max_size=pp - 1)))
         partition = [b - a for a, b in zip([0, *cuts], [*cuts, layers], strict=True)]
-    nnodes = draw(st.sampled_from([n for n in range(1, world + 1) if world % n == 0]))
+    # Node sizes that keep every TP group inside a node or spanning whole nodes.
+    nnodes = draw(st.sampled_from([
+        n for n in range(1, world + 1)
+        if world % n == 0 and ((world // n) % tp == 0 or tp % (world // n) == 0)]))
     return parse_config({
         "parallel": {
             "data_parallel_size": dp, "pipeline_parallel_size": pp,
