@@ -1,4 +1,9 @@
-"""Launching the executor's worker scripts through `pypto launch` (loaded by path)."""
+"""Launching the executor's worker scripts through `pypto launch`, and the one by-path loader.
+
+pytest runs in importlib mode, so test modules cannot import their neighbours: each loads
+this one file by path and reaches the layouts as `jobs.cases`; other helper files are
+loaded here, by `load_by_path`.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,23 @@ import importlib.util
 import json
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 JOB_TIMEOUT_S = 180
 
-_spec = importlib.util.spec_from_file_location("_tests_conftest", ROOT / "tests" / "conftest.py")
-_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_conftest)
-run_pypto_launch = _conftest.run_pypto_launch
+
+def load_by_path(path: Path, name: str) -> ModuleType:
+    """Import the file at `path` as module `name` (it is not on sys.path)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_pypto_launch = load_by_path(ROOT / "tests" / "conftest.py", "_tests_conftest").run_pypto_launch
+cases = load_by_path(HERE / "cases.py", "executor_cases")
 
 
 def launch(config: dict, script: Path, args: list[str], work: Path,

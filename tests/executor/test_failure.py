@@ -13,9 +13,7 @@ HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("executor_jobs", HERE / "jobs.py")
 jobs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(jobs)
-_spec = importlib.util.spec_from_file_location("executor_cases", HERE / "cases.py")
-cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cases)
+cases = jobs.cases
 
 pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(120)]
 
