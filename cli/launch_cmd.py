@@ -14,6 +14,8 @@ from .options import ConfigSource, config_options
 # The layout flags launch adds; --nnodes, --platform and --nproc-per-node are its own
 # (torchrun's) and fold into the config when flags describe the layout.
 PARALLEL_FLAGS = tuple(f for f in CONFIG_FLAGS if f.path.startswith("parallel."))
+TORCHRUN_NAMES = {"cluster.nnodes": "--nnodes", "cluster.platform": "--platform",
+                  "cluster.devices_per_node": "--nproc-per-node"}
 
 HELP = """Start one worker per local device running SCRIPT (or -m MODULE), supervise them, and
 leave nothing behind. torchrun's flags work the same; with --config/--profile the world
@@ -108,8 +110,8 @@ def launch(
         cluster = {"cluster.nnodes": _int_or_none(nnodes), "cluster.platform": platform,
                    "cluster.devices_per_node": _int_or_none(nproc_per_node)}
         with user_errors():
-            resolved = ConfigSource(profile, source.model_profile,
-                               {**source.flags, **cluster}).resolve(config)
+            resolved = ConfigSource(profile, source.model_profile, {**source.flags, **cluster}
+                                    ).resolve(config, spelled=TORCHRUN_NAMES)
         profile = None
     spec = LaunchSpec(
         target=script, args=list(args or []), module=module, config=resolved, profile=profile,

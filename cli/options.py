@@ -33,10 +33,14 @@ class ConfigSource:
             v is not None for v in self.flags.values())
 
     def resolve(
-        self, path: Path | None = None, default_profile: str | None = None
+        self, path: Path | None = None, default_profile: str | None = None,
+        spelled: dict[str, str] | None = None,
     ) -> ServingConfig:
-        """The config; `default_profile` applies only when nothing at all was given."""
-        flag_names = {f.path: f.name for f in CONFIG_FLAGS if self.flags.get(f.path) is not None}
+        """The config; `default_profile` applies only when nothing at all was given.
+        `spelled` renames flags in messages (launch's --nproc-per-node sets devices_per_node).
+        """
+        names = {f.path: f.name for f in CONFIG_FLAGS} | (spelled or {})
+        flag_names = {path: names[path] for path, v in self.flags.items() if v is not None}
         return resolve_config(path, self.profile, overrides_from_flags(self.flags),
                               self.model_profile, flag_names, default_profile)
 

@@ -50,3 +50,13 @@ def test_flag_error_is_one_message_and_spawns_nothing(pypto_launch, tmp_path):
     assert r.returncode == 2
     assert "parallel.tensor_parallel_size=3 (from --tensor-parallel-size)" in r.stderr
     assert "must not run" not in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
+def test_contradiction_names_launchs_own_flag(pypto_launch, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("raise SystemExit('must not run')\n")
+    r = pypto_launch(["--standalone", "-dp", "2", "-tp", "2", "--nproc-per-node", "2",
+                      str(script)], timeout=60)
+    assert r.returncode == 2
+    assert "cluster.devices_per_node=2 (from --nproc-per-node; with --data-parallel-size" in r.stderr
+    assert "--devices-per-node" not in r.stderr
