@@ -58,5 +58,6 @@ def test_contradiction_names_launchs_own_flag(pypto_launch, tmp_path):
     r = pypto_launch(["--standalone", "-dp", "2", "-tp", "2", "--nproc-per-node", "2",
                       str(script)], timeout=60)
     assert r.returncode == 2
-    assert "cluster.devices_per_node=2 (from --nproc-per-node; with --data-parallel-size" in r.stderr
+    assert ("cluster.devices_per_node=2 (from --nproc-per-node; with --data-parallel-size"
+            in r.stderr)
     assert "--devices-per-node" not in r.stderr
