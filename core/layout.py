@@ -72,15 +72,6 @@ class Layout:
     def world_size(self) -> int:
         return self.dp * self.pp * self.tp
 
-    def size(self, dim: str) -> int:
-        return dict(self.dims)[dim]
-
-    def stride(self, dim: str) -> int:
-        try:
-            return self._strides[dim]
-        except KeyError:
-            raise UnknownGroupError(dim, [d for d, _ in self.dims]) from None
-
     def coords(self, rank: int) -> dict[str, int]:
         """{'dp': .., 'pp': .., 'tp': ..} of a rank."""
         self.check_rank(rank)
@@ -174,6 +165,3 @@ class Layout:
         else:
             for base in bases:
                 yield tuple(map(base.__add__, offsets))
-
-    def group_of(self, kind: str, rank: int) -> tuple[int, ...]:
-        return self.group_ranks(kind, self.group_index(kind, rank))
