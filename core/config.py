@@ -16,6 +16,7 @@ from .errors import ConfigError, ConfigIssue
 from .layout import Layout
 
 PlacementStrategy = Literal["linear", "round_robin"]
+PlacementMode = Literal["replica", "overlapped"]
 All2AllBackend = Literal["pypto_default", "allgather_reducescatter"]
 DataParallelBackend = Literal["local", "multiproc", "external"]
 DataParallelLoadBalance = Literal["internal", "external", "hybrid"]
@@ -61,6 +62,18 @@ class ParallelConfig(BaseModel):
     """Partition MoE experts over the EP group (size DP x TP) instead of sharding each expert
     with TP. MoE models only. Example: true with DP 2 x TP 4 spreads experts over 8 ranks."""
 
+    expert_parallel_size: int | None = Field(None, strict=True, ge=1)
+    """PyPTO Serving's explicit EP size; null derives it. Our EP group always spans DP x TP
+    ranks of one stage, so when given it must equal that (1 with expert parallelism off).
+    Example: 8 with DP 8 x TP 1."""
+
+    placement_mode: PlacementMode | None = None
+    """PyPTO Serving's word for how replicas and experts share devices: 'replica' keeps each
+    DP replica on devices of its own (no EP across replicas); 'overlapped' lays the DP
+    attention replicas and one EP group over the same devices (enable_expert_parallel with
+    EP = DP x TP). Null: whichever enable_expert_parallel implies.
+    Example: 'overlapped' for DeepSeek with DP 8 x EP 8 x TP 1 on 8 devices."""
+
     expert_placement_strategy: PlacementStrategy = "linear"
     """How experts map to EP ranks: 'linear' gives each rank a contiguous block (the first
     E mod n ranks one extra); 'round_robin' gives rank i every expert e with e mod n = i.
@@ -86,7 +99,7 @@ class ParallelConfig(BaseModel):
         return self.data_parallel_size * self.pipeline_parallel_size * self.tensor_parallel_size
 
     @property
-    def expert_parallel_size(self) -> int:
+    def ep_size(self) -> int:
         """EP group size: DP x TP when expert parallelism is on, else 1."""
         if not self.enable_expert_parallel:
             return 1
@@ -376,15 +389,17 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
                 f"model '{m.name}' is dense (model.num_experts=0); set "
                 "enable_expert_parallel=false or use a MoE model", ("model.num_experts",),
             ))
-        elif m.num_experts < p.expert_parallel_size:
+        elif m.num_experts < p.ep_size:
             issues.append(ConfigIssue(
                 "model.num_experts", m.num_experts,
-                f"the EP group has DP {dp} x TP {tp} = {p.expert_parallel_size} ranks, so "
-                f"{p.expert_parallel_size - m.num_experts} of them would hold no expert; use "
-                f"num_experts >= {p.expert_parallel_size} or a smaller DP x TP",
+                f"the EP group has DP {dp} x TP {tp} = {p.ep_size} ranks, so "
+                f"{p.ep_size - m.num_experts} of them would hold no expert; use "
+                f"num_experts >= {p.ep_size} or a smaller DP x TP",
                 ("parallel.data_parallel_size", "parallel.tensor_parallel_size",
                  "parallel.enable_expert_parallel"),
             ))
+
+    issues += _pypto_serving_issues(p)
 
     if p.data_parallel_size_local is not None and c.devices_per_node is not None:
         per_node, rem = divmod(c.devices_per_node, tp * pp)
@@ -396,6 +411,33 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
                 + (f"use {per_node} or leave it null" if not rem else "leave it null"),
                 ("cluster.devices_per_node", *_SIZES[1:]),
             ))
+    return issues
+
+
+def _pypto_serving_issues(p: ParallelConfig) -> list[ConfigIssue]:
+    """PyPTO Serving's explicit fields (expert_parallel_size, placement_mode) must agree with
+    the layout they describe; they add no freedom of their own."""
+    issues: list[ConfigIssue] = []
+    dp, tp, ep_on = p.data_parallel_size, p.tensor_parallel_size, p.enable_expert_parallel
+    if p.expert_parallel_size is not None and p.expert_parallel_size != p.ep_size:
+        fix = (f"the EP group spans DP {dp} x TP {tp} = {p.ep_size} ranks of one stage; use "
+               f"{p.ep_size} or leave it null" if ep_on else
+               "experts are partitioned only with enable_expert_parallel=true (the EP group "
+               f"is then DP x TP = {dp * tp}); set that, or use 1 or null")
+        issues.append(ConfigIssue("parallel.expert_parallel_size", p.expert_parallel_size, fix,
+                                  ("parallel.enable_expert_parallel", *_SIZES[::2])))
+    if p.placement_mode == "overlapped" and not ep_on:
+        issues.append(ConfigIssue(
+            "parallel.placement_mode", "overlapped",
+            "lays one EP group over the DP replicas' devices; set enable_expert_parallel=true "
+            "(or use 'replica')", ("parallel.enable_expert_parallel",)))
+    elif p.placement_mode == "replica" and ep_on and dp > 1:
+        issues.append(ConfigIssue(
+            "parallel.placement_mode", "replica",
+            f"keeps each replica's devices to itself, but with enable_expert_parallel the EP "
+            f"group spans all DP {dp} x TP {tp} ranks ('overlapped'); use 'overlapped', or "
+            "enable_expert_parallel=false", ("parallel.enable_expert_parallel",
+                                             "parallel.data_parallel_size")))
     return issues
 
 

@@ -19,7 +19,7 @@ SCHEMA = "pypto.topology/v1"
 def layout_label(cfg: ServingConfig) -> str:
     """'DP 2 x PP 1 x TP 4 + EP 8'."""
     p = cfg.parallel
-    ep = f" + EP {p.expert_parallel_size}" if p.enable_expert_parallel else ""
+    ep = f" + EP {p.ep_size}" if p.enable_expert_parallel else ""
     return (f"DP {p.data_parallel_size} x PP {p.pipeline_parallel_size} x "
             f"TP {p.tensor_parallel_size}{ep}")
 
@@ -52,7 +52,7 @@ def topology_document(
         "summary": layout_summary(cfg),
         "world_size": topo.world_size,
         "layout": {"dp": p.data_parallel_size, "pp": p.pipeline_parallel_size,
-                   "tp": p.tensor_parallel_size, "ep": p.expert_parallel_size},
+                   "tp": p.tensor_parallel_size, "ep": p.ep_size},
         "cluster": {"nnodes": c.nnodes, "devices_per_node": c.devices_per_node,
                     "platform": c.platform},
         "model": {"name": m.name, "num_layers": m.num_layers, "num_experts": m.num_experts,

@@ -141,7 +141,7 @@ class Topology:
             layer_partition(m.num_layers, p.pipeline_parallel_size, p.pipeline_layer_partition)
         )
         self.expert_placement: ExpertPlacement | None = (
-            ExpertPlacement(m.num_experts, p.expert_parallel_size, p.expert_placement_strategy)
+            ExpertPlacement(m.num_experts, p.ep_size, p.expert_placement_strategy)
             if p.enable_expert_parallel and m.is_moe else None
         )
 

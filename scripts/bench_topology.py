@@ -135,7 +135,7 @@ def run(runs: int) -> list[tuple[str, float, float | None, str]]:
     data = raw_config(*big)
     cfg = parse_config(data)
     topo = resolve_topology(cfg)
-    assert topo.world_size == 1 << 20 and cfg.parallel.expert_parallel_size == 65536
+    assert topo.world_size == 1 << 20 and cfg.parallel.ep_size == 65536
 
     rows.append(("1M: validate config", median_ms(lambda: parse_config(data), runs),
                  None, "parse_config of the raw mapping"))

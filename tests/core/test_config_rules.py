@@ -329,7 +329,7 @@ def test_fewer_experts_than_ep_ranks():
 def test_experts_not_divisible_by_ep_size_are_fine():
     cfg = parse_config({"parallel": {"enable_expert_parallel": True, "data_parallel_size": 3},
                         "model": {"num_experts": 8}, "cluster": {"devices_per_node": 3}})
-    assert cfg.parallel.expert_parallel_size == 3
+    assert cfg.parallel.ep_size == 3
 
 
 def test_expert_parallel_size_is_dp_times_tp_only_when_enabled():
@@ -338,7 +338,7 @@ def test_expert_parallel_size_is_dp_times_tp_only_when_enabled():
                      "enable_expert_parallel": True}, "cluster": {"devices_per_node": 4}})
     off = on.model_copy(update={"parallel": on.parallel.model_copy(
         update={"enable_expert_parallel": False})})
-    assert (on.parallel.expert_parallel_size, off.parallel.expert_parallel_size) == (4, 1)
+    assert (on.parallel.ep_size, off.parallel.ep_size) == (4, 1)
 
 
 # --- data_parallel_size_local ------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_profile_layout_matches_its_name(name):
     cfg = load_profile(name)
     p, c = cfg.parallel, cfg.cluster
     assert (p.data_parallel_size, p.pipeline_parallel_size, p.tensor_parallel_size,
-            p.expert_parallel_size, c.nnodes, c.devices_per_node) == LAYOUTS[name]
+            p.ep_size, c.nnodes, c.devices_per_node) == LAYOUTS[name]
 
 
 @pytest.mark.parametrize("name", model_profile_names())
