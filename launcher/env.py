@@ -72,6 +72,7 @@ def coordinates_env(topology: Topology, rank: int, run_dir: Path) -> dict[str, s
 
 
 def config_file(run_dir: Path) -> Path:
+    """Where the resolved config is written for the workers (PYPTO_CONFIG)."""
     return run_dir / "config.json"
 
 

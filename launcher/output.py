@@ -76,6 +76,8 @@ class OutputRouter:
             return
         self.plan.log_dir.mkdir(parents=True, exist_ok=True)
         for local in range(self.plan.nproc_per_node):
+            if not (self.plan.logged(local, 1) or self.plan.logged(local, 2)):
+                continue
             if local not in self._files:  # a new launch starts the files afresh
                 self._files[local] = open(self.log_path(local), "wb")  # noqa: SIM115
             if restart_count:
@@ -113,7 +115,7 @@ class OutputRouter:
         for line in lines:
             tail.append(line.decode("utf-8", "replace"))
         log = self._files.get(local_rank)
-        if log is not None:
+        if log is not None and self.plan.logged(local_rank, fd):
             log.write(b"".join(line + b"\n" for line in lines))
             log.flush()
         redirected = self.plan.redirects[local_rank][fd - 1]

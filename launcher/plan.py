@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 START_METHODS = ("auto", "fork", "spawn")
 START_METHOD_ENV = "PYPTO_LAUNCH_START_METHOD"
 DEFAULT_MASTER_PORT = 29500
+DEFAULT_RDZV_PORT = 29400  # torchrun's port for an --rdzv-endpoint without one
+RDZV_BACKENDS = ("c10d", "static")  # accepted for torchrun parity; our rendezvous is our own
 STREAMS = {0: (False, False), 1: (True, False), 2: (False, True), 3: (True, True)}
 
 
@@ -62,6 +64,8 @@ class LaunchSpec:
     grace_period: float = 5.0
     rdzv_timeout: float = 60.0
     env: Mapping[str, str] | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_backend: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class Plan:
     rdzv_timeout: float
     log_dir: Path | None
     redirects: tuple[tuple[bool, bool], ...]
+    tee: tuple[tuple[bool, bool], ...]
     shown_ranks: frozenset[int] | None
     base_env: Mapping[str, str]
     config: ServingConfig | None = None
@@ -98,7 +103,18 @@ class Plan:
     def global_rank(self, local_rank: int) -> int:
         return self.node_rank * self.nproc_per_node + local_rank
 
+    def logged(self, local_rank: int, fd: int) -> bool:
+        """Whether stream `fd` (1 stdout, 2 stderr) of `local_rank` goes to its log file:
+        with --redirects/--tee only the streams they name (torchrun), else every stream."""
+        if self.log_dir is None:
+            return False
+        chosen = (*self.redirects, *self.tee)
+        if not any(out or err for out, err in chosen):
+            return True
+        return self.redirects[local_rank][fd - 1] or self.tee[local_rank][fd - 1]
+
     def topology(self) -> Topology | None:
+        """Core's topology of the config (None without one): computed there, once."""
         if self.config is None:
             return None
         from ..core.topology import resolve_topology
@@ -121,6 +137,10 @@ def make_plan(spec: LaunchSpec) -> Plan:
                           f"use 0..{nnodes - 1}")
     if spec.max_restarts < 0:
         raise LaunchError(f"--max-restarts {spec.max_restarts} must be >= 0")
+    if spec.max_restarts > 0 and nnodes > 1:
+        raise LaunchError(f"--max-restarts {spec.max_restarts} with --nnodes {nnodes}: "
+                          "restarts are not coordinated across nodes yet; use "
+                          "--max-restarts 0 (a failure on any node stops every node)")
     if spec.device_bind not in DEVICE_BINDS:
         raise LaunchError(f"--device-bind {spec.device_bind!r} is not one of "
                           f"{', '.join(DEVICE_BINDS)}")
@@ -141,7 +161,7 @@ def make_plan(spec: LaunchSpec) -> Plan:
         device_bind=spec.device_bind, cpu_bind=spec.cpu_bind,
         start_method=_start_method(spec, base_env), grace_period=spec.grace_period,
         rdzv_timeout=spec.rdzv_timeout, log_dir=log_dir, redirects=redirects,
-        shown_ranks=_ranks_filter(spec.local_ranks_filter, nproc), base_env=base_env,
+        tee=tee, shown_ranks=_ranks_filter(spec.local_ranks_filter, nproc), base_env=base_env,
         config=cfg, warnings=tuple(warnings),
     )
 
@@ -244,6 +264,12 @@ def _check_devices(platform: str, nproc: int, visible: list[str], warnings: list
 
 
 def _master(spec: LaunchSpec, nnodes: int) -> tuple[str, int]:
+    if spec.rdzv_backend not in (None, *RDZV_BACKENDS):
+        raise LaunchError(f"--rdzv-backend {spec.rdzv_backend!r} is not supported; pypto "
+                          f"launch has its own rendezvous ({' and '.join(RDZV_BACKENDS)} are "
+                          "accepted and ignored)")
+    if spec.rdzv_endpoint:
+        return _endpoint(spec)
     if spec.standalone:
         if spec.master_port is not None:
             raise LaunchError("--standalone picks its own port; drop --master-port")
@@ -255,6 +281,24 @@ def _master(spec: LaunchSpec, nnodes: int) -> tuple[str, int]:
     if nnodes > 1 and spec.master_addr is None:
         raise LaunchError("--nnodes > 1 needs --master-addr (the host of node 0)")
     return addr, port
+
+
+def _endpoint(spec: LaunchSpec) -> tuple[str, int]:
+    """torchrun's --rdzv-endpoint HOST[:PORT] (IPv6 as [ADDR]:PORT): node 0's launcher."""
+    value = spec.rdzv_endpoint or ""
+    if spec.master_addr is not None or spec.master_port is not None or spec.standalone:
+        raise LaunchError(f"--rdzv-endpoint {value} names the master already; drop "
+                          "--master-addr/--master-port/--standalone")
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", value.strip())
+    if m is None:
+        raise LaunchError(f"--rdzv-endpoint {value!r}: give HOST or HOST:PORT "
+                          "(e.g. node0:29400)")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4) or DEFAULT_RDZV_PORT)
+    if not 0 < port < 65536:
+        raise LaunchError(f"--rdzv-endpoint {value}: port {port} is not a TCP port "
+                          "(1..65535)")
+    return host, port
 
 
 def _run_id(spec: LaunchSpec) -> str:

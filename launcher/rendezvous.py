@@ -4,7 +4,8 @@ The launcher never imports torch, so it hosts no TCP store: rank 0's worker does
 MASTER_ADDR:MASTER_PORT (env:// initialisation). What the launchers do first is a small
 handshake on that same port. Node 0 listens there until every other node has said hello
 (checking they agree on nnodes, processes per node, run id and config), answers "go", and
-releases the port for rank 0's store. Other nodes retry connecting until --rdzv-timeout.
+releases the listening port for rank 0's store; the accepted connections stay open as the
+control channel (control.py). Other nodes retry connecting until --rdzv-timeout.
 A port in use or an unreachable master is therefore a one-line error, never a hang.
 """
 
@@ -14,11 +15,14 @@ import errno
 import json
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from .control import keep_alive
 from .errors import LaunchError
 
 HELLO = "pypto-launch-rdzv-1"
+POLL = 0.2  # seconds between checks for a signal while waiting
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,20 @@ def _listener(port: int) -> socket.socket:
     return sock
 
 
-def host(port: int, me: NodeHello, timeout: float) -> None:
-    """Node 0: wait for nodes 1..n-1 on `port`, check they agree, tell them to go."""
+def host(port: int, me: NodeHello, timeout: float,
+         check: Callable[[], None] = lambda: None) -> dict[int, socket.socket]:
+    """Node 0: wait for nodes 1..n-1 on `port`, check they agree, tell them to go.
+
+    Returns the open connection of every other node (the control channel). `check` is
+    called every POLL seconds while waiting (the launcher raises there on a signal).
+    """
     deadline = time.monotonic() + timeout
     peers: dict[int, socket.socket] = {}
-    problems: list[str] = []
+    ok = False
     with _listener(port) as server:
         try:
             while len(peers) < me.nnodes - 1:
+                check()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     missing = sorted(set(range(1, me.nnodes)) - set(peers))
@@ -69,12 +79,12 @@ def host(port: int, me: NodeHello, timeout: float) -> None:
                         f"node(s) {missing} did not join at port {port} within {timeout:g}s; "
                         "start `pypto launch --node-rank N` on every node with the same "
                         "--master-addr/--master-port (or raise --rdzv-timeout)", code=1)
-                server.settimeout(left)
+                server.settimeout(min(left, POLL))
                 try:
                     conn, _ = server.accept()
                 except TimeoutError:
                     continue
-                hello = _read_hello(conn, deadline)
+                hello = _read_hello(conn, deadline, check)
                 if hello is None:
                     conn.close()
                     continue
@@ -82,23 +92,32 @@ def host(port: int, me: NodeHello, timeout: float) -> None:
                 if hello.node_rank in peers or hello.node_rank == 0:
                     problem = f"node rank {hello.node_rank} joined twice"
                 if problem:
-                    problems.append(problem)
                     _send(conn, {"ok": False, "error": problem})
                     conn.close()
                     raise LaunchError(f"rendezvous failed: {problem}", code=1)
                 peers[hello.node_rank] = conn
             for conn in peers.values():
                 _send(conn, {"ok": True})
+                keep_alive(conn)
+            ok = True
+            return peers
         finally:
-            for conn in peers.values():
-                conn.close()
+            if not ok:
+                for conn in peers.values():
+                    conn.close()
 
 
-def join(addr: str, port: int, me: NodeHello, timeout: float) -> None:
-    """Node k > 0: reach node 0's launcher at addr:port (retrying) and wait for its go."""
+def join(addr: str, port: int, me: NodeHello, timeout: float,
+         check: Callable[[], None] = lambda: None) -> socket.socket:
+    """Node k > 0: reach node 0's launcher at addr:port (retrying) and wait for its go.
+
+    Returns the open connection to node 0 (the control channel). A name that does not
+    resolve fails at once; a refused or silent master is retried until `timeout`.
+    """
     deadline = time.monotonic() + timeout
     last = "no answer"
     while True:
+        check()
         left = deadline - time.monotonic()
         if left <= 0:
             raise LaunchError(
@@ -106,30 +125,43 @@ def join(addr: str, port: int, me: NodeHello, timeout: float) -> None:
                 "node 0 runs `pypto launch --node-rank 0` with the same --master-addr/"
                 "--master-port, and that the port is open", code=1)
         try:
-            conn = socket.create_connection((addr, port), timeout=min(left, 2.0))
+            conn = socket.create_connection((addr, port), timeout=min(left, 1.0))
+        except socket.gaierror as e:
+            if e.errno == socket.EAI_AGAIN:  # the resolver is busy or down: retry
+                last = e.strerror or str(e)
+                time.sleep(POLL)
+                continue
+            raise LaunchError(f"--master-addr {addr!r} does not resolve ({e.strerror}); give "
+                              "node 0's host name or IP address", code=1) from None
         except OSError as e:
             last = e.strerror or str(e)
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
             continue
-        with conn:
-            try:
-                _send(conn, {"hello": HELLO, **asdict(me)})
-                conn.settimeout(max(0.1, deadline - time.monotonic()))
-                reply = _read_line(conn)
-            except (OSError, TimeoutError) as e:
-                last = f"handshake failed: {e}"
-                time.sleep(0.2)
-                continue
+        try:
+            _send(conn, {"hello": HELLO, **asdict(me)})
+            reply = _read_line(conn, deadline, check)
+        except (OSError, TimeoutError) as e:
+            conn.close()
+            last = f"handshake failed: {e}"
+            time.sleep(POLL)
+            continue
+        except BaseException:
+            conn.close()
+            raise
         if reply is None:
+            conn.close()
             last = "connection closed during the handshake"
-            time.sleep(0.2)
+            time.sleep(POLL)
             continue
         if not isinstance(reply, dict) or "ok" not in reply:
+            conn.close()
             raise LaunchError(f"{addr}:{port} answered but is not a pypto launcher; is another "
                               "job using --master-port?", code=1)
         if not reply["ok"]:
+            conn.close()
             raise LaunchError(f"rendezvous refused by node 0: {reply.get('error')}", code=1)
-        return
+        keep_alive(conn)
+        return conn
 
 
 def _disagreement(me: NodeHello, other: NodeHello) -> str:
@@ -142,10 +174,10 @@ def _disagreement(me: NodeHello, other: NodeHello) -> str:
     return ""
 
 
-def _read_hello(conn: socket.socket, deadline: float) -> NodeHello | None:
-    conn.settimeout(max(0.1, min(5.0, deadline - time.monotonic())))
+def _read_hello(conn: socket.socket, deadline: float,
+                check: Callable[[], None]) -> NodeHello | None:
     try:
-        data = _read_line(conn)
+        data = _read_line(conn, min(deadline, time.monotonic() + 5.0), check)
     except (OSError, TimeoutError):
         return None
     if not isinstance(data, dict) or data.pop("hello", None) != HELLO:
@@ -163,10 +195,20 @@ def _send(conn: socket.socket, message: dict) -> None:
         pass
 
 
-def _read_line(conn: socket.socket, limit: int = 65536) -> object | None:
+def _read_line(conn: socket.socket, deadline: float, check: Callable[[], None],
+               limit: int = 65536) -> object | None:
+    """One JSON line; None at end of stream; TimeoutError at `deadline`."""
     buf = b""
     while b"\n" not in buf:
-        chunk = conn.recv(4096)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        conn.settimeout(min(left, POLL))
+        try:
+            chunk = conn.recv(4096)
+        except TimeoutError:
+            check()
+            continue
         if not chunk:
             return None
         buf += chunk

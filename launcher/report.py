@@ -21,24 +21,21 @@ class WorkerEnd:
     restart_count: int
     tail: tuple[str, ...] = field(default=())
     error: str | None = None
-
-    @property
-    def signal_name(self) -> str | None:
-        if self.returncode >= 0:
-            return None
-        try:
-            return signal.Signals(-self.returncode).name
-        except ValueError:
-            return f"signal {-self.returncode}"
+    status_unknown: bool = False
 
     def how(self) -> str:
-        name = self.signal_name
-        return f"killed by {name}" if name else f"exited with code {self.returncode}"
+        if self.status_unknown:
+            return "ended (exit status unknown: the zygote did not report it)"
+        return describe_exit(self.returncode)
+
+    def summary(self) -> str:
+        """One line naming the rank, its node and how it ended."""
+        return (f"rank {self.rank} (local rank {self.local_rank}, node {self.node}) "
+                f"{self.how()}")
 
     def render(self) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
-        lines = [f"  rank {self.rank} (local rank {self.local_rank}, node {self.node}) "
-                 f"{self.how()} at {stamp}"]
+        lines = [f"  {self.summary()} at {stamp}"]
         if self.error:
             lines.append(f"  error: {self.error}")
         if self.tail:
@@ -63,11 +60,33 @@ def read_error_file(path: Path) -> str | None:
     return message.strip().splitlines()[-1]
 
 
+def describe_exit(returncode: int) -> str:
+    """'exited with code N' or 'killed by SIGNAME' for a Popen-style return code."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
 def failure_report(first: WorkerEnd, others: list[WorkerEnd], attempt: int,
-                   attempts: int) -> str:
+                   attempts: int, unkillable: list[str] = ()) -> str:
+    """The report of an attempt a worker of this node failed: the cause first."""
     head = (f"pypto launch: worker failure on attempt {attempt + 1} of {attempts} "
             f"(restart {first.restart_count})")
-    lines = [head, first.render()]
+    return "\n".join([head, first.render(), *_aftermath(others, unkillable)])
+
+
+def cause_report(cause: str, ends: list[WorkerEnd], attempt: int, attempts: int,
+                 unkillable: list[str] = ()) -> str:
+    """The report of an attempt ended by something that is no worker of this node."""
+    head = f"pypto launch: attempt {attempt + 1} of {attempts} failed: {cause}"
+    return "\n".join([head, *_aftermath(ends, unkillable)])
+
+
+def _aftermath(others: list[WorkerEnd], unkillable: list[str]) -> list[str]:
+    lines = []
     failed = [o for o in others if o.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL)]
     stopped = [o for o in others if o not in failed and o.returncode != 0]
     for o in failed:
@@ -75,4 +94,6 @@ def failure_report(first: WorkerEnd, others: list[WorkerEnd], attempt: int,
     if stopped:
         ranks = ", ".join(str(o.rank) for o in stopped)
         lines.append(f"  stopped the other worker(s) of this node: rank {ranks}")
-    return "\n".join(lines)
+    if unkillable:
+        lines.append(f"  could not kill (still running after SIGKILL): {', '.join(unkillable)}")
+    return lines

@@ -64,6 +64,20 @@ def signal_groups(groups: Iterable[int], sig: int) -> None:
             pass
 
 
+def signal_group_once(leader: int, sig: int) -> None:
+    """Signal the process group `leader` leads; only when that fails (the process moved to
+    another group) the process itself. Never both: a group leader would get `sig` twice."""
+    try:
+        os.killpg(leader, sig)
+        return
+    except OSError:
+        pass
+    try:
+        os.kill(leader, sig)
+    except OSError:
+        pass
+
+
 def kill_tree(roots: Iterable[int | psutil.Process], groups: Iterable[int] = (), grace: float = 0.0,
               adopt_children_of: int | None = None) -> list[psutil.Process]:
     """SIGTERM the whole tree, wait up to `grace` s, SIGKILL the rest, reap; return leftovers

@@ -16,11 +16,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import zygote as zygote_protocol
 from .prctl import die_with_parent
 from .target import Target
+
+POLL = 0.1  # seconds between signal checks while waiting for the zygote
+FORK_REPLY_TIMEOUT = 30.0
 
 
 @dataclass
@@ -37,13 +41,11 @@ class Worker:
     returncode: int | None = None
     ended: float | None = None
     open_fds: set[int] = field(default_factory=set)
+    dead_since: float | None = None  # forked: first seen dead without the zygote's report
+    status_unknown: bool = False
 
     def __post_init__(self) -> None:
         self.open_fds = {self.stdout_fd, self.stderr_fd}
-
-    @property
-    def alive(self) -> bool:
-        return self.returncode is None
 
     def set_status(self, status: int) -> None:
         """Record a raw wait status (from the zygote) as a Popen-style return code."""
@@ -91,13 +93,26 @@ class ZygoteClient:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def wait_ready(self, timeout: float) -> tuple[bool, str]:
-        """Block until the zygote has preloaded; (fork_safe, reason)."""
-        self._sock.settimeout(timeout)
+    def wait_ready(self, timeout: float,
+                   check: Callable[[], None] = lambda: None) -> tuple[bool, str]:
+        """Wait until the zygote has preloaded; (fork_safe, reason). `check` is called
+        every POLL seconds meanwhile (the launcher raises there on a signal)."""
+        deadline = time.monotonic() + timeout
+        message = None
         try:
-            message = self._next()
-        except (TimeoutError, OSError) as e:
-            return False, f"the zygote did not start ({e})"
+            while True:
+                check()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False, f"the zygote was not ready within {timeout:g}s"
+                self._sock.settimeout(min(left, POLL))
+                try:
+                    message = self._next()
+                    break
+                except TimeoutError:
+                    continue
+                except OSError as e:
+                    return False, f"the zygote did not start ({e})"
         finally:
             self._sock.settimeout(None)
         if message is None or message.get("op") != "ready":
@@ -106,14 +121,23 @@ class ZygoteClient:
         return bool(message["fork_safe"]), message.get("reason", "")
 
     def fork(self, request: dict, fds: tuple[int, int]) -> int:
-        zygote_protocol.send(self._sock, {"op": "fork", **request}, fds)
-        while True:
-            message = self._next()
-            if message is None:
-                raise OSError("the zygote exited")
-            if message["op"] == "forked":
-                return int(message["pid"])
-            self._note(message)
+        """Ask for one worker; its pid. OSError when the zygote is gone or does not answer
+        within FORK_REPLY_TIMEOUT (stopped or wedged)."""
+        self._sock.settimeout(FORK_REPLY_TIMEOUT)
+        try:
+            zygote_protocol.send(self._sock, {"op": "fork", **request}, fds)
+            while True:
+                try:
+                    message = self._next()
+                except TimeoutError:
+                    raise OSError(f"no answer within {FORK_REPLY_TIMEOUT:g}s") from None
+                if message is None:
+                    raise OSError("the zygote exited")
+                if message["op"] == "forked":
+                    return int(message["pid"])
+                self._note(message)
+        finally:
+            self._sock.settimeout(None)
 
     def take_queued(self) -> list[tuple[int, int]]:
         """Exit reports that arrived while waiting for a fork reply."""

@@ -7,7 +7,7 @@ is safe (one OS thread, no accelerator runtime initialised), and the launcher fa
 spawning fresh interpreters when it is not.
 
 Messages, launcher -> zygote: {"op": "fork", ...worker request} with [stdout_w, stderr_w].
-Zygote -> launcher: {"op": "ready", "fork_safe", "reason", "preload_s"},
+Zygote -> launcher: {"op": "ready", "fork_safe", "reason"},
 {"op": "forked", "local_rank", "pid"}, {"op": "exited", "ends": [[pid, raw wait status]...]}.
 EOF of the socket means "stop": the zygote kills what is left of its workers and exits.
 """
@@ -24,7 +24,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 import traceback
 
 from .prctl import become_subreaper, die_with_parent
@@ -35,6 +34,7 @@ MAX_MESSAGE = 1 << 20
 
 
 def send(sock: socket.socket, message: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
+    """One JSON message, with `fds` attached (SCM_RIGHTS) when given."""
     data = json.dumps(message).encode()
     if fds:
         socket.send_fds(sock, [data], list(fds))
@@ -70,29 +70,26 @@ def main(argv: list[str]) -> None:
 
 def preload() -> dict:
     """Import the heavy modules once, then judge whether forking from here is safe."""
-    start = time.perf_counter()
     names = [n.strip() for n in os.environ.get(PRELOAD_ENV, DEFAULT_PRELOAD).split(",")
              if n.strip()]
     for name in names:
         try:
             __import__(name)
         except BaseException as e:  # noqa: B036 - any failure just means "spawn instead"
-            return _ready(False, f"preloading {name} failed: {type(e).__name__}: {e}", start)
+            return _ready(False, f"preloading {name} failed: {type(e).__name__}: {e}")
     threads = _os_threads()
     if threads != 1 or threading.active_count() != 1:
         return _ready(False, f"the preloaded process runs {threads} OS threads "
-                      f"({threading.active_count()} Python threads); fork needs exactly one",
-                      start)
+                      f"({threading.active_count()} Python threads); fork needs exactly one")
     torch = sys.modules.get("torch")
     if torch is not None and getattr(torch, "cuda", None) is not None:
         if torch.cuda.is_initialized():
-            return _ready(False, "CUDA is already initialised in the preloaded process", start)
-    return _ready(True, "", start)
+            return _ready(False, "CUDA is already initialised in the preloaded process")
+    return _ready(True, "")
 
 
-def _ready(safe: bool, reason: str, start: float) -> dict:
-    return {"op": "ready", "fork_safe": safe, "reason": reason,
-            "preload_s": round(time.perf_counter() - start, 3)}
+def _ready(safe: bool, reason: str) -> dict:
+    return {"op": "ready", "fork_safe": safe, "reason": reason}
 
 
 def _os_threads() -> int:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +54,13 @@ def cli():
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
+def launch_command(args: list[str], entry: list[str] | None = None) -> list[str]:
+    """The command line of `pypto launch ARGS` (`entry`: what runs instead of
+    `-m pypto_serving.cli.main launch`, e.g. a wrapper script and its own arguments)."""
+    python = str(PYTHON) if PYTHON.exists() else sys.executable
+    return [python, *(entry or ["-m", "pypto_serving.cli.main", "launch"]), *args]
+
+
 def run_pypto_launch(args: list[str], timeout: float, env: dict[str, str] | None = None,
                      cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m pypto_serving.cli.main launch ARGS` in a real subprocess and wait.
@@ -57,12 +69,8 @@ def run_pypto_launch(args: list[str], timeout: float, env: dict[str, str] | None
     sent SIGINT (it stops its workers), then killed, and the test fails with its output.
     Use --standalone or a free --master-port so parallel tests never share a port.
     """
-    import sys
-
-    python = str(PYTHON) if PYTHON.exists() else sys.executable
-    proc = subprocess.Popen([python, "-m", "pypto_serving.cli.main", "launch", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=cwd)
+    proc = subprocess.Popen(launch_command(args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -77,7 +85,78 @@ def run_pypto_launch(args: list[str], timeout: float, env: dict[str, str] | None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+class LaunchProcess:
+    """`pypto launch` running in the background, its stdout read line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 entry: list[str] | None = None):
+        self.proc = subprocess.Popen(launch_command(args, entry), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self._rest = b""
+
+    def wait_for_json(self, count: int, timeout: float) -> dict[int, dict]:
+        """Read stdout until `count` ranks printed a JSON line; return them by rank."""
+        import select
+
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        found: dict[int, dict] = {}
+        while len(found) < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.kill()
+                raise AssertionError(f"only {sorted(found)} reported; output:\n"
+                                     + "\n".join(self.lines) + self.proc.stderr.read())
+            if not select.select([fd], [], [], min(left, 0.2))[0]:
+                continue
+            self._rest += os.read(fd, 65536)
+            *complete, self._rest = self._rest.split(b"\n")
+            for raw in complete:
+                line = raw.decode()
+                self.lines.append(line)
+                m = re.match(r"^\[rank(\d+)\]:(\{.*)$", line)
+                if m:
+                    found[int(m.group(1))] = json.loads(m.group(2))
+        return found
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float) -> tuple[int, str, str]:
+        """Wait for the end: (exit code, all of stdout, stderr)."""
+        out, err = self.proc.communicate(timeout=timeout)
+        before = "".join(line + "\n" for line in self.lines) + self._rest.decode()
+        return self.proc.returncode, before + out, err
+
+    def kill(self) -> None:
+        """SIGINT (the launcher cleans up), SIGKILL if it does not end within 10 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 @pytest.fixture
 def pypto_launch():
     """The `run_pypto_launch` helper as a fixture: pypto_launch([...], timeout=60)."""
     return run_pypto_launch
+
+
+@pytest.fixture
+def launch_process():
+    """Start `pypto launch` in the background: launch_process(args, env=None, entry=None)
+    -> LaunchProcess; every one still running at the end of the test is stopped."""
+    started: list[LaunchProcess] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None,
+              entry: list[str] | None = None) -> LaunchProcess:
+        started.append(LaunchProcess(args, env, entry))
+        return started[-1]
+
+    yield start
+    for lp in started:
+        lp.kill()

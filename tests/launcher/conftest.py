@@ -7,11 +7,7 @@ modules cannot import each other).
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +17,6 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 WORKERS = HERE / "workers"
-ROOT = HERE.parent.parent
 LINE = re.compile(r"^\[rank(\d+)\]:(.*)$")
 
 
@@ -63,6 +58,15 @@ def assert_gone(pids, timeout: float = 5.0) -> None:
     assert not alive, f"processes still running: {[_describe(p) for p in alive]}"
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and every process below it, now."""
+    try:
+        proc = psutil.Process(pid)
+        return [pid] + [p.pid for p in proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 def _describe(pid: int) -> str:
     try:
         return f"{pid} {' '.join(psutil.Process(pid).cmdline())}"
@@ -70,70 +74,9 @@ def _describe(pid: int) -> str:
         return str(pid)
 
 
-class LaunchProcess:
-    """`pypto launch` running in the background, its stdout read line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
-        python = ROOT / ".venv" / "bin" / "python"
-        self.proc = subprocess.Popen(
-            [str(python) if python.exists() else sys.executable, "-m",
-             "pypto_serving.cli.main", "launch", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.lines: list[str] = []
-        self._rest = b""
-
-    def wait_for_json(self, count: int, timeout: float) -> dict[int, dict]:
-        """Read stdout until `count` ranks printed a JSON line; return them by rank."""
-        import select
-
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        found: dict[int, dict] = {}
-        while len(found) < count:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                self.kill()
-                raise AssertionError(f"only {sorted(found)} reported; output:\n"
-                                     + "\n".join(self.lines) + self.proc.stderr.read())
-            if not select.select([fd], [], [], min(left, 0.2))[0]:
-                continue
-            self._rest += os.read(fd, 65536)
-            *complete, self._rest = self._rest.split(b"\n")
-            for raw in complete:
-                line = raw.decode()
-                self.lines.append(line)
-                found.update(rank_json(line))
-        return found
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def finish(self, timeout: float) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=timeout)
-        before = "".join(line + "\n" for line in self.lines) + self._rest.decode()
-        return self.proc.returncode, before + out, err
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 @pytest.fixture
-def lt(pypto_launch):
+def lt(pypto_launch, launch_process):
     """Launcher test tools: run (blocking), start (background), parsing and process checks."""
-    started: list[LaunchProcess] = []
-
-    def start(args: list[str], env: dict[str, str] | None = None) -> LaunchProcess:
-        lp = LaunchProcess(args, env)
-        started.append(lp)
-        return lp
-
-    yield SimpleNamespace(run=pypto_launch, start=start, workers=WORKERS,
+    yield SimpleNamespace(run=pypto_launch, start=launch_process, workers=WORKERS,
                           rank_lines=rank_lines, rank_json=rank_json, assert_gone=assert_gone,
-                          running=running)
-    for lp in started:
-        lp.kill()
+                          running=running, family=family)

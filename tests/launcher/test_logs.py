@@ -48,15 +48,23 @@ def test_redirects_keep_streams_off_the_console(port, lt, tmp_path):
     assert "[rank0]:out" not in result.stdout and "[rank0]:err 0" in result.stderr
     assert "[rank1]" not in result.stdout + result.stderr
     assert "err 1" in (tmp_path / "rank1.log").read_text()
+    assert (tmp_path / "rank0.log").read_text().splitlines() == [
+        "out one 0", "out two 0", "no newline 0"]  # only the redirected stream
 
 
 def test_tee_without_log_dir_makes_one(port, lt):
-    result = _run(lt, port, "--tee", "3")
+    """--tee 0:1: rank 0's stdout goes to the console and its file; nothing else is logged
+    (torchrun's meaning), and every stream still reaches the console."""
+    result = _run(lt, port, "--tee", "0:1")
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stderr.splitlines() if "worker logs go to" in x)
     log_dir = line.rsplit(" ", 1)[1]
     try:
-        assert "out one 1" in open(os.path.join(log_dir, "rank1.log")).read()
+        assert "[rank0]:out one 0" in result.stdout and "[rank1]:out one 1" in result.stdout
+        assert "[rank0]:err 0" in result.stderr
+        log = open(os.path.join(log_dir, "rank0.log")).read().splitlines()
+        assert log == ["out one 0", "out two 0", "no newline 0"]
+        assert not os.path.exists(os.path.join(log_dir, "rank1.log"))
     finally:
         import shutil
 

@@ -59,3 +59,44 @@ def test_nodes_that_disagree_are_refused(port, lt):
     assert code0 == 1 and code1 == 1
     assert "node 1 has nproc_per_node=1 but node 0 has 2" in err0
     assert "rendezvous refused by node 0" in err1
+
+
+def test_a_failure_on_one_node_stops_every_node(port, lt):
+    """Rank 3 (node 1) exits 9 after init: node 1 stops, tells node 0 over the control
+    channel, and node 0 stops its workers and names the remote rank, within the grace
+    period plus a few seconds, leaving nothing running on either node."""
+    common = ["--nnodes", "2", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+              "--master-port", str(port), "--rdzv-timeout", "60", "--grace-period", "2"]
+    script = [str(lt.workers / "nodefail.py"), "--fail-rank", "3", "--code", "9"]
+    node1 = lt.start([*common, "--node-rank", "1", *script])
+    node0 = lt.start([*common, "--node-rank", "0", *script])
+    rows0 = node0.wait_for_json(2, timeout=60)
+    family = lt.family(node0.proc.pid) + lt.family(node1.proc.pid)
+    code1, _, err1 = node1.finish(timeout=30)
+    ended1 = time.monotonic()
+    code0, _, err0 = node0.finish(timeout=2 + 8)
+    assert time.monotonic() - ended1 < 2 + 8
+    assert (code0, code1) == (1, 1), err0 + err1
+    assert "rank 3 (local rank 1, node 1) exited with code 9" in err1
+    assert "failed: node 1 failed: rank 3 (local rank 1, node 1) exited with code 9" in err0
+    assert "stopped the other worker(s) of this node: rank 0, 1" in err0
+    lt.assert_gone(family + [row["pid"] for row in rows0.values()])
+
+
+def test_restarts_across_nodes_are_refused(port, lt):
+    result = lt.run(["--nnodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1",
+                     "--master-port", str(port), "--max-restarts", "1",
+                     str(lt.workers / "allreduce.py")], timeout=30)
+    assert result.returncode == 2
+    assert "--max-restarts 1 with --nnodes 2" in result.stderr
+    assert "[rank" not in result.stdout
+
+
+def test_unresolvable_master_fails_at_once(port, lt):
+    start = time.monotonic()
+    result = lt.run(["--nnodes", "2", "--node-rank", "1", "--master-addr",
+                     "no-such-host.invalid", "--master-port", str(port), "--rdzv-timeout",
+                     "60", str(lt.workers / "allreduce.py")], timeout=30)
+    assert result.returncode == 1
+    assert time.monotonic() - start < 15  # not the 60 s rendezvous timeout
+    assert "--master-addr 'no-such-host.invalid' does not resolve" in result.stderr

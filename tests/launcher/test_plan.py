@@ -101,3 +101,27 @@ def test_api_reports_a_failure_in_process(tmp_path, port):
     assert result.failures[0].tail == ("rank 1",)
     assert "[rank0]:rank 0" in out.getvalue()
     assert "rank 1 (local rank 1, node 0) exited with code 5" in err.getvalue()
+
+
+def test_torchrun_rendezvous_flags(script):
+    plan = make_plan(LaunchSpec(target=script, nnodes=2, rdzv_endpoint="node0:1234",
+                                rdzv_backend="c10d", env={}))
+    assert (plan.master_addr, plan.master_port) == ("node0", 1234)
+    plan = make_plan(LaunchSpec(target=script, rdzv_endpoint="[::1]", rdzv_backend="static",
+                                env={}))
+    assert (plan.master_addr, plan.master_port) == ("::1", 29400)
+    with pytest.raises(LaunchError, match="--rdzv-backend 'etcd' is not supported"):
+        make_plan(LaunchSpec(target=script, rdzv_backend="etcd", env={}))
+    with pytest.raises(LaunchError, match="names the master already"):
+        make_plan(LaunchSpec(target=script, rdzv_endpoint="a:1", master_port=2, env={}))
+    with pytest.raises(LaunchError, match="give HOST or HOST:PORT"):
+        make_plan(LaunchSpec(target=script, rdzv_endpoint="a:b:c", env={}))
+
+
+def test_logged_streams_follow_redirects_and_tee(script):
+    every = make_plan(LaunchSpec(target=script, nproc_per_node=2, log_dir="/tmp/x", env={}))
+    assert all(every.logged(r, fd) for r in (0, 1) for fd in (1, 2))
+    some = make_plan(LaunchSpec(target=script, nproc_per_node=2, redirects="0:2", tee="1:1",
+                                log_dir="/tmp/x", env={}))
+    assert [[some.logged(r, fd) for fd in (1, 2)] for r in (0, 1)] == [[False, True],
+                                                                       [True, False]]

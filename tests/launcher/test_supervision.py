@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -133,7 +137,8 @@ def test_ctrl_c_while_starting_leaves_nothing(port, lt):
     job.signal(signal.SIGINT)
     code, out, err = job.finish(timeout=30)
     assert code == 130, err
-    assert "stopped by SIGINT" in err and "Traceback" not in err.replace("[rank", "")
+    assert "stopped by SIGINT before the workers ran" in err, err
+    assert "Traceback" not in err.replace("[rank", "")
     lt.assert_gone(family + [row["pid"] for row in lt.rank_json(out).values()])
 
 
@@ -162,3 +167,80 @@ def test_report_blames_the_killed_rank_not_the_peer_that_reacted(port, lt, tmp_p
     assert "rank 1 (local rank 1, node 0) killed by SIGKILL" in first, err
     assert "then rank 0 (local rank 0) exited with code 1" in err
     lt.assert_gone([rows[0]["pid"], rows[1]["pid"], zygote])
+
+
+def test_each_worker_gets_a_forwarded_signal_once(port, lt, tmp_path):
+    """killpg + kill of a group leader delivered SIGTERM twice. Two deliveries close
+    together often merge into one, so besides the workers' own count the launcher's every
+    os.kill/os.killpg is recorded (audit hook): one SIGTERM per worker, and one handled."""
+    audit = tmp_path / "signals.log"
+    job = lt.start(["--nproc-per-node", "2", "--master-port", str(port),
+                    str(lt.workers / "sigcount.py"), str(tmp_path)],
+                   env={**os.environ, "AUDIT_SIGNALS_FILE": str(audit)},
+                   entry=[str(lt.workers / "audited_launch.py")])
+    rows = job.wait_for_json(2, timeout=60)
+    job.signal(signal.SIGTERM)
+    code, out, err = job.finish(timeout=30)
+    assert code == 128 + signal.SIGTERM, err
+    sent = audit.read_text().splitlines()
+    for rank, row in rows.items():
+        counted = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert counted["calls"] == 1, counted
+        to_it = [x for x in sent if x.split()[1:] == [str(row["pid"]), str(int(signal.SIGTERM))]]
+        assert len(to_it) == 1, sent
+
+
+def test_a_dead_zygote_is_reported_and_the_restart_spawns(port, lt):
+    job = lt.start(["--nproc-per-node", "2", "--master-port", str(port), "--start-method",
+                    "fork", "--max-restarts", "1", str(lt.workers / "behave.py"),
+                    "--restart-sleep", "0.2"])
+    rows = job.wait_for_json(2, timeout=60)
+    zygote = rows[0]["ppid"]
+    os.kill(zygote, signal.SIGKILL)
+    code, out, err = job.finish(timeout=30)
+    assert code == 0, err
+    assert f"failed: the zygote (pid {zygote}) killed by SIGKILL" in err, err
+    assert "node 0) killed by SIGKILL" not in err  # no worker is blamed
+    again = lt.rank_json(out)
+    assert [row["restart"] for row in again.values()] == [1, 1]
+    assert {row["ppid"] for row in again.values()} == {job.proc.pid}  # spawned, no zygote
+    lt.assert_gone([zygote] + [row["pid"] for row in (*rows.values(), *again.values())])
+
+
+def test_a_stopped_zygote_cannot_hang_the_launcher(port, lt):
+    """Forked workers' ends come from the zygote; with it stopped, the launcher finds them
+    dead itself and ends after the grace period and the SIGKILL wait."""
+    job = lt.start(["--nproc-per-node", "2", "--master-port", str(port), "--start-method",
+                    "fork", "--grace-period", "1", str(lt.workers / "behave.py")])
+    rows = job.wait_for_json(2, timeout=60)
+    zygote = rows[0]["ppid"]
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        job.signal(signal.SIGTERM)
+        code, out, err = job.finish(timeout=20)
+    finally:
+        if lt.running(zygote):
+            os.kill(zygote, signal.SIGCONT)
+    assert code == 128 + signal.SIGTERM, err
+    lt.assert_gone([zygote] + [row["pid"] for row in rows.values()])
+
+
+def test_run_dirs_of_dead_launchers_are_swept(port, lt, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    base = Path(tempfile.gettempdir())
+    stale = base / f"pypto-launch-run-{dead.pid}-test"
+    live = base / f"pypto-launch-run-{os.getpid()}-test"
+    for folder in (stale, live):
+        (folder / "attempt_0").mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "ok.py"
+    script.write_text("print('ok')\n")
+    try:
+        result = lt.run(["--master-port", str(port), str(script)], timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert not stale.exists() and live.exists()
+    finally:
+        import shutil
+
+        for folder in (stale, live):
+            shutil.rmtree(folder, ignore_errors=True)

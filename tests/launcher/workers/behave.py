@@ -3,7 +3,8 @@
 Every rank prints {"rank", "pid", "ppid", "grandchild"} first, then: the rank named by
 --fail-rank exits with --code (or kills itself with --kill-self) after --delay seconds while
 the restart count is below --fail-until-restart; every other rank sleeps --sleep seconds
-(with --ignore-term it ignores SIGTERM, so only SIGKILL ends it).
+(--restart-sleep after a restart; with --ignore-term it ignores SIGTERM, so only SIGKILL
+ends it).
 """
 
 import argparse
@@ -21,6 +22,7 @@ p.add_argument("--kill-self", action="store_true")
 p.add_argument("--delay", type=float, default=0.3)
 p.add_argument("--fail-until-restart", type=int, default=1 << 30)
 p.add_argument("--sleep", type=float, default=60.0)
+p.add_argument("--restart-sleep", type=float, default=None, help="--sleep after a restart")
 p.add_argument("--grandchild", action="store_true")
 p.add_argument("--ignore-term", action="store_true")
 a = p.parse_args()
@@ -40,5 +42,6 @@ if rank == a.fail_rank and restart < a.fail_until_restart:
     if a.kill_self:
         os.kill(os.getpid(), signal.SIGKILL)
     sys.exit(a.code)
-time.sleep(a.sleep if rank != a.fail_rank else 0)
+sleep = a.restart_sleep if restart and a.restart_sleep is not None else a.sleep
+time.sleep(sleep if rank != a.fail_rank else 0)
 print(f"rank {rank} done", flush=True)
