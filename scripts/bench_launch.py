@@ -29,27 +29,34 @@ dist.destroy_process_group()
 """
 
 
+NOT_FORKING = "not forking workers"  # the launcher's notice when it falls back to spawn
+
+
 def commands(script: str, nproc: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     n = str(nproc)
-    env = dict(os.environ)
-    spawn_env = {**env, "PYPTO_LAUNCH_START_METHOD": "spawn"}
-    pypto = [str(BIN / "pypto"), "launch", "--standalone", "--nproc-per-node", n, script]
+    env = {k: v for k, v in os.environ.items() if k != "PYPTO_LAUNCH_START_METHOD"}
+    pypto = [str(BIN / "pypto"), "launch", "--standalone", "--nproc-per-node", n]
     return {
         "torchrun --standalone": (
             [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", n, script], env),
-        "pypto launch (fork, default)": (pypto, env),
-        "pypto launch (spawn)": (pypto, spawn_env),
+        "pypto launch --start-method fork": ([*pypto, "--start-method", "fork", script], env),
+        "pypto launch --start-method spawn": ([*pypto, "--start-method", "spawn", script], env),
         "python -c 'import torch' (1 process)": ([sys.executable, "-c", "import torch"], env),
     }
 
 
 def time_once(cmd: list[str], env: dict[str, str]) -> float:
+    """Wall time of one run; exits if it fails, or if a fork row did not really fork."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           timeout=300)
     elapsed = time.perf_counter() - start
+    err = proc.stderr.decode()
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.decode()[-2000:]}")
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
+    if "fork" in cmd and NOT_FORKING in err:
+        sys.exit(f"{' '.join(cmd)} fell back to spawning, so its row would be mislabelled:\n"
+                 f"{err[-2000:]}")
     return elapsed
 
 
