@@ -100,3 +100,20 @@ def test_unresolvable_master_fails_at_once(port, lt):
     assert result.returncode == 1
     assert time.monotonic() - start < 15  # not the 60 s rendezvous timeout
     assert "--master-addr 'no-such-host.invalid' does not resolve" in result.stderr
+
+
+def test_a_killed_launcher_on_another_node_stops_node_0(port, lt):
+    """kill -9 of node 1's launcher (its workers die with it): node 0 sees the control
+    connection close without "done" and stops its own workers."""
+    common = ["--nnodes", "2", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+              "--master-port", str(port), "--rdzv-timeout", "60", "--grace-period", "2"]
+    script = str(lt.workers / "nodefail.py")
+    node1 = lt.start([*common, "--node-rank", "1", script])
+    node0 = lt.start([*common, "--node-rank", "0", script])
+    rows0 = node0.wait_for_json(2, timeout=60)
+    family = lt.family(node0.proc.pid) + lt.family(node1.proc.pid)
+    node1.proc.kill()
+    code0, _, err0 = node0.finish(timeout=2 + 8)
+    assert code0 == 1, err0
+    assert "node 1 failed: the launcher of node 1 went away" in err0
+    lt.assert_gone(family + [row["pid"] for row in rows0.values()])
