@@ -92,7 +92,7 @@ def _aftermath(others: list[WorkerEnd], unkillable: list[str]) -> list[str]:
     for o in failed:
         lines.append(f"  then rank {o.rank} (local rank {o.local_rank}) {o.how()}")
     if stopped:
-        ranks = ", ".join(str(o.rank) for o in stopped)
+        ranks = ", ".join(str(r) for r in sorted(o.rank for o in stopped))
         lines.append(f"  stopped the other worker(s) of this node: rank {ranks}")
     if unkillable:
         lines.append(f"  could not kill (still running after SIGKILL): {', '.join(unkillable)}")
