@@ -61,8 +61,15 @@ def launch(
                                              "local port.", rich_help_panel=TORCHRUN)] = False,
     max_restarts: Annotated[int, typer.Option("--max-restarts", "--max_restarts", min=0,
                                               help="Restart the local group this many times "
-                                              "after a failure.", rich_help_panel=TORCHRUN)
+                                              "after a failure (single node only, for now).",
+                                              rich_help_panel=TORCHRUN)
                             ] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(
+        "--rdzv-endpoint", "--rdzv_endpoint", help="HOST[:PORT] of node 0 (port 29400 by "
+        "default), instead of --master-addr/--master-port.", rich_help_panel=TORCHRUN)] = None,
+    rdzv_backend: Annotated[str | None, typer.Option(
+        "--rdzv-backend", "--rdzv_backend", help="Accepted for torchrun scripts: c10d or "
+        "static (both meet through node 0's TCP store).", rich_help_panel=TORCHRUN)] = None,
     run_id: Annotated[str, typer.Option("--run-id", "--rdzv-id", "--rdzv_id",
                                         help="Job id (TORCHELASTIC_RUN_ID).",
                                         rich_help_panel=TORCHRUN)
@@ -117,7 +124,8 @@ def launch(
         target=script, args=list(args or []), module=module, config=resolved, profile=profile,
         nnodes=nnodes, nproc_per_node=nproc_per_node, node_rank=node_rank,
         master_addr=master_addr, master_port=master_port, standalone=standalone,
-        max_restarts=max_restarts, run_id=run_id, log_dir=log_dir, redirects=redirects,
+        max_restarts=max_restarts, rdzv_endpoint=rdzv_endpoint, rdzv_backend=rdzv_backend,
+        run_id=run_id, log_dir=log_dir, redirects=redirects,
         tee=tee, local_ranks_filter=local_ranks_filter, platform=platform,
         device_bind=device_bind, cpu_bind=cpu_bind, start_method=start_method,
         grace_period=grace_period, rdzv_timeout=rdzv_timeout,

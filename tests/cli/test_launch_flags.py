@@ -61,3 +61,14 @@ def test_contradiction_names_launchs_own_flag(pypto_launch, tmp_path):
     assert ("cluster.devices_per_node=2 (from --nproc-per-node; with --data-parallel-size"
             in r.stderr)
     assert "--devices-per-node" not in r.stderr
+
+
+def test_torchrun_rendezvous_flags(pypto_launch, tmp_path, port):
+    script = tmp_path / "worker.py"
+    script.write_text("import os\nprint(os.environ['MASTER_ADDR'], os.environ['MASTER_PORT'])\n")
+    r = pypto_launch(["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                      "--nproc-per-node", "2", str(script)], timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(f"127.0.0.1 {port}") == 2
+    r = pypto_launch(["--rdzv-backend", "etcd", str(script)], timeout=60)
+    assert r.returncode == 2 and "--rdzv-backend 'etcd' is not supported" in r.stderr
