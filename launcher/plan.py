@@ -126,7 +126,7 @@ def make_plan(spec: LaunchSpec) -> Plan:
     """Resolve and check `spec`; raise LaunchError (or core's ConfigError) on bad input."""
     warnings: list[str] = []
     cfg = _resolve_config(spec)
-    platform = _platform(spec, cfg)
+    platform = _platform(spec, cfg, dict(os.environ if spec.env is None else spec.env))
     nnodes = _nnodes(spec, cfg)
     nproc = _nproc(spec, cfg, platform)
     base_env = dict(os.environ if spec.env is None else spec.env)
@@ -162,7 +162,7 @@ def make_plan(spec: LaunchSpec) -> Plan:
         start_method=_start_method(spec, base_env), grace_period=spec.grace_period,
         rdzv_timeout=spec.rdzv_timeout, log_dir=log_dir, redirects=redirects,
         tee=tee, shown_ranks=_ranks_filter(spec.local_ranks_filter, nproc), base_env=base_env,
-        config=cfg, warnings=tuple(warnings),
+        config=_with_platform(cfg, platform), warnings=tuple(warnings),
     )
 
 
@@ -185,7 +185,12 @@ def _config_name(spec: LaunchSpec) -> str:
     return f"profile {spec.profile}" if spec.profile else "the config"
 
 
-def _platform(spec: LaunchSpec, cfg: ServingConfig | None) -> str:
+def _platform(spec: LaunchSpec, cfg: ServingConfig | None, env: Mapping[str, str]) -> str:
+    """--platform, else the config's, else PYPTO_PLATFORM, else what this machine has.
+
+    PYPTO_PLATFORM ranks below both, so `PYPTO_PLATFORM=cpu` keeps gloo jobs on the CPU of a
+    GPU machine without contradicting a config that names its platform.
+    """
     flag = spec.platform
     if flag is not None and flag not in PLATFORMS:
         raise LaunchError(f"--platform {flag!r} is not one of {', '.join(PLATFORMS)}")
@@ -194,7 +199,19 @@ def _platform(spec: LaunchSpec, cfg: ServingConfig | None) -> str:
         raise LaunchError(f"--platform {flag} contradicts cluster.platform={from_cfg} of "
                           f"{_config_name(spec)}; drop the flag or change the config")
     chosen = flag if flag not in (None, "auto") else from_cfg
+    if chosen == "auto":
+        chosen = env.get("PYPTO_PLATFORM") or "auto"
+        if chosen not in PLATFORMS:
+            raise LaunchError(f"PYPTO_PLATFORM={chosen!r} is not one of {', '.join(PLATFORMS)}")
     return detect_platform() if chosen == "auto" else chosen
+
+
+def _with_platform(cfg: ServingConfig | None, platform: str) -> ServingConfig | None:
+    """The config the workers get names the platform the launcher chose, so a worker never
+    re-detects 'auto' differently (a CUDA machine running a job kept on the CPU)."""
+    if cfg is None or cfg.cluster.platform == platform:
+        return cfg
+    return cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"platform": platform})})
 
 
 def _as_int(value: int | str, flag: str) -> int:

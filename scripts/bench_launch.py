@@ -35,7 +35,8 @@ NOT_FORKING = "not forking workers"  # the launcher's notice when it falls back 
 def commands(script: str, nproc: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     n = str(nproc)
     env = {k: v for k, v in os.environ.items() if k != "PYPTO_LAUNCH_START_METHOD"}
-    pypto = [str(BIN / "pypto"), "launch", "--standalone", "--nproc-per-node", n]
+    pypto = [str(BIN / "pypto"), "launch", "--standalone", "--platform", "cpu",
+             "--nproc-per-node", n]
     return {
         "torchrun --standalone": (
             [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", n, script], env),

@@ -16,6 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Jobs that do not name a platform run on the CPU (gloo), also on a GPU machine; tests that
+# need a GPU name cuda in their config or with --platform, which rank above this.
+os.environ.setdefault("PYPTO_PLATFORM", "cpu")
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now (bound and released)."""

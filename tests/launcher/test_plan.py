@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+from pypto_serving.core.loader import resolve_config
 from pypto_serving.launcher import LaunchError, LaunchSpec, launch
 from pypto_serving.launcher.devices import binding_env, cpu_sets, visible_devices
 from pypto_serving.launcher.plan import make_plan
@@ -125,3 +126,16 @@ def test_logged_streams_follow_redirects_and_tee(script):
                                 log_dir="/tmp/x", env={}))
     assert [[some.logged(r, fd) for fd in (1, 2)] for r in (0, 1)] == [[False, True],
                                                                        [True, False]]
+
+
+def test_pypto_platform_ranks_below_flag_and_config(script):
+    env = {"PYPTO_PLATFORM": "cpu"}
+    assert make_plan(LaunchSpec(target=script, env=env)).platform == "cpu"
+    assert make_plan(LaunchSpec(target=script, profile="cpu-demo",
+                                env={"PYPTO_PLATFORM": "npu"})).platform == "cpu"
+    flags = make_plan(LaunchSpec(target=script, env=env, config=resolve_config(
+        overrides={"parallel": {"tensor_parallel_size": 2}})))
+    # The workers' config names the platform the launcher chose, not 'auto'.
+    assert flags.platform == "cpu" and flags.config.cluster.platform == "cpu"
+    with pytest.raises(LaunchError, match="PYPTO_PLATFORM='gpu' is not one of"):
+        make_plan(LaunchSpec(target=script, env={"PYPTO_PLATFORM": "gpu"}))
