@@ -12,6 +12,8 @@ from pypto_serving.launcher.devices import binding_env, cpu_sets, visible_device
 from pypto_serving.launcher.plan import make_plan
 from pypto_serving.launcher.workers import fork_rule_allows
 
+CPU = {"PYPTO_PLATFORM": "cpu"}  # plans of CPU jobs, also on a GPU machine
+
 
 @pytest.fixture
 def script(tmp_path):
@@ -21,49 +23,49 @@ def script(tmp_path):
 
 
 def test_torchrun_defaults(script):
-    plan = make_plan(LaunchSpec(target=script, env={}))
+    plan = make_plan(LaunchSpec(target=script, env=CPU))
     assert (plan.nnodes, plan.nproc_per_node, plan.master_addr, plan.master_port) == (
         1, 1, "127.0.0.1", 29500)
     assert plan.run_id == "none" and plan.config is None and plan.platform == "cpu"
-    standalone = make_plan(LaunchSpec(target=script, standalone=True, env={}))
+    standalone = make_plan(LaunchSpec(target=script, standalone=True, env=CPU))
     assert len(standalone.run_id) == 36 and standalone.master_port != 29500
 
 
 def test_config_sets_the_world(script):
-    plan = make_plan(LaunchSpec(target=script, profile="cpu-pp2-tp2", env={}))
+    plan = make_plan(LaunchSpec(target=script, profile="cpu-pp2-tp2", env=CPU))
     assert plan.world_size == 4 and plan.nproc_per_node == 4
     assert plan.topology().rank_info(3).pp == 1
 
 
 def test_stream_specs_parse_like_torchrun(script):
     plan = make_plan(LaunchSpec(target=script, nproc_per_node=3, redirects="0:1,2:3",
-                                log_dir="/tmp/x", env={}))
+                                log_dir="/tmp/x", env=CPU))
     assert plan.redirects == ((True, False), (False, False), (True, True))
     with pytest.raises(LaunchError, match="--tee '4'"):
-        make_plan(LaunchSpec(target=script, tee="4", env={}))
+        make_plan(LaunchSpec(target=script, tee="4", env=CPU))
     with pytest.raises(LaunchError, match="names local rank 5"):
-        make_plan(LaunchSpec(target=script, nproc_per_node=2, redirects="5:1", env={}))
+        make_plan(LaunchSpec(target=script, nproc_per_node=2, redirects="5:1", env=CPU))
 
 
 def test_bad_numbers_are_named(script):
     with pytest.raises(LaunchError, match="--nproc-per-node 'x' is not a whole number"):
-        make_plan(LaunchSpec(target=script, nproc_per_node="x", env={}))
+        make_plan(LaunchSpec(target=script, nproc_per_node="x", env=CPU))
     with pytest.raises(LaunchError, match="elastic node ranges are not supported"):
-        make_plan(LaunchSpec(target=script, nnodes="1:4", env={}))
+        make_plan(LaunchSpec(target=script, nnodes="1:4", env=CPU))
     with pytest.raises(LaunchError, match="--nnodes > 1 needs --master-addr"):
-        make_plan(LaunchSpec(target=script, nnodes=2, env={}))
+        make_plan(LaunchSpec(target=script, nnodes=2, env=CPU))
     with pytest.raises(LaunchError, match="--local-ranks-filter names local rank"):
-        make_plan(LaunchSpec(target=script, local_ranks_filter="3", env={}))
+        make_plan(LaunchSpec(target=script, local_ranks_filter="3", env=CPU))
 
 
 def test_module_lookup_does_not_import(script):
     import sys
 
     assert "this" not in sys.modules  # importing it would print the Zen of Python
-    make_plan(LaunchSpec(target="this", module=True, env={}))
+    make_plan(LaunchSpec(target="this", module=True, env=CPU))
     assert "this" not in sys.modules
     with pytest.raises(LaunchError, match="is a module, not a package"):
-        make_plan(LaunchSpec(target="json.decoder.nope", module=True, env={}))
+        make_plan(LaunchSpec(target="json.decoder.nope", module=True, env=CPU))
 
 
 def test_device_binding():
@@ -106,24 +108,24 @@ def test_api_reports_a_failure_in_process(tmp_path, port):
 
 def test_torchrun_rendezvous_flags(script):
     plan = make_plan(LaunchSpec(target=script, nnodes=2, rdzv_endpoint="node0:1234",
-                                rdzv_backend="c10d", env={}))
+                                rdzv_backend="c10d", env=CPU))
     assert (plan.master_addr, plan.master_port) == ("node0", 1234)
     plan = make_plan(LaunchSpec(target=script, rdzv_endpoint="[::1]", rdzv_backend="static",
-                                env={}))
+                                env=CPU))
     assert (plan.master_addr, plan.master_port) == ("::1", 29400)
     with pytest.raises(LaunchError, match="--rdzv-backend 'etcd' is not supported"):
-        make_plan(LaunchSpec(target=script, rdzv_backend="etcd", env={}))
+        make_plan(LaunchSpec(target=script, rdzv_backend="etcd", env=CPU))
     with pytest.raises(LaunchError, match="names the master already"):
-        make_plan(LaunchSpec(target=script, rdzv_endpoint="a:1", master_port=2, env={}))
+        make_plan(LaunchSpec(target=script, rdzv_endpoint="a:1", master_port=2, env=CPU))
     with pytest.raises(LaunchError, match="give HOST or HOST:PORT"):
-        make_plan(LaunchSpec(target=script, rdzv_endpoint="a:b:c", env={}))
+        make_plan(LaunchSpec(target=script, rdzv_endpoint="a:b:c", env=CPU))
 
 
 def test_logged_streams_follow_redirects_and_tee(script):
-    every = make_plan(LaunchSpec(target=script, nproc_per_node=2, log_dir="/tmp/x", env={}))
+    every = make_plan(LaunchSpec(target=script, nproc_per_node=2, log_dir="/tmp/x", env=CPU))
     assert all(every.logged(r, fd) for r in (0, 1) for fd in (1, 2))
     some = make_plan(LaunchSpec(target=script, nproc_per_node=2, redirects="0:2", tee="1:1",
-                                log_dir="/tmp/x", env={}))
+                                log_dir="/tmp/x", env=CPU))
     assert [[some.logged(r, fd) for fd in (1, 2)] for r in (0, 1)] == [[False, True],
                                                                        [True, False]]
 
