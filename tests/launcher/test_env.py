@@ -33,19 +33,19 @@ def _added(rows: dict[int, dict], base: dict[str, str]) -> dict[int, dict[str, s
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
-def test_env_matches_torchrun_for_the_same_flags(port, lt):
+def test_env_matches_torchrun_for_the_same_flags(port, lt, tmp_path):
     base = _base_env()
     flags = ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
              "--rdzv-id", "parity", "--max-restarts", "1"]
     script = str(lt.workers / "envdump.py")
-    theirs = subprocess.run([str(TORCHRUN), *flags, script], env=base, capture_output=True,
-                            text=True, timeout=90)
+    theirs = subprocess.run([str(TORCHRUN), *flags, script, str(tmp_path)], env=base,
+                            capture_output=True, text=True, timeout=90)
     assert theirs.returncode == 0, theirs.stderr
     ours = lt.run([*flags, script], timeout=60, env=base)
     assert ours.returncode == 0, ours.stderr
     their_rows = {}
-    for line in theirs.stdout.splitlines():
-        row = json.loads(line)
+    for path in tmp_path.glob("rank*.json"):
+        row = json.loads(path.read_text())
         their_rows[int(row["env"]["RANK"])] = row
     t_env, o_env = _added(their_rows, base), _added(lt.rank_json(ours.stdout), base)
     assert sorted(t_env) == sorted(o_env) == [0, 1]
