@@ -7,15 +7,13 @@ from typing import Annotated
 
 import typer
 
-from ..core.flags import CONFIG_FLAGS
+from ..core.flags import CONFIG_FLAGS, overrides_from_flags
 from .errors import fail, user_errors
 from .options import ConfigSource, config_options
 
 # The layout flags launch adds; --nnodes, --platform and --nproc-per-node are its own
-# (torchrun's) and fold into the config when flags describe the layout.
+# (torchrun's); the launcher folds them into the config when flags describe the layout.
 PARALLEL_FLAGS = tuple(f for f in CONFIG_FLAGS if f.path.startswith("parallel."))
-TORCHRUN_NAMES = {"cluster.nnodes": "--nnodes", "cluster.platform": "--platform",
-                  "cluster.devices_per_node": "--nproc-per-node"}
 
 HELP = """Start one worker per local device running SCRIPT (or -m MODULE), supervise them, and
 leave nothing behind. torchrun's flags work the same; with --config/--profile the world
@@ -110,18 +108,10 @@ def launch(
     from ..launcher import LaunchError, LaunchSpec
     from ..launcher import launch as run_launch
 
-    resolved = config
-    if source.describes_layout:
-        # Layout flags: build the config here (profile < file < flags), with this node's
-        # torchrun flags as its cluster section, so the two cannot contradict each other.
-        cluster = {"cluster.nnodes": _int_or_none(nnodes), "cluster.platform": platform,
-                   "cluster.devices_per_node": _int_or_none(nproc_per_node)}
-        with user_errors():
-            resolved = ConfigSource(profile, source.model_profile, {**source.flags, **cluster}
-                                    ).resolve(config, spelled=TORCHRUN_NAMES)
-        profile = None
     spec = LaunchSpec(
-        target=script, args=list(args or []), module=module, config=resolved, profile=profile,
+        target=script, args=list(args or []), module=module, config=config, profile=profile,
+        layout_flags=overrides_from_flags(source.flags), model_profile=source.model_profile,
+        flag_names={f.path: f.name for f in PARALLEL_FLAGS if source.flags.get(f.path) is not None},
         nnodes=nnodes, nproc_per_node=nproc_per_node, node_rank=node_rank,
         master_addr=master_addr, master_port=master_port, standalone=standalone,
         max_restarts=max_restarts, rdzv_endpoint=rdzv_endpoint, rdzv_backend=rdzv_backend,
@@ -136,10 +126,6 @@ def launch(
         except LaunchError as e:
             raise fail(str(e), e.code) from None
     raise typer.Exit(result.exit_code)
-
-
-def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value is not None and value.isdigit() else None
 
 
 def register(app: typer.Typer) -> None:

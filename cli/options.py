@@ -26,20 +26,11 @@ class ConfigSource:
     model_profile: str | None = None
     flags: dict[str, Any] = field(default_factory=dict)  # dotted path -> value
 
-    @property
-    def describes_layout(self) -> bool:
-        """True when flags or a model profile were given (a layout without any file)."""
-        return self.model_profile is not None or any(
-            v is not None for v in self.flags.values())
-
     def resolve(
-        self, path: Path | None = None, default_profile: str | None = None,
-        spelled: dict[str, str] | None = None,
+        self, path: Path | None = None, default_profile: str | None = None
     ) -> ServingConfig:
-        """The config; `default_profile` applies only when nothing at all was given.
-        `spelled` renames flags in messages (launch's --nproc-per-node sets devices_per_node).
-        """
-        names = {f.path: f.name for f in CONFIG_FLAGS} | (spelled or {})
+        """The config; `default_profile` applies only when nothing at all was given."""
+        names = {f.path: f.name for f in CONFIG_FLAGS}
         flag_names = {path: names[path] for path, v in self.flags.items() if v is not None}
         return resolve_config(path, self.profile, overrides_from_flags(self.flags),
                               self.model_profile, flag_names, default_profile)

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .devices import DEVICE_BINDS, PLATFORMS, count_source, detect_platform, visible_devices
 from .errors import LaunchError
@@ -37,6 +37,10 @@ class LaunchSpec:
 
     `config` is a resolved ServingConfig or a config file path; `profile` a shipped profile
     name. With either, the world comes from the config and contradicting flags are errors.
+    `layout_flags` ({'parallel': {...}}, vLLM's -dp/-tp/... as core.flags maps them),
+    `model_profile` and `flag_names` (dotted path -> flag, for messages) describe a layout
+    from flags, layered over the file/profile by core's precedence; this node's numeric
+    --nnodes/--nproc-per-node and --platform then form its cluster section.
     None means "not given" (torchrun's defaults apply).
     """
 
@@ -66,6 +70,14 @@ class LaunchSpec:
     env: Mapping[str, str] | None = None
     rdzv_endpoint: str | None = None
     rdzv_backend: str | None = None
+    layout_flags: Mapping[str, Any] | None = None
+    model_profile: str | None = None
+    flag_names: Mapping[str, str] | None = None
+
+
+# The torchrun flags that double as a cluster section when flags describe the layout.
+CLUSTER_FLAGS = {"cluster.nnodes": "--nnodes", "cluster.devices_per_node": "--nproc-per-node",
+                 "cluster.platform": "--platform"}
 
 
 @dataclass(frozen=True)
@@ -166,20 +178,45 @@ def make_plan(spec: LaunchSpec) -> Plan:
     )
 
 
+def _describes_layout(spec: LaunchSpec) -> bool:
+    return spec.model_profile is not None or bool(spec.layout_flags)
+
+
 def _resolve_config(spec: LaunchSpec) -> ServingConfig | None:
-    if spec.config is None and spec.profile is None:
+    if spec.config is None and spec.profile is None and not _describes_layout(spec):
         return None
     from ..core.config import ServingConfig
     from ..core.loader import resolve_config
 
     if isinstance(spec.config, ServingConfig):
-        if spec.profile is not None:
-            raise LaunchError("give either a ServingConfig or a profile, not both")
+        if spec.profile is not None or _describes_layout(spec):
+            raise LaunchError("give either a ServingConfig or a profile/layout flags, not both")
         return spec.config
-    return resolve_config(path=spec.config, profile=spec.profile)
+    if not _describes_layout(spec):
+        return resolve_config(path=spec.config, profile=spec.profile)
+    # Flags describe the layout: this node's numeric torchrun flags are its cluster section
+    # (a word like `auto` is checked against the result below, like any other config).
+    cluster = {"nnodes": _numeric(spec.nnodes), "devices_per_node": _numeric(spec.nproc_per_node),
+               "platform": spec.platform}
+    cluster = {k: v for k, v in cluster.items() if v is not None}
+    overrides = {**(spec.layout_flags or {})}
+    if cluster:
+        overrides["cluster"] = {**overrides.get("cluster", {}), **cluster}
+    names = {**(spec.flag_names or {}),
+             **{path: flag for path, flag in CLUSTER_FLAGS.items()
+                if path.split(".")[1] in cluster}}
+    return resolve_config(spec.config, spec.profile, overrides, spec.model_profile, names)
+
+
+def _numeric(value: int | str | None) -> int | None:
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else None
 
 
 def _config_name(spec: LaunchSpec) -> str:
+    if _describes_layout(spec) and spec.config is None and spec.profile is None:
+        return "the layout given by flags"
     if spec.config is not None and not hasattr(spec.config, "cluster"):
         return f"config {spec.config}"
     return f"profile {spec.profile}" if spec.profile else "the config"
@@ -260,7 +297,8 @@ def _nproc(spec: LaunchSpec, cfg: ServingConfig | None, platform: str) -> int:
         per_node = cfg.cluster.devices_per_node
         if n is not None and n != per_node:
             raise LaunchError(
-                f"--nproc-per-node {n} contradicts cluster.devices_per_node={per_node} of "
+                f"--nproc-per-node {value if str(value) == str(n) else f'{value} ({n} here)'} "
+                f"contradicts cluster.devices_per_node={per_node} of "
                 f"{_config_name(spec)} (world size {cfg.parallel.world_size} over "
                 f"{cfg.cluster.nnodes} node(s)); drop the flag or change the config")
         return per_node

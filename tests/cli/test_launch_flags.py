@@ -72,3 +72,13 @@ def test_torchrun_rendezvous_flags(pypto_launch, tmp_path, port):
     assert r.stdout.count(f"127.0.0.1 {port}") == 2
     r = pypto_launch(["--rdzv-backend", "etcd", str(script)], timeout=60)
     assert r.returncode == 2 and "--rdzv-backend 'etcd' is not supported" in r.stderr
+
+
+def test_a_word_for_nproc_is_checked_against_the_flag_layout(pypto_launch, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text("raise SystemExit('must not run')\n")
+    r = pypto_launch(["--standalone", "-dp", "128", "-tp", "2", "--nproc-per-node", "auto",
+                      str(script)], timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "--nproc-per-node auto (" in r.stderr
+    assert "contradicts cluster.devices_per_node=256 of the layout given by flags" in r.stderr
