@@ -8,22 +8,20 @@ from contextlib import contextmanager
 
 import typer
 
-from ..core.errors import ConfigError
-
-USAGE_ERROR = 2
+from ..core.errors import USAGE_ERROR, ConfigError
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
-    """Print `message` to stderr and return the Exit to raise."""
-    sys.stderr.write(f"error: {message}\n" if not message.startswith("invalid config") else
-                     f"{message}\n")
+    """Print `error: message` to stderr and return the Exit to raise."""
+    sys.stderr.write(f"error: {message}\n")
     return typer.Exit(code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn ConfigError (and other user-facing errors) into a message and exit code 2."""
+    """Turn a ConfigError into its own report (every problem, one per line) and exit 2."""
     try:
         yield
     except ConfigError as e:
-        raise fail(e.render()) from None
+        sys.stderr.write(e.render() + "\n")
+        raise typer.Exit(USAGE_ERROR) from None

@@ -18,10 +18,3 @@ app.add_typer(topo_cmd.app, name="topo")
 profiles_cmd.register(app)
 launch_cmd.register(app)
 
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -48,16 +48,16 @@ def show(
     """
     if as_json and (draw_map or svg is not None):
         raise fail("--json cannot be combined with --map or --svg; use one of them")
+    if (draw_map or svg is not None) and (rank is not None or group is not None):
+        raise fail("--map/--svg draw the whole layout; --rank and --group select rows of the "
+                   "tables or --json, so use one or the other")
     if svg is not None and not svg.parent.is_dir():
         raise fail(f"--svg {svg}: folder {svg.parent} does not exist")
     with user_errors():
         cfg = source.resolve(file, default_profile=DEFAULT_PROFILE)
     topo = resolve_topology(cfg)
     try:
-        kinds = None if group is None else (group,)
-        if group is not None:
-            topo.num_groups(group)
-        doc = topology_document(topo, rank, kinds, limit)
+        doc = topology_document(topo, rank, None if group is None else (group,), limit)
     except (UnknownGroupError, GroupUnavailableError) as e:
         raise fail(f"--group {group}: {e}") from None
     except IndexError as e:

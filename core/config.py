@@ -87,12 +87,14 @@ class ParallelConfig(BaseModel):
     data_parallel_backend: DataParallelBackend = "local"
     """Where DP replicas run: 'local' in this launcher's processes, 'multiproc' one engine
     process per replica, 'external' started by someone else and only routed to.
-    Example: 'external' when an orchestrator starts each replica."""
+    Example: 'external' when an orchestrator starts each replica.
+    Reserved: read by `pypto serve`, which is not built yet."""
 
     data_parallel_load_balance: DataParallelLoadBalance = "internal"
     """Who balances requests over replicas: 'internal' our DP router, 'external' a load
     balancer in front of every replica, 'hybrid' external across nodes and internal within.
-    Example: 'hybrid' behind a cloud load balancer with several replicas per node."""
+    Example: 'hybrid' behind a cloud load balancer with several replicas per node.
+    Reserved: read by `pypto serve`, which is not built yet."""
 
     @property
     def world_size(self) -> int:
@@ -175,7 +177,11 @@ class ClusterSpec(BaseModel):
 
 
 class ServeSpec(BaseModel):
-    """The DP router's HTTP front and the replicas' limits."""
+    """The DP router's HTTP front and the replicas' limits.
+
+    host, port, policy and max_queue are reserved for `pypto serve` (the DP router), which is
+    not built yet; they are validated now so that configs written today keep working.
+    max_num_seqs and kv_block_size already size each rank's paged KV cache."""
 
     model_config = _SCHEMA
 

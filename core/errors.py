@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+USAGE_ERROR = 2
+"""Exit code of every command for a usage or config mistake (nothing was started)."""
+
 
 @dataclass(frozen=True)
 class ConfigIssue:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic.fields import FieldInfo
+
 from .config import ServingConfig
 
 
@@ -23,7 +25,7 @@ class ConfigFlag:
     short: str | None = None
 
     @property
-    def field_info(self):
+    def field_info(self) -> FieldInfo:
         section, field = self.path.split(".")
         model = ServingConfig.model_fields[section].annotation
         return model.model_fields[field]

@@ -63,10 +63,11 @@ class ExpertPlacement:
         return [self.experts_of(r) for r in range(self.ep_size)]
 
 
-def split_evenly(total: int, parts: int, extra_first: bool = True) -> list[range]:
-    """Cut range(total) into `parts` contiguous ranges whose sizes differ by at most one."""
+def split_evenly(total: int, parts: int) -> list[range]:
+    """Cut range(total) into `parts` contiguous ranges; the first `total % parts` are one
+    longer than the rest (callers rely on the longer ones coming first)."""
     base, extra = divmod(total, parts)
-    sizes = [base + (i < extra if extra_first else i >= parts - extra) for i in range(parts)]
+    sizes = [base + (i < extra) for i in range(parts)]
     out, start = [], 0
     for size in sizes:
         out.append(range(start, start + size))
@@ -81,7 +82,7 @@ def layer_partition(num_layers: int, stages: int, explicit: tuple[int, ...] | No
     stages: the last stage also runs the final norm and LM head, so it gets the fewer layers.
     """
     if explicit is None:
-        return split_evenly(num_layers, stages, extra_first=True)
+        return split_evenly(num_layers, stages)
     out, start = [], 0
     for size in explicit:
         out.append(range(start, start + size))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 
 from .config import ServingConfig
@@ -46,12 +46,7 @@ class KVCacheShard:
     replicas: int
 
     def to_dict(self) -> dict:
-        return {
-            "replica": self.replica,
-            "layers": _span(self.layers),
-            "kv_heads": _span(self.kv_heads),
-            "replicas": self.replicas,
-        }
+        return _plain(self)
 
 
 @dataclass(frozen=True)
@@ -76,24 +71,8 @@ class RankInfo:
     is_last_stage: bool
 
     def to_dict(self) -> dict:
-        return {
-            "rank": self.rank,
-            "node": self.node,
-            "local_rank": self.local_rank,
-            "device": self.device,
-            "dp": self.dp,
-            "pp": self.pp,
-            "tp": self.tp,
-            "ep": self.ep,
-            "layers": _span(self.layers),
-            "attention_heads": _span(self.attention_heads),
-            "mlp_columns": _span(self.mlp_columns),
-            "experts": list(self.experts),
-            "vocab": _span(self.vocab),
-            "kv_cache": self.kv_cache.to_dict(),
-            "is_first_stage": self.is_first_stage,
-            "is_last_stage": self.is_last_stage,
-        }
+        """Plain JSON-able data: ranges as [start, stop), tuples as lists, in field order."""
+        return _plain(self)
 
 
 @dataclass(frozen=True)
@@ -224,6 +203,21 @@ class Topology:
 def resolve_topology(config: ServingConfig) -> Topology:
     """Resolve a validated config into its topology (O(1): nothing is enumerated)."""
     return Topology(config)
+
+
+def _plain(obj: object) -> dict:
+    """A dataclass as plain data, field by field, so a new field reaches the JSON by itself."""
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, range):
+            value = _span(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif hasattr(value, "to_dict"):
+            value = value.to_dict()
+        out[f.name] = value
+    return out
 
 
 def _span(r: range) -> list[int]:

@@ -2,7 +2,7 @@
 
 A `GroupCoordinator` wraps one torch process group created from core's `GroupInfo`. Its
 collectives are the few the runners need; each counts the bytes it moves, per op, so
-tests and `pypto check-comm` can check traffic against what the layout implies.
+tests (and the planned `pypto check-comm`) can check traffic against what the layout implies.
 
 Bytes counted are the payload this rank hands to the op (for `recv`, the payload it
 receives): all_reduce / broadcast / send: the tensor; all_gather: the local input;
@@ -32,10 +32,6 @@ class CommStats:
     def add(self, op: str, nbytes: int) -> None:
         self.calls[op] = self.calls.get(op, 0) + 1
         self.bytes[op] = self.bytes.get(op, 0) + nbytes
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.bytes.values())
 
     def reset(self) -> None:
         self.calls.clear()

@@ -30,8 +30,6 @@ class ParallelContext:
     world: GroupCoordinator
     ep: GroupCoordinator | None
     expert_placement: ExpertPlacement | None
-    mlp_columns: range
-    """This TP rank's slice of the SwiGLU width (dense MLP and, without EP, each expert)."""
     tp_vocab_shards: tuple[range, ...]
     """Vocabulary rows of every TP rank of this group, in TP order (for the logits gather)."""
 
@@ -52,7 +50,6 @@ class ParallelContext:
             world=groups["world"],
             ep=groups.get("ep"),
             expert_placement=topology.expert_placement,
-            mlp_columns=info.mlp_columns,
             tp_vocab_shards=tuple(topology.rank_info(r).vocab for r in tp.ranks),
         )
 
@@ -71,6 +68,11 @@ class ParallelContext:
     @property
     def attention_heads(self) -> range:
         return self.rank_info.attention_heads
+
+    @property
+    def mlp_columns(self) -> range:
+        """This TP rank's slice of the SwiGLU width (dense MLP and, without EP, each expert)."""
+        return self.rank_info.mlp_columns
 
     @property
     def kv_heads(self) -> range:

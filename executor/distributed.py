@@ -268,7 +268,7 @@ def get_world_group() -> GroupCoordinator:
 
 
 def get_groups() -> dict[str, GroupCoordinator]:
-    """Every group of this rank, by kind, in creation order (what check-comm walks)."""
+    """Every group of this rank, by kind, in creation order."""
     if _state is None:
         raise GroupsNotInitializedError("world")
     return dict(_state.groups)

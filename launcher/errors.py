@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-USAGE_ERROR = 2
+from ..core.errors import USAGE_ERROR
 
 
 class LaunchError(Exception):

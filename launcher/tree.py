@@ -56,14 +56,6 @@ def signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             pass
 
 
-def signal_groups(groups: Iterable[int], sig: int) -> None:
-    for group in groups:
-        try:
-            os.killpg(group, sig)
-        except OSError:
-            pass
-
-
 def signal_group_once(leader: int, sig: int) -> None:
     """Signal the process group `leader` leads; only when that fails (the process moved to
     another group) the process itself. Never both: a group leader would get `sig` twice."""

@@ -60,14 +60,14 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 
 def launch_command(args: list[str], entry: list[str] | None = None) -> list[str]:
     """The command line of `pypto launch ARGS` (`entry`: what runs instead of
-    `-m pypto_serving.cli.main launch`, e.g. a wrapper script and its own arguments)."""
+    `-m pypto_serving.cli.entry launch`, e.g. a wrapper script and its own arguments)."""
     python = str(PYTHON) if PYTHON.exists() else sys.executable
-    return [python, *(entry or ["-m", "pypto_serving.cli.main", "launch"]), *args]
+    return [python, *(entry or ["-m", "pypto_serving.cli.entry", "launch"]), *args]
 
 
 def run_pypto_launch(args: list[str], timeout: float, env: dict[str, str] | None = None,
                      cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m pypto_serving.cli.main launch ARGS` in a real subprocess and wait.
+    """Run `python -m pypto_serving.cli.entry launch ARGS` in a real subprocess and wait.
 
     Returns the CompletedProcess (text stdout/stderr, captured). On timeout the launcher is
     sent SIGINT (it stops its workers), then killed, and the test fails with its output.

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A fenced block whose first line is `$ pypto ARGS`; the rest of the block is its output.
 BLOCK = re.compile(r"(```(?:text)?\n\$ pypto ([^\n]*)\n)(.*?)(```)", re.S)
-SKIP = ("launch", "serve")  # commands that start processes are shown, not replayed
+SKIP = ("launch",)  # commands that start processes are shown, not replayed
 
 
 def examples(path: Path) -> list[str]:

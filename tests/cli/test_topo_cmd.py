@@ -62,6 +62,8 @@ def test_group_filter_and_errors(cli):
     assert r.exit_code == 2 and "unknown group kind 'xx'" in r.output
     r = cli(["topo", "show", "-tp", "2", "--group", "ep"])
     assert r.exit_code == 2 and "no EP group" in r.output and "enable_expert_parallel" in r.output
+    r = cli(["topo", "show", "--map", "--rank", "3"])
+    assert r.exit_code == 2 and "--map/--svg draw the whole layout" in r.output
     r = cli(["topo", "show", "--rank", "99"])
     assert r.exit_code == 2 and "rank 99 is outside the world (0..3)" in r.output
 

@@ -112,9 +112,6 @@ def test_rank_alone_equals_its_row_of_the_brute_force_enumeration(cfg):
             group = topo.group(kind, r)
             assert group.ranks == groups[kind][r], (kind, r)
             assert topo.group_at(kind, group.index) == group
-    # Enumerating and resolving one rank at a time agree too.
-    assert list(topo.ranks()) == [resolve_topology(cfg).rank_info(r)
-                                  for r in range(topo.world_size)]
 
 
 @SETTINGS
@@ -129,7 +126,8 @@ def test_ep_groups_are_dp_x_tp_slices_of_one_stage(cfg):
         assert len(stages) == 1
         (pp,) = stages
         assert group.index == pp
-        assert group.ranks == tuple(lay.rank_of(dp=d, pp=pp, tp=t)
+        # The design's formula, written out: rank = dp * PP * TP + pp * TP + tp.
+        assert group.ranks == tuple(d * lay.pp * lay.tp + pp * lay.tp + t
                                     for d in range(lay.dp) for t in range(lay.tp))
         assert [topo.rank_info(r).ep for r in group.ranks] == list(range(group.size))
 

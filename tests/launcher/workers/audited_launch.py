@@ -14,6 +14,6 @@ def hook(event: str, args: tuple) -> None:
 
 sys.addaudithook(hook)
 sys.argv = ["pypto", "launch", *sys.argv[1:]]
-from pypto_serving.cli.main import main  # noqa: E402
+from pypto_serving.cli.entry import main  # noqa: E402
 
 main()
