@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .errors import ConfigError, ConfigIssue
 from .layout import Layout
@@ -30,6 +30,17 @@ RoutingPolicy = Literal["least_loaded", "round_robin", "prefix_affinity"]
 MAX_WORLD_SIZE = 1 << 20
 MAX_EXPERTS = 1 << 16
 
+def _whole_number(value: Any) -> Any:
+    """2.0 -> 2: JSON Schema's "integer" admits whole floats, so the loader does too. Nothing
+    else is converted (sizes are strict: `true` or `"2"` stay errors)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_whole_number)]
+"""An integer field as JSON Schema defines one: ints and whole floats, never bools or text."""
+
 _SCHEMA = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
@@ -38,23 +49,23 @@ class ParallelConfig(BaseModel):
 
     model_config = _SCHEMA
 
-    data_parallel_size: int = Field(1, strict=True, ge=1)
+    data_parallel_size: Count = Field(1, strict=True, ge=1)
     """Independent serving replicas (DP), each with its own scheduler and KV cache.
     Example: 2 serves two copies of the model behind the router."""
 
-    tensor_parallel_size: int = Field(1, strict=True, ge=1)
+    tensor_parallel_size: Count = Field(1, strict=True, ge=1)
     """Devices one layer's tensors are split over (TP): heads, columns and rows.
     Example: 4 gives each rank a quarter of the attention heads."""
 
-    pipeline_parallel_size: int = Field(1, strict=True, ge=1)
+    pipeline_parallel_size: Count = Field(1, strict=True, ge=1)
     """Ordered stages the layer stack is cut into (PP).
     Example: 2 with 32 layers gives layers 0-15 to stage 0 and 16-31 to stage 1."""
 
-    data_parallel_size_local: int | None = Field(None, strict=True, ge=1)
+    data_parallel_size_local: Count | None = Field(None, strict=True, ge=1)
     """DP replicas placed on each node; null derives it from cluster.devices_per_node.
     Example: 1 with TP 4 on 4-device nodes puts one replica per node."""
 
-    pipeline_layer_partition: tuple[Annotated[int, Field(strict=True, ge=1)], ...] | None = None
+    pipeline_layer_partition: tuple[Annotated[Count, Field(strict=True, ge=1)], ...] | None = None
     """Explicit layers per stage, overriding the even split; must sum to model.num_layers.
     Example: [7, 9] gives stage 0 seven layers and stage 1 nine."""
 
@@ -62,7 +73,7 @@ class ParallelConfig(BaseModel):
     """Partition MoE experts over the EP group (size DP x TP) instead of sharding each expert
     with TP. MoE models only. Example: true with DP 2 x TP 4 spreads experts over 8 ranks."""
 
-    expert_parallel_size: int | None = Field(None, strict=True, ge=1)
+    expert_parallel_size: Count | None = Field(None, strict=True, ge=1)
     """PyPTO Serving's explicit EP size; null derives it. Our EP group always spans DP x TP
     ranks of one stage, so when given it must equal that (1 with expert parallelism off).
     Example: 8 with DP 8 x TP 1."""
@@ -116,32 +127,32 @@ class ModelSpec(BaseModel):
     name: str = "tiny-moe"
     """A label for tables and logs. Example: 'deepseek-v3-shape'."""
 
-    num_layers: int = Field(4, strict=True, ge=1)
+    num_layers: Count = Field(4, strict=True, ge=1)
     """Decoder layers. Example: 32."""
 
-    hidden_size: int = Field(64, strict=True, ge=1)
+    hidden_size: Count = Field(64, strict=True, ge=1)
     """Width of the residual stream. Example: 4096."""
 
-    num_attention_heads: int = Field(8, strict=True, ge=1)
+    num_attention_heads: Count = Field(8, strict=True, ge=1)
     """Query heads per layer. Example: 32."""
 
-    num_kv_heads: int = Field(4, strict=True, ge=1)
+    num_kv_heads: Count = Field(4, strict=True, ge=1)
     """Key/value heads per layer (grouped-query attention); must divide the query heads.
     Example: 8 with 32 query heads."""
 
-    intermediate_size: int = Field(128, strict=True, ge=1)
+    intermediate_size: Count = Field(128, strict=True, ge=1)
     """Width of the dense SwiGLU MLP (and of each expert). Example: 14336."""
 
-    num_experts: int = Field(8, strict=True, ge=0, le=MAX_EXPERTS)
+    num_experts: Count = Field(8, strict=True, ge=0, le=MAX_EXPERTS)
     """Routed experts per MoE layer (at most 65,536); 0 makes a dense model. Example: 64."""
 
-    experts_per_token: int = Field(2, strict=True, ge=1)
+    experts_per_token: Count = Field(2, strict=True, ge=1)
     """Experts each token is routed to (top-k); MoE models only. Example: 2."""
 
-    vocab_size: int = Field(256, strict=True, ge=1)
+    vocab_size: Count = Field(256, strict=True, ge=1)
     """Vocabulary size of the embedding and LM head. Example: 128256."""
 
-    max_seq_len: int = Field(512, strict=True, ge=1)
+    max_seq_len: Count = Field(512, strict=True, ge=1)
     """Longest sequence (prompt + generated) the KV cache must hold. Example: 8192."""
 
     rope_theta: float = Field(10000.0, strict=True, gt=0, allow_inf_nan=False)
@@ -164,10 +175,10 @@ class ClusterSpec(BaseModel):
 
     model_config = _SCHEMA
 
-    nnodes: int = Field(1, strict=True, ge=1)
+    nnodes: Count = Field(1, strict=True, ge=1)
     """Hosts taking part. Example: 2."""
 
-    devices_per_node: int | None = Field(None, strict=True, ge=1)
+    devices_per_node: Count | None = Field(None, strict=True, ge=1)
     """Worker processes (one per device) on each host; null fills in world size / nnodes.
     Example: 8."""
 
@@ -188,7 +199,7 @@ class ServeSpec(BaseModel):
     host: str = "127.0.0.1"
     """Address the router listens on. Example: '0.0.0.0' to accept remote clients."""
 
-    port: int = Field(8000, strict=True, ge=0, le=65535)
+    port: Count = Field(8000, strict=True, ge=0, le=65535)
     """Router port; 0 picks a free one. Example: 8000."""
 
     policy: RoutingPolicy = "least_loaded"
@@ -196,13 +207,13 @@ class ServeSpec(BaseModel):
     yet prefilled plus tokens still to decode), 'round_robin' cycles, 'prefix_affinity'
     prefers the replica that already holds the prompt's prefix. Example: 'round_robin'."""
 
-    max_num_seqs: int = Field(8, strict=True, ge=1)
+    max_num_seqs: Count = Field(8, strict=True, ge=1)
     """Sequences one replica runs in a batch. Example: 256."""
 
-    max_queue: int = Field(64, strict=True, ge=1)
+    max_queue: Count = Field(64, strict=True, ge=1)
     """Requests a replica may hold waiting before the router answers 429. Example: 1024."""
 
-    kv_block_size: int = Field(16, strict=True, ge=1)
+    kv_block_size: Count = Field(16, strict=True, ge=1)
     """Tokens per paged KV-cache block. Example: 16."""
 
 

@@ -6,6 +6,7 @@ description, so the flag, the schema and the file format never drift apart.
 
 from __future__ import annotations
 
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,11 +47,15 @@ class ConfigFlag:
 
     @property
     def value_type(self) -> type:
+        """bool, int or str: the field's type with Optional and Annotated stripped."""
         ann = self.field_info.annotation
-        if ann is bool:
-            return bool
-        if ann is int or int in typing.get_args(ann):
-            return int
+        union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+        options = typing.get_args(ann) if union else (ann,)
+        kinds = {typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+                 for a in options}
+        for kind in (bool, int):
+            if kind in kinds:
+                return kind
         return str
 
 

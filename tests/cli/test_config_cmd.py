@@ -165,7 +165,7 @@ def test_random_configs_never_traceback(cli, tmp_path, data):
         assert "problem" in r.output and "Traceback" not in r.output
 
 
-@pytest.mark.parametrize("value", [True, "2", "two", [2]])
+@pytest.mark.parametrize("value", [True, "2", "two", [2], 2.5])
 def test_loader_and_schema_agree_on_types(cli, value):
     """A value the exported schema rejects is rejected by the loader too (no coercion)."""
     from pypto_serving.core.loader import parse_config
@@ -188,3 +188,13 @@ def test_init_refuses_what_could_not_be_loaded(cli, tmp_path, args, expect):
     r = cli(["config", "init", *[a.format(tmp=tmp_path) for a in args]])
     assert r.exit_code == 2 and expect in r.output
     assert not list(tmp_path.iterdir())
+
+
+def test_a_whole_float_is_an_integer_to_both(cli):
+    """JSON Schema's "integer" admits 2.0; so does the loader (and stores 2)."""
+    from pypto_serving.core.loader import parse_config
+
+    schema = json.loads(cli(["config", "schema"]).stdout)
+    data = {"parallel": {"tensor_parallel_size": 2.0}, "cluster": {"devices_per_node": 2}}
+    assert not list(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    assert parse_config(data).parallel.tensor_parallel_size == 2

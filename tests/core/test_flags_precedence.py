@@ -67,6 +67,10 @@ def test_devices_per_node_is_derived_only_when_unset():
 
 
 def test_every_flag_maps_to_a_real_field_with_help():
+    types = {f.name: f.value_type for f in CONFIG_FLAGS}
+    assert types["--devices-per-node"] is int and types["--data-parallel-size-local"] is int
+    assert types["--tensor-parallel-size"] is int and types["--enable-expert-parallel"] is bool
+    assert types["--platform"] is str
     for flag in CONFIG_FLAGS:
         assert flag.help, flag.name
         section, field = flag.path.split(".")
