@@ -16,6 +16,7 @@ import torch
 
 from .batch import DecodeBatch, PrefillBatch, StepOutput, check_max_seq_len
 from .context import ParallelContext
+from .errors import SequenceTooLongError
 from .kv_cache import BlockAllocator
 from .model import Transformer, sequence_metadata
 from .runner import ModelRunner
@@ -53,10 +54,21 @@ def greedy_generate(
     With no prompts the replica is idle from the start (it only runs dummy steps while
     others work, when that is needed). `on_step(i, output)` runs after each real step.
     A request that would need a position at or beyond model.max_seq_len is refused before
-    any step runs.
+    any step runs; under DP + EP the refusing replica first runs dummy steps while the others
+    finish, so no replica is left waiting in an all2all.
     """
     ctx = runner.ctx
-    _check_request(prompts, max_new_tokens, ctx.model.max_seq_len)
+    must_sync = ctx.expert_parallel and ctx.dp.world_size > 1
+    refused: SequenceTooLongError | None = None
+    try:
+        _check_request(prompts, max_new_tokens, ctx.model.max_seq_len)
+    except SequenceTooLongError as e:
+        if not must_sync:
+            raise
+        # The other replicas' MoE all2all needs this one: stay in step as an idle replica
+        # (dummy steps) and refuse the request once they are done, instead of leaving them
+        # waiting in a collective until the communication timeout.
+        refused, prompts = e, []
     block_size = ctx.kv_block_size
     if runner.kv_cache is None:
         runner.init_kv_cache()
@@ -64,7 +76,6 @@ def greedy_generate(
     tables = [allocator.grow([], len(p), block_size) for p in prompts]
     out = Generation(tokens=[[] for _ in prompts])
     lengths = [len(p) for p in prompts]
-    must_sync = ctx.expert_parallel and ctx.dp.world_size > 1
     steps = max_new_tokens if prompts else 0
     step = 0
     while True:
@@ -101,6 +112,8 @@ def greedy_generate(
         step += 1
     for table in tables:
         allocator.free(table)
+    if refused is not None:
+        raise refused
     return out
 
 

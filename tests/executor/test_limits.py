@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,3 +79,21 @@ def test_generation_up_to_max_seq_len_runs_and_one_more_token_is_refused(runner)
         reference_generate(build_reference_model(runner.ctx.model), prompt, fits + 1)
     with pytest.raises(SequenceTooLongError, match="model.max_seq_len is 12"):
         runner.run_decode(DecodeBatch([7], [MAX_SEQ_LEN], [[0, 1, 2, 3]]))
+
+
+@pytest.mark.timeout(120)
+def test_a_refused_request_under_dp_ep_leaves_no_replica_waiting(tmp_path, jobs):
+    """Replica 1's request is too long: it runs dummy steps while replica 0 finishes (the MoE
+    all2all needs both), then refuses; the job ends at once instead of timing out."""
+    out = tmp_path / "out"
+    out.mkdir()
+    start = time.monotonic()
+    proc = jobs.launch(jobs.cases.config(dp=2, moe=True, ep=True),
+                       Path(__file__).parent / "refuse_worker.py", [str(out)], tmp_path,
+                       timeout=90)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert time.monotonic() - start < 60  # far below the 300 s communication timeout
+    rows = {json.loads(p.read_text())["dp"]: json.loads(p.read_text())
+            for p in out.glob("rank*.json")}
+    assert rows[0]["tokens"] == rows[0]["ref_tokens"] and len(rows[0]["tokens"][0]) == 4
+    assert "model.max_seq_len" in rows[1]["refused"]
