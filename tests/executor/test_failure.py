@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
+import executor_jobs as jobs
 import psutil
 import pytest
 
 HERE = Path(__file__).parent
-_spec = importlib.util.spec_from_file_location("executor_jobs", HERE / "jobs.py")
-jobs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(jobs)
 cases = jobs.cases
 
 pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(120)]

@@ -4,10 +4,10 @@ every token to its experts exactly once. Real worker processes, gloo, one job pe
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
+import executor_jobs as jobs
 import pytest
 
 from pypto_serving.core.loader import parse_config
@@ -15,9 +15,6 @@ from pypto_serving.core.placement import split_evenly
 from pypto_serving.core.topology import resolve_topology
 
 HERE = Path(__file__).parent
-_spec = importlib.util.spec_from_file_location("executor_jobs", HERE / "jobs.py")
-jobs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(jobs)
 cases = jobs.cases
 
 pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(240)]

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import executor_jobs as jobs
 import pytest
 import torch
 
@@ -82,7 +83,7 @@ def test_generation_up_to_max_seq_len_runs_and_one_more_token_is_refused(runner)
 
 
 @pytest.mark.timeout(120)
-def test_a_refused_request_under_dp_ep_leaves_no_replica_waiting(tmp_path, jobs):
+def test_a_refused_request_under_dp_ep_leaves_no_replica_waiting(tmp_path):
     """Replica 1's request is too long: it runs dummy steps while replica 0 finishes (the MoE
     all2all needs both), then refuses; the job ends at once instead of timing out."""
     out = tmp_path / "out"

@@ -1,6 +1,6 @@
 """Layouts the executor tests run, as small config dicts, with fixed prompts per replica.
 
-Loaded by path by jobs.py (pytest runs in importlib mode); tests reach it as `jobs.cases`.
+Imported by executor_jobs; tests reach it as `jobs.cases`.
 """
 
 from __future__ import annotations

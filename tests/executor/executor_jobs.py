@@ -1,8 +1,7 @@
-"""Launching the executor's worker scripts through `pypto launch`, and the one by-path loader.
+"""Launching the executor's worker scripts through `pypto launch`.
 
-pytest runs in importlib mode, so test modules cannot import their neighbours: each loads
-this one file by path and reaches the layouts as `jobs.cases`; other helper files are
-loaded here, by `load_by_path`.
+Tests import it by name (pyproject puts tests/executor on pytest's pythonpath) and reach the
+layouts as `jobs.cases`.
 """
 
 from __future__ import annotations
@@ -18,16 +17,15 @@ ROOT = HERE.parent.parent
 JOB_TIMEOUT_S = 180
 
 
-def load_by_path(path: Path, name: str) -> ModuleType:
-    """Import the file at `path` as module `name` (it is not on sys.path)."""
-    spec = importlib.util.spec_from_file_location(name, path)
+def _shared_conftest() -> ModuleType:
+    """tests/conftest.py (not importable by name) for its launch helper."""
+    spec = importlib.util.spec_from_file_location("_tests_conftest", ROOT / "tests" / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-run_pypto_launch = load_by_path(ROOT / "tests" / "conftest.py", "_tests_conftest").run_pypto_launch
-cases = load_by_path(HERE / "cases.py", "executor_cases")
+run_pypto_launch = _shared_conftest().run_pypto_launch
 
 
 def launch(config: dict, script: Path, args: list[str], work: Path,
