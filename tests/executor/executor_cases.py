@@ -1,6 +1,6 @@
 """Layouts the executor tests run, as small config dicts, with fixed prompts per replica.
 
-Imported by executor_jobs; tests reach it as `jobs.cases`.
+Imported by name by the executor tests (tests/executor is on pytest's pythonpath).
 """
 
 from __future__ import annotations

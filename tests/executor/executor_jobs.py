@@ -1,7 +1,7 @@
 """Launching the executor's worker scripts through `pypto launch`.
 
-Tests import it by name (pyproject puts tests/executor on pytest's pythonpath) and reach the
-layouts as `jobs.cases`.
+Tests import it, and the layouts in executor_cases, by name: pyproject puts tests/executor on
+pytest's pythonpath.
 """
 
 from __future__ import annotations

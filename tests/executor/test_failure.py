@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import executor_cases as cases
 import executor_jobs as jobs
 import psutil
 import pytest
 
 HERE = Path(__file__).parent
-cases = jobs.cases
 
 pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(120)]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import executor_cases as cases
 import executor_jobs as jobs
 import pytest
 
@@ -15,7 +16,6 @@ from pypto_serving.core.placement import split_evenly
 from pypto_serving.core.topology import resolve_topology
 
 HERE = Path(__file__).parent
-cases = jobs.cases
 
 pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(240)]
 

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import executor_cases as cases
 import executor_jobs as jobs
 import pytest
 import torch
@@ -89,7 +90,7 @@ def test_a_refused_request_under_dp_ep_leaves_no_replica_waiting(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     start = time.monotonic()
-    proc = jobs.launch(jobs.cases.config(dp=2, moe=True, ep=True),
+    proc = jobs.launch(cases.config(dp=2, moe=True, ep=True),
                        Path(__file__).parent / "refuse_worker.py", [str(out)], tmp_path,
                        timeout=90)
     assert proc.returncode == 0, proc.stderr[-4000:]
