@@ -22,7 +22,7 @@ DataParallelBackend = Literal["local", "multiproc", "external"]
 DataParallelLoadBalance = Literal["internal", "external", "hybrid"]
 Platform = Literal["auto", "cpu", "cuda", "npu"]
 DType = Literal["float32", "float16", "bfloat16"]
-RoutingPolicy = Literal["least_loaded", "round_robin", "prefix_affinity"]
+RoutingPolicy = Literal["least_loaded", "round_robin", "power_of_two", "prefix_aware", "session"]
 
 # Bounds that keep every derived answer small enough to hold: a rank lists its expert ids
 # and a group its member ranks, so a typo like 10**11 must be a config error, not an
@@ -188,11 +188,8 @@ class ClusterSpec(BaseModel):
 
 
 class ServeSpec(BaseModel):
-    """The DP router's HTTP front and the replicas' limits.
-
-    host, port, policy and max_queue are reserved for `pypto serve` (the DP router), which is
-    not built yet; they are validated now so that configs written today keep working.
-    max_num_seqs and kv_block_size already size each rank's paged KV cache."""
+    """`pypto serve`: the DP router's HTTP front, its routing policy and limits, and each
+    replica engine's batching and KV-cache budget."""
 
     model_config = _SCHEMA
 
@@ -204,17 +201,52 @@ class ServeSpec(BaseModel):
 
     policy: RoutingPolicy = "least_loaded"
     """How requests pick a replica: 'least_loaded' weighs pending tokens (prompt tokens not
-    yet prefilled plus tokens still to decode), 'round_robin' cycles, 'prefix_affinity'
-    prefers the replica that already holds the prompt's prefix. Example: 'round_robin'."""
+    yet prefilled plus tokens still to decode), 'round_robin' cycles, 'power_of_two' takes the
+    less loaded of two random replicas, 'prefix_aware' prefers the replica that holds the
+    longest cached prefix of the prompt (with a load guard), 'session' keeps requests with one
+    X-Session-Id header on one replica. Example: 'prefix_aware'."""
+
+    prefix_balance_abs_threshold: Count = Field(64, strict=True, ge=0)
+    """prefix_aware's load guard: route by load instead of affinity when the busiest and the
+    idlest replica differ by more than this many pending requests (and by the ratio below).
+    Example: 64."""
+
+    prefix_balance_rel_threshold: float = Field(1.5, strict=True, ge=1.0, allow_inf_nan=False)
+    """prefix_aware's load guard: the busiest replica's load over the idlest one's beyond which
+    affinity gives way to load. Example: 1.5."""
 
     max_num_seqs: Count = Field(8, strict=True, ge=1)
     """Sequences one replica runs in a batch. Example: 256."""
 
+    max_num_batched_tokens: Count = Field(256, strict=True, ge=1)
+    """Token budget of one engine step: decodes (one token each) plus prefill chunks; a longer
+    prompt is prefilled in chunks over several steps. Example: 8192."""
+
     max_queue: Count = Field(64, strict=True, ge=1)
     """Requests a replica may hold waiting before the router answers 429. Example: 1024."""
 
+    max_concurrent_requests: Count = Field(256, strict=True, ge=1)
+    """Requests the router handles at once; past it, new ones get 429. Example: 1024."""
+
+    max_request_bytes: Count = Field(1 << 20, strict=True, ge=1024)
+    """Largest request body the router reads; a bigger one gets 413. Example: 1048576."""
+
     kv_block_size: Count = Field(16, strict=True, ge=1)
     """Tokens per paged KV-cache block. Example: 16."""
+
+    kv_cache_bytes: Count | None = Field(None, strict=True, ge=1)
+    """KV-cache budget per rank in bytes (CPU, or to fix it on a device); unset: enough for
+    max_num_seqs sequences of model.max_seq_len on CPU, gpu_memory_utilization on a GPU.
+    Example: 268435456."""
+
+    gpu_memory_utilization: float = Field(0.9, strict=True, gt=0.0, le=1.0,
+                                          allow_inf_nan=False)
+    """Fraction of a device's free memory, after the weights, that the KV cache may take
+    (vLLM's name). Example: 0.85."""
+
+    drain_timeout_s: float = Field(10.0, strict=True, ge=0.0, le=3600.0, allow_inf_nan=False)
+    """On Ctrl-C, how long in-flight requests may finish before the replicas are stopped.
+    Example: 30."""
 
 
 class ServingConfig(BaseModel):
