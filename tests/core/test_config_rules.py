@@ -87,7 +87,8 @@ def test_infinite_rope_theta_is_rejected():
      "'internal', 'external' or 'hybrid'"),
     ("cluster", "platform", "tpu", "'auto', 'cpu', 'cuda' or 'npu'"),
     ("model", "dtype", "int8", "'float32', 'float16' or 'bfloat16'"),
-    ("serve", "policy", "random", "'least_loaded', 'round_robin', 'power_of_two', 'prefix_aware' or 'session'"),
+    ("serve", "policy", "random",
+     "'least_loaded', 'round_robin', 'power_of_two', 'prefix_aware' or 'session'"),
 ])
 def test_unknown_names_list_the_choices(section, field, bad, choices):
     assert only_issue({section: {field: bad}}) == (
