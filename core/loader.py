@@ -8,7 +8,6 @@ Precedence, defined here once for every command: built-in defaults < profile < c
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
@@ -17,13 +16,18 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .config import ModelSpec, ServingConfig, model_shape_issues
+from .config_files import ConfigFileError, parse_text, read_text
 from .errors import ConfigError, ConfigIssue
 
 FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
-    """Parse a config file by its extension into a plain dict, or raise ConfigError."""
+    """Parse a config file by its extension into a plain dict, or raise ConfigError.
+
+    Bounded (core/config_files.py): a regular file of at most 4 MiB of UTF-8, no duplicate
+    keys, at most 32 levels deep, YAML aliases expanding to at most 100,000 values.
+    """
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -31,16 +35,9 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
             "", None, f"{path}: unknown config format {path.suffix or '(none)'!r}; "
             "use .json, .yaml, .yml or .toml"))
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(ConfigIssue("", None, f"{path}: no such file")) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(ConfigIssue("", None, f"{path}: cannot read: {e}")) from None
-    try:
-        data = _parse(text, fmt)
-    except Exception as e:  # each parser has its own error type; all mean "bad syntax"
-        raise ConfigError(ConfigIssue("", None, f"{path}: not valid {fmt.upper()}: "
-                                      f"{_first_line(e)}")) from None
+        data = parse_text(read_text(path), fmt)
+    except ConfigFileError as e:
+        raise ConfigError(ConfigIssue("", None, f"{path}: {e}")) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -48,24 +45,6 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
             "", None, f"{path}: the top level must be a mapping of sections "
             f"(parallel, model, cluster, serve), not {type(data).__name__}"))
     return data
-
-
-def _parse(text: str, fmt: str) -> Any:
-    if fmt == "json":
-        return json.loads(text)
-    if fmt == "yaml":
-        import yaml
-
-        return yaml.safe_load(text)
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    return tomllib.loads(text)
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def parse_config(data: Mapping[str, Any], source: str | None = None) -> ServingConfig:
@@ -94,10 +73,19 @@ def load_config(path: str | Path) -> ServingConfig:
     return parse_config(read_mapping(path), str(path))
 
 
+MAX_EXPLAINED = 100
+"""Issues explained in full (with suggestions); a report lists fewer (core.errors)."""
+
+
 def issues_from_validation(err: ValidationError, root: type[BaseModel]) -> list[ConfigIssue]:
     """Turn pydantic's errors into ConfigIssues with dotted paths and a fix each."""
     issues: list[ConfigIssue] = []
-    for e in err.errors():
+    for n, e in enumerate(err.errors(include_url=False)):
+        if n >= MAX_EXPLAINED:  # past what a report lists: counted, not explained
+            issues.append(ConfigIssue(".".join(str(p) for p in e["loc"]), e.get("input"),
+                                      "unknown key" if e["type"] == "extra_forbidden"
+                                      else e["msg"]))
+            continue
         loc = ".".join(str(p) for p in e["loc"])
         inner = (e.get("ctx") or {}).get("error")
         if isinstance(inner, ConfigError):

@@ -198,3 +198,52 @@ def test_a_whole_float_is_an_integer_to_both(cli):
     data = {"parallel": {"tensor_parallel_size": 2.0}, "cluster": {"devices_per_node": 2}}
     assert not list(jsonschema.Draft202012Validator(schema).iter_errors(data))
     assert parse_config(data).parallel.tensor_parallel_size == 2
+
+
+def _bad_inputs(tmp_path):
+    """One file per class of hostile input (core/config_files.py bounds each)."""
+    import os
+
+    names = "abcdefghi"
+    bomb = ["a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]"] + [
+        f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]" for p, n in zip(names, names[1:],
+                                                                         strict=False)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(bomb) + "\n")
+    os.mkfifo(tmp_path / "fifo.yaml")
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "deep.toml").write_text("[" + ".".join(["a"] * 5000) + "]\n")
+    (tmp_path / "dup.yaml").write_text("serve:\n  port: 1\n  port: 2\n")
+    (tmp_path / "dup.json").write_text('{"serve": {"port": 1, "port": 2}}')
+    (tmp_path / "bin.toml").write_bytes(b"\x80\x81")
+    (tmp_path / "file").write_text("")
+    (tmp_path / "many.json").write_text(json.dumps({f"k{i}": 0 for i in range(200_000)}))
+    (tmp_path / "ansi.yaml").write_text('serve: {policy: "\\e[31mred"}\n')
+    return {
+        "bomb.yaml": "aliases expand this document to more than 100,000 values",
+        "fifo.yaml": "is a FIFO (named pipe), not a regular file",
+        "dir.json": "is a directory, not a regular file",
+        "deep.toml": "nested more than 32 levels deep",
+        "dup.yaml": "duplicate key 'port' at line 3 (first at line 2)",
+        "dup.json": "duplicate key 'port'",
+        "bin.toml": "not valid UTF-8: byte 0x80 at line 1",
+        "file/c.yaml": "cannot read: a part of the path is a file, not a folder",
+        "many.json": "… and 199,980 more unknown keys",
+        "ansi.yaml": "serve.policy='\\x1b[31mred': not a valid choice",
+    }
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", [["config", "validate"], ["topo", "show"]])
+def test_hostile_files_exit_2_with_one_clear_error(tmp_path, command):
+    """Through the real console script: exit 2, the reason, no traceback, nothing raw."""
+    import subprocess
+    import sys
+
+    for name, expect in _bad_inputs(tmp_path).items():
+        r = subprocess.run([sys.executable, "-m", "pypto_serving.cli.entry", command[0],
+                            command[1], str(tmp_path / name), *command[2:]],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2, (name, r.stderr[-2000:])
+        assert expect in r.stderr, (name, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr and "\x1b" not in r.stderr
+        assert len(r.stderr) < 10_000 and r.stdout == ""

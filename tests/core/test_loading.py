@@ -74,11 +74,6 @@ def test_missing_file(tmp_path):
     assert error_text(path) == f"invalid config: 1 problem\n  - {path}: no such file"
 
 
-def test_directory_is_not_a_config(tmp_path):
-    (tmp_path / "d.yaml").mkdir()
-    assert f"{tmp_path / 'd.yaml'}: cannot read" in error_text(tmp_path / "d.yaml")
-
-
 def test_unknown_extension_names_the_formats(tmp_path):
     (tmp_path / "c.ini").write_text("[parallel]\n")
     assert error_text(tmp_path / "c.ini").endswith(
@@ -102,11 +97,6 @@ def test_top_level_must_be_a_mapping(tmp_path):
     assert error_text(tmp_path / "list.yaml").endswith(
         "the top level must be a mapping of sections (parallel, model, cluster, serve), "
         "not list")
-
-
-def test_not_utf8(tmp_path):
-    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00bad")
-    assert "cannot read" in error_text(tmp_path / "bin.yaml")
 
 
 def test_file_errors_carry_the_file_name_and_field(tmp_path):
