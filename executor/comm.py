@@ -170,14 +170,17 @@ class GroupCoordinator:
         sizes = torch.tensor(list(input_split_sizes), dtype=torch.int64, device=self.device)
         return [int(s) for s in self.all_to_all(sizes).tolist()]
 
-    def broadcast(self, t: torch.Tensor, src: int | None = None) -> torch.Tensor:
-        """Copy `t` from global rank `src` (default: the group's first rank) to all, in place."""
+    def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Copy `t` from the member at position `src` of the group (a rank in the group, as in
+        vLLM; default the first) to every member, in place."""
+        if not 0 <= src < self.world_size:
+            raise ValueError(f"{self.kind} broadcast src: {src} is not a rank in this group of "
+                             f"{self.world_size} (0..{self.world_size - 1}); give the "
+                             "position in the group, not a global rank")
         if self.world_size == 1:
             return t
-        src = self.first_rank if src is None else src
-        self._check_member(src, "broadcast src")
         self.stats.add("broadcast", _nbytes(t))
-        dist.broadcast(t, src=src, group=self.process_group)
+        dist.broadcast(t, src=self.ranks[src], group=self.process_group)
         return t
 
     def send(self, t: torch.Tensor, dst: int | None = None) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from ..core.platform import PlatformUnavailableError
+
+__all__ = ["ExecutorError", "GroupsNotInitializedError", "LaunchEnvError",
+           "PlatformUnavailableError", "SequenceTooLongError"]
+
 
 class ExecutorError(RuntimeError):
     """Base class: a worker cannot run as configured."""
@@ -21,10 +26,6 @@ class GroupsNotInitializedError(ExecutorError):
             "pypto_serving.executor.distributed.init_distributed() first, in a worker started "
             "by `pypto launch --config FILE script.py`"
         )
-
-
-class PlatformUnavailableError(ExecutorError):
-    """cluster.platform names a device kind this machine does not have."""
 
 
 class SequenceTooLongError(ExecutorError):
