@@ -232,7 +232,7 @@ def init_model_parallel(
         for info in topology.groups(kind):
             group = _new_group(info, timeout)
             if rank in info.ranks:
-                state.groups[kind] = GroupCoordinator(info, rank, group, device)
+                state.groups[kind] = GroupCoordinator(info, rank, group, device, timeout)
     _state = state
     return ParallelContext.build(topology, rank, state.groups, device)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core.platform import PlatformUnavailableError
 
-__all__ = ["ExecutorError", "GroupsNotInitializedError", "LaunchEnvError",
+__all__ = ["CommTimeoutError", "ExecutorError", "GroupsNotInitializedError", "LaunchEnvError",
            "PlatformUnavailableError", "SequenceTooLongError"]
 
 
@@ -30,3 +30,7 @@ class GroupsNotInitializedError(ExecutorError):
 
 class SequenceTooLongError(ExecutorError):
     """A sequence needs a position at or beyond model.max_seq_len (no rotary entry for it)."""
+
+
+class CommTimeoutError(ExecutorError):
+    """A collective waited PYPTO_COMM_TIMEOUT_S for a peer of its group that never came."""
