@@ -14,13 +14,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from .errors import ConfigError, ConfigIssue
 from .layout import Layout
+from .platform import Platform
 
 PlacementStrategy = Literal["linear", "round_robin"]
 PlacementMode = Literal["replica", "overlapped"]
 All2AllBackend = Literal["pypto_default", "allgather_reducescatter"]
 DataParallelBackend = Literal["local", "multiproc", "external"]
 DataParallelLoadBalance = Literal["internal", "external", "hybrid"]
-Platform = Literal["auto", "cpu", "cuda", "npu"]
 DType = Literal["float32", "float16", "bfloat16"]
 RoutingPolicy = Literal["least_loaded", "round_robin", "power_of_two", "prefix_aware", "session"]
 

@@ -13,13 +13,15 @@ count nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from ..core.topology import GroupInfo
+from .errors import CommTimeoutError
 
 
 @dataclass
@@ -48,7 +50,8 @@ def _nbytes(t: torch.Tensor) -> int:
 class GroupCoordinator:
     """This rank's view of one resolved group (TP, PP, DP, EP or world) and its collectives."""
 
-    def __init__(self, info: GroupInfo, rank: int, process_group, device: torch.device):
+    def __init__(self, info: GroupInfo, rank: int, process_group, device: torch.device,
+                 timeout: timedelta | None = None):
         self.info = info
         self.kind = info.kind
         self.index = info.index
@@ -58,6 +61,8 @@ class GroupCoordinator:
         self.world_size = info.size
         self.process_group = process_group
         self.device = device
+        self.timeout = timeout
+        """How long a collective of this group waits for a peer (its process group's)."""
         self.stats = CommStats()
         # gloo's reduce_scatter is several times slower than its all_to_all (measured in
         # docs/benchmarks.md); on gloo we reduce-scatter as all_to_all + a local sum instead
@@ -103,7 +108,7 @@ class GroupCoordinator:
         if self.world_size == 1:
             return t
         self.stats.add("all_reduce", _nbytes(t))
-        dist.all_reduce(t, group=self.process_group)
+        self._wait(dist.all_reduce, t, group=self.process_group)
         return t
 
     def all_gather(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -113,7 +118,7 @@ class GroupCoordinator:
         t = t.contiguous()
         self.stats.add("all_gather", _nbytes(t))
         parts = [torch.empty_like(t) for _ in range(self.world_size)]
-        dist.all_gather(parts, t, group=self.process_group)
+        self._wait(dist.all_gather, parts, t, group=self.process_group)
         return torch.cat(parts, dim=dim)
 
     def reduce_scatter(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -128,10 +133,10 @@ class GroupCoordinator:
         if self._reduce_scatter_by_all_to_all:
             send = torch.stack(chunks)
             received = torch.empty_like(send)
-            dist.all_to_all_single(received, send, group=self.process_group)
+            self._wait(dist.all_to_all_single, received, send, group=self.process_group)
             return received.sum(0)
         out = torch.empty_like(chunks[self.rank_in_group])
-        dist.reduce_scatter(out, chunks, group=self.process_group)
+        self._wait(dist.reduce_scatter, out, chunks, group=self.process_group)
         return out
 
     def all_to_all(
@@ -154,7 +159,7 @@ class GroupCoordinator:
                                  f"{self.world_size} members; give input_split_sizes")
             out = torch.empty_like(t)
             self.stats.add("all_to_all", _nbytes(t))
-            dist.all_to_all_single(out, t, group=self.process_group)
+            self._wait(dist.all_to_all_single, out, t, group=self.process_group)
             return out
         in_sizes = [int(s) for s in input_split_sizes]
         if output_split_sizes is None:
@@ -162,7 +167,7 @@ class GroupCoordinator:
         out_sizes = [int(s) for s in output_split_sizes]
         out = t.new_empty((sum(out_sizes), *t.shape[1:]))
         self.stats.add("all_to_all", _nbytes(t))
-        dist.all_to_all_single(out, t, out_sizes, in_sizes, group=self.process_group)
+        self._wait(dist.all_to_all_single, out, t, out_sizes, in_sizes, group=self.process_group)
         return out
 
     def exchange_split_sizes(self, input_split_sizes: Sequence[int]) -> list[int]:
@@ -170,14 +175,17 @@ class GroupCoordinator:
         sizes = torch.tensor(list(input_split_sizes), dtype=torch.int64, device=self.device)
         return [int(s) for s in self.all_to_all(sizes).tolist()]
 
-    def broadcast(self, t: torch.Tensor, src: int | None = None) -> torch.Tensor:
-        """Copy `t` from global rank `src` (default: the group's first rank) to all, in place."""
+    def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Copy `t` from the member at position `src` of the group (a rank in the group, as in
+        vLLM; default the first) to every member, in place."""
+        if not 0 <= src < self.world_size:
+            raise ValueError(f"{self.kind} broadcast src: {src} is not a rank in this group of "
+                             f"{self.world_size} (0..{self.world_size - 1}); give the "
+                             "position in the group, not a global rank")
         if self.world_size == 1:
             return t
-        src = self.first_rank if src is None else src
-        self._check_member(src, "broadcast src")
         self.stats.add("broadcast", _nbytes(t))
-        dist.broadcast(t, src=src, group=self.process_group)
+        self._wait(dist.broadcast, t, src=self.ranks[src], group=self.process_group)
         return t
 
     def send(self, t: torch.Tensor, dst: int | None = None) -> None:
@@ -188,7 +196,7 @@ class GroupCoordinator:
                              "give dst")
         self._check_member(dst, "send dst")
         self.stats.add("send", _nbytes(t))
-        dist.send(t.contiguous(), dst=dst, group=self.process_group)
+        self._wait(dist.send, t.contiguous(), dst=dst, group=self.process_group)
 
     def recv(
         self, shape: Sequence[int], dtype: torch.dtype, src: int | None = None
@@ -200,13 +208,29 @@ class GroupCoordinator:
                              "give src")
         self._check_member(src, "recv src")
         out = torch.empty(tuple(shape), dtype=dtype, device=self.device)
-        dist.recv(out, src=src, group=self.process_group)
+        self._wait(dist.recv, out, src=src, group=self.process_group)
         self.stats.add("recv", _nbytes(out))
         return out
 
     def barrier(self) -> None:
         if self.world_size > 1:
-            dist.barrier(group=self.process_group)
+            self._wait(dist.barrier, group=self.process_group)
+
+    def _wait(self, collective: Callable, *args, **kwargs):
+        """Run one torch collective; a peer that never arrives is a CommTimeoutError naming
+        this group, the op and the limit, instead of the backend's bare message."""
+        try:
+            return collective(*args, **kwargs)
+        except RuntimeError as e:
+            if "timed out" not in str(e).lower():
+                raise
+            limit = (f"{self.timeout.total_seconds():g} s" if self.timeout is not None
+                     else "its limit")
+            raise CommTimeoutError(
+                f"{self.kind.upper()} group #{self.index} (ranks {list(self.ranks)}): "
+                f"{collective.__name__} on rank {self.rank} waited {limit} "
+                "(PYPTO_COMM_TIMEOUT_S) for a peer that never joined: another rank of this "
+                "group is stuck, slow or dead; see its output") from e
 
     def _check_member(self, rank: int, what: str) -> None:
         if rank not in self.ranks:

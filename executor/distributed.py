@@ -10,6 +10,7 @@ is the one place groups are created: every rank walks `topology.group_kinds` and
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,6 +20,7 @@ import torch.distributed as dist
 
 from ..core.config import ServingConfig
 from ..core.loader import load_config
+from ..core.platform import choose_platform
 from ..core.topology import GroupInfo, Topology, resolve_topology
 from .comm import GroupCoordinator
 from .context import ParallelContext
@@ -27,6 +29,7 @@ from .errors import GroupsNotInitializedError, LaunchEnvError, PlatformUnavailab
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 DEFAULT_TIMEOUT_S = 300.0
 """How long a collective waits for a peer before failing (PYPTO_COMM_TIMEOUT_S overrides)."""
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -36,7 +39,6 @@ class _State:
     device: torch.device
     platform: str
     groups: dict[str, GroupCoordinator] = field(default_factory=dict)
-    context: ParallelContext | None = None
 
 
 _state: _State | None = None
@@ -73,20 +75,11 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
 
 
 def resolve_platform(platform: str) -> str:
-    """'auto' -> cuda, then npu, then cpu, whichever this machine has; others are checked."""
-    if platform == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "npu" if _npu_available() else "cpu"
-    if platform == "cuda" and not torch.cuda.is_available():
-        raise PlatformUnavailableError(
-            "cluster.platform='cuda' but torch sees no CUDA device here; set "
-            "cluster.platform to 'cpu' (gloo) or 'auto'")
-    if platform == "npu" and not _npu_available():
-        raise PlatformUnavailableError(
-            "cluster.platform='npu' but torch_npu is not importable or sees no NPU; set "
-            "cluster.platform to 'cpu' (gloo) or 'auto'")
-    return platform
+    """Core's platform rule over what torch sees here (`auto`: cuda, then npu, then cpu)."""
+    present = [p for p, usable in (("cuda", torch.cuda.is_available), ("npu", _npu_available))
+               if platform in (p, "auto") and usable()]
+    return choose_platform(platform, present,
+                           detected_by="torch.cuda / torch_npu report none")
 
 
 def _npu_available() -> bool:
@@ -97,7 +90,11 @@ def _npu_available() -> bool:
     return bool(getattr(torch, "npu", None) and torch.npu.is_available())
 
 
-def _device_for(platform: str, local_rank: int) -> torch.device:
+def _device_for(platform: str, local_rank: int, env: dict[str, str]) -> torch.device:
+    """The launcher's PYPTO_DEVICE when it set one, else device LOCAL_RANK (torchrun)."""
+    named = env.get("PYPTO_DEVICE")
+    if named:
+        return _bind(_launcher_device(named, platform))
     if platform == "cuda":
         index = _device_index(torch.cuda.device_count(), local_rank, "CUDA_VISIBLE_DEVICES")
         torch.cuda.set_device(index)
@@ -107,6 +104,36 @@ def _device_for(platform: str, local_rank: int) -> torch.device:
         torch.npu.set_device(index)
         return torch.device("npu", index)
     return torch.device("cpu")
+
+
+def _launcher_device(named: str, platform: str) -> torch.device:
+    try:
+        device = torch.device(named)
+    except RuntimeError:
+        raise LaunchEnvError(f"PYPTO_DEVICE={named!r} is not a device name like 'cuda:0' or "
+                             "'cpu'") from None
+    if device.type != platform:
+        raise LaunchEnvError(
+            f"PYPTO_DEVICE={named} but cluster.platform is {platform!r}: the launcher and this "
+            "worker disagree; start workers with `pypto launch` on the config they read")
+    if platform != "cpu" and device.index is None:
+        device = torch.device(platform, 0)
+    return device
+
+
+def _bind(device: torch.device) -> torch.device:
+    """Make `device` this process's current one, refusing an index that is not visible."""
+    if device.type == "cpu":
+        return device
+    module = torch.cuda if device.type == "cuda" else torch.npu
+    visible = module.device_count()
+    if device.index >= visible:
+        mask = "CUDA_VISIBLE_DEVICES" if device.type == "cuda" else "ASCEND_RT_VISIBLE_DEVICES"
+        raise PlatformUnavailableError(
+            f"PYPTO_DEVICE={device} but only {visible} {device.type} devices are visible "
+            f"({mask}); launch no more workers per node than devices")
+    module.set_device(device.index)
+    return device
 
 
 def _device_index(visible: int, local_rank: int, mask_var: str) -> int:
@@ -133,11 +160,16 @@ def _check_coordinates(topology: Topology, rank: int, env: dict[str, str]) -> No
 
 
 def _timeout() -> timedelta:
+    """PYPTO_COMM_TIMEOUT_S (default 300 s): how long any collective, on any group, waits."""
     raw = os.environ.get("PYPTO_COMM_TIMEOUT_S")
     try:
         seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
     except ValueError:
-        raise LaunchEnvError(f"PYPTO_COMM_TIMEOUT_S={raw!r} is not a number of seconds") from None
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise LaunchEnvError(f"PYPTO_COMM_TIMEOUT_S={raw!r} is not a number of seconds in "
+                             f"(0, {MAX_TIMEOUT_S:.0f}]; unset it for the default "
+                             f"{DEFAULT_TIMEOUT_S:.0f} s")
     return timedelta(seconds=seconds)
 
 
@@ -147,7 +179,7 @@ def init_distributed(config: ServingConfig | None = None) -> ParallelContext:
     """Join the launched world and create every group of the config's layout.
 
     `config` defaults to the file named by PYPTO_CONFIG. Returns this rank's
-    ParallelContext (also reachable later through `get_parallel_context()`).
+    ParallelContext.
     """
     env = read_launch_env()
     if config is None:
@@ -166,7 +198,7 @@ def init_distributed(config: ServingConfig | None = None) -> ParallelContext:
             "right number) or fix the parallel sizes")
     _check_coordinates(topology, env.rank, os.environ)
     platform = resolve_platform(config.cluster.platform)
-    device = _device_for(platform, env.local_rank)
+    device = _device_for(platform, env.local_rank, os.environ)
     if not dist.is_initialized():
         dist.init_process_group(
             BACKENDS[platform], rank=env.rank, world_size=env.world_size, timeout=_timeout(),
@@ -195,20 +227,22 @@ def init_model_parallel(
         platform = platform or (old.platform if old else "cpu")
     _destroy_groups()
     state = _State(topology=topology, rank=rank, device=device, platform=platform)
+    timeout = _timeout()
     for kind in topology.group_kinds:
         for info in topology.groups(kind):
-            group = _new_group(info)
+            group = _new_group(info, timeout)
             if rank in info.ranks:
-                state.groups[kind] = GroupCoordinator(info, rank, group, device)
-    state.context = ParallelContext.build(topology, rank, state.groups, device)
+                state.groups[kind] = GroupCoordinator(info, rank, group, device, timeout)
     _state = state
-    return state.context
+    return ParallelContext.build(topology, rank, state.groups, device)
 
 
-def _new_group(info: GroupInfo):
+def _new_group(info: GroupInfo, timeout: timedelta):
+    """torch's group for `info`; every subgroup waits at most PYPTO_COMM_TIMEOUT_S, like the
+    world (new_group's default would be torch's own, 30 minutes on gloo)."""
     if info.kind == "world":
         return dist.group.WORLD
-    return dist.new_group(list(info.ranks))
+    return dist.new_group(list(info.ranks), timeout=timeout)
 
 
 def _destroy_groups() -> None:
@@ -227,10 +261,6 @@ def destroy_distributed() -> None:
     _destroy_groups()
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def is_initialized() -> bool:
-    return _state is not None
 
 
 # --- accessors --------------------------------------------------------------------------------
@@ -265,19 +295,6 @@ def get_ep_group() -> GroupCoordinator:
 
 def get_world_group() -> GroupCoordinator:
     return get_group("world")
-
-
-def get_groups() -> dict[str, GroupCoordinator]:
-    """Every group of this rank, by kind, in creation order."""
-    if _state is None:
-        raise GroupsNotInitializedError("world")
-    return dict(_state.groups)
-
-
-def get_parallel_context() -> ParallelContext:
-    if _state is None or _state.context is None:
-        raise GroupsNotInitializedError("world")
-    return _state.context
 
 
 def comm_stats() -> dict[str, dict]:

@@ -59,9 +59,6 @@ class ExpertParallelMoE(nn.Module):
             device=ctx.device), persistent=False)
         self.register_buffer("local_id_tensor", torch.tensor(self.local_ids, device=ctx.device),
                              persistent=False)
-        self.trace: list[dict] | None = None
-        """Set to a list to record, per call, which (source EP rank, token) rows each local
-        expert processed: the proof that a routed token reaches its expert exactly once."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = split_evenly(x.shape[0], self.tp.world_size)[self.tp.rank_in_group]
@@ -84,11 +81,8 @@ class ExpertParallelMoE(nn.Module):
         gathered = self.tp.all_gather(padded).view(len(slices), width, out.shape[1])
         return torch.cat([gathered[i, :len(s)] for i, s in enumerate(slices)])
 
-    def _run_local(self, x: torch.Tensor, expert_ids: torch.Tensor, record) -> torch.Tensor:
-        """Each row through its (local) expert; `record` gets the rows each expert took."""
-        if record is not None:
-            for e in self.local_ids:
-                record[e] = torch.where(expert_ids == e)[0].tolist()
+    def _run_local(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+        """Each row through its (local) expert."""
         return run_experts(x, expert_ids, self.local_experts, self.owner.numel())
 
     def _all_to_all(self, xs, weights, ids) -> torch.Tensor:
@@ -103,14 +97,7 @@ class ExpertParallelMoE(nn.Module):
         recv_rows, recv_meta = unpack_rows(
             self.ep.all_to_all(send, send_counts, recv_counts),
             (xs.dtype, xs.shape[1:]), (torch.long, (2,)))
-        record = {} if self.trace is not None else None
-        results = self._run_local(recv_rows, recv_meta[:, 0], record)
-        if record is not None:
-            src = torch.repeat_interleave(
-                torch.arange(self.ep.world_size), torch.tensor(recv_counts)).tolist()
-            tok = recv_meta[:, 1].tolist()
-            self.trace.append({"layer": self.layer_id, "sent": n, "experts": {
-                e: [(src[r], tok[r]) for r in rows] for e, rows in record.items()}})
+        results = self._run_local(recv_rows, recv_meta[:, 0])
         back = self.ep.all_to_all(results, recv_counts, send_counts)
         out = torch.zeros_like(xs)
         out.index_add_(0, token[order], back * weights.reshape(-1)[order, None])
@@ -129,13 +116,8 @@ class ExpertParallelMoE(nn.Module):
                                    (xs.dtype, xs.shape[1:]), (ids.dtype, (k,)),
                                    (weights.dtype, (k,)))
         token, slot = torch.where(torch.isin(gids, self.local_id_tensor))
-        record = {} if self.trace is not None else None
-        y = self._run_local(gx[token], gids[token, slot], record)
+        y = self._run_local(gx[token], gids[token, slot])
         partial = torch.zeros_like(gx).index_add_(0, token, y * gw[token, slot, None])
-        if record is not None:
-            rows = token.tolist()
-            self.trace.append({"layer": self.layer_id, "sent": n, "experts": {
-                e: [divmod(rows[r], width) for r in picked] for e, picked in record.items()}})
         return ep.reduce_scatter(partial)[:n]
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from ..core.platform import PlatformUnavailableError
+
+__all__ = ["CommTimeoutError", "ExecutorError", "GroupsNotInitializedError", "LaunchEnvError",
+           "PlatformUnavailableError", "SequenceTooLongError"]
+
 
 class ExecutorError(RuntimeError):
     """Base class: a worker cannot run as configured."""
@@ -23,9 +28,9 @@ class GroupsNotInitializedError(ExecutorError):
         )
 
 
-class PlatformUnavailableError(ExecutorError):
-    """cluster.platform names a device kind this machine does not have."""
-
-
 class SequenceTooLongError(ExecutorError):
     """A sequence needs a position at or beyond model.max_seq_len (no rotary entry for it)."""
+
+
+class CommTimeoutError(ExecutorError):
+    """A collective waited PYPTO_COMM_TIMEOUT_S for a peer of its group that never came."""

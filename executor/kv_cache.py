@@ -58,10 +58,6 @@ class PagedKVCache:
         i = layer_id - self.layers.start
         return LayerCache(self.k[i], self.v[i])
 
-    @property
-    def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
-
 
 def slot_mapping(block_table: Sequence[int], positions: Sequence[int], block_size: int
                  ) -> list[int]:

@@ -40,4 +40,4 @@ def send_activations(ctx: ParallelContext, h: torch.Tensor) -> None:
 
 def share_tokens(ctx: ParallelContext, tokens: torch.Tensor) -> torch.Tensor:
     """Broadcast the last stage's sampled tokens to every stage of the pipeline."""
-    return ctx.pp.broadcast(tokens, src=ctx.pp.last_rank)
+    return ctx.pp.broadcast(tokens, src=ctx.pp.world_size - 1)

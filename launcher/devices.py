@@ -14,7 +14,9 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-PLATFORMS = ("auto", "cpu", "cuda", "npu")
+from ..core.platform import ACCELERATORS, choose_platform
+from ..core.platform import PLATFORMS as PLATFORMS  # re-exported for the plan's flag check
+
 VISIBLE_VAR = {"cuda": "CUDA_VISIBLE_DEVICES", "npu": "ASCEND_RT_VISIBLE_DEVICES"}
 DEVICE_BINDS = ("local-rank", "mask")
 
@@ -51,11 +53,8 @@ def visible_devices(platform: str, env: Mapping[str, str] | None = None) -> list
 
 
 def detect_platform() -> str:
-    """cuda if NVIDIA GPUs are present, else npu if Ascend devices are, else cpu."""
-    for platform in ("cuda", "npu"):
-        if physical_devices(platform):
-            return platform
-    return "cpu"
+    """What `auto` means on this machine, by core's rule over the devices counted here."""
+    return choose_platform("auto", [p for p in ACCELERATORS if physical_devices(p)])
 
 
 def count_source(platform: str) -> str:

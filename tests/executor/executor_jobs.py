@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -29,12 +30,15 @@ run_pypto_launch = _shared_conftest().run_pypto_launch
 
 
 def launch(config: dict, script: Path, args: list[str], work: Path,
-           timeout: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """`pypto launch --config CONFIG --standalone SCRIPT ARGS`: one worker per rank."""
+           timeout: float = JOB_TIMEOUT_S, env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess:
+    """`pypto launch --config CONFIG --standalone SCRIPT ARGS`: one worker per rank (`env`:
+    variables added to this process's environment)."""
     config_path = work / "config.json"
     config_path.write_text(json.dumps(config))
     return run_pypto_launch(["--config", str(config_path), "--standalone", str(script), *args],
-                            timeout=timeout, cwd=ROOT)
+                            timeout=timeout, cwd=ROOT,
+                            env={**os.environ, **env} if env is not None else None)
 
 
 def run_layout_job(world_cases: list[dict], work: Path) -> dict[int, dict]:

@@ -15,14 +15,24 @@ import sys
 from pathlib import Path
 
 import torch
+from expert_spy import ExpertSpy
 
 from pypto_serving.core.loader import parse_config
 from pypto_serving.core.topology import GroupUnavailableError, resolve_topology
 from pypto_serving.executor import distributed
+from pypto_serving.executor.batch import PrefillBatch
 from pypto_serving.executor.ep import expert_modules
 from pypto_serving.executor.generate import greedy_generate, reference_generate
 from pypto_serving.executor.model import build_reference_model
-from pypto_serving.executor.runner import ModelRunner, ReferenceModelRunner
+from pypto_serving.executor.runner import ReferenceModelRunner
+
+
+def _refusal(call) -> str | None:
+    try:
+        call()
+    except RuntimeError as e:
+        return str(e)
+    return None
 
 
 def run_case(case: dict, ctx) -> dict:
@@ -31,18 +41,22 @@ def run_case(case: dict, ctx) -> dict:
     prompts = case["prompts"][replica]
     steps = case["steps"][replica]
     runner = ReferenceModelRunner(ctx, seed=case.get("seed", 0))
-    assert isinstance(runner, ModelRunner)
+    # the runner contract in use: the order of calls is enforced, the cache is the runner's
+    contract = {"forward_before_weights": _refusal(lambda: runner.forward(None, None))}
     if case.get("weights_seed") is not None:  # a full state dict handed in, sharded here
         full = build_reference_model(ctx.model, seed=case["weights_seed"]).state_dict()
         runner.load_weights(full)
     else:
         runner.load_weights()
+    contract["prefill_before_cache"] = _refusal(
+        lambda: runner.run_prefill(PrefillBatch([[1]], [[0]])))
     cache = runner.init_kv_cache(case.get("num_blocks", 32))
-    moes = expert_modules(runner.model)
-    traces = []
-    if case.get("trace"):
-        for moe in moes:
-            moe.trace = []
+    contract["cache_is_the_runners"] = runner.kv_cache is cache
+    distributed.reset_comm_stats()
+    runner.warmup()  # a dummy step on every rank: joins the collectives, writes no KV
+    contract["warmup_comm"] = distributed.comm_stats()
+    contract["warmup_wrote_kv"] = bool(cache.k.any() or cache.v.any())
+    spy = ExpertSpy(expert_modules(runner.model)) if case.get("trace") else None
     comm: list[dict] = []
 
     def on_step(_i, _out):
@@ -51,8 +65,11 @@ def run_case(case: dict, ctx) -> dict:
 
     distributed.reset_comm_stats()
     gen = greedy_generate(runner, prompts, steps, on_step=on_step)
-    if case.get("trace"):
-        traces = [t for moe in moes for t in moe.trace]
+    contract["generate_wrote_kv"] = bool(cache.k.any() and cache.v.any())
+    traces = []
+    if spy is not None:
+        spy.close()
+        traces = spy.records
 
     result = {
         "rank": info.rank, "dp": info.dp, "pp": info.pp, "tp": info.tp, "ep": info.ep,
@@ -60,7 +77,7 @@ def run_case(case: dict, ctx) -> dict:
         "is_last_stage": info.is_last_stage,
         "kv_cache_shape": list(cache.k.shape),
         "tokens": gen.tokens, "step_tokens": gen.step_tokens, "dummy_steps": gen.dummy_steps,
-        "comm": comm, "trace": traces,
+        "comm": comm, "trace": traces, "contract": contract,
         "groups": {k: list(distributed.get_group(k).ranks) for k in ("tp", "pp", "dp", "world")},
         "ep_group": list(ctx.ep.ranks) if ctx.ep else None,
     }
@@ -102,7 +119,8 @@ def check_collectives(ctx) -> dict:
             "all_to_all_v": g.all_to_all(
                 torch.full(((g.rank_in_group + 1) * g.world_size,), me),
                 [g.rank_in_group + 1] * g.world_size).tolist(),
-            "broadcast": g.broadcast(torch.tensor([me]), src=g.last_rank).tolist(),
+            "broadcast": g.broadcast(torch.tensor([me]), src=g.world_size - 1).tolist(),
+            "broadcast_first": g.broadcast(torch.tensor([me])).tolist(),
         }
         if g.next_rank is not None:
             g.send(torch.tensor([me]))

@@ -100,6 +100,26 @@ def _tp_names():
     return [c["name"] for c in ALL if c["config"]["parallel"]["tensor_parallel_size"] > 1]
 
 
+def _tp_step_comm(topo, rank: int, tokens: int, seqs: int) -> dict:
+    """TP traffic of one step of `tokens` tokens over `seqs` sequences (formulas below)."""
+    hidden, tp_size = topo.config.model.hidden_size, topo.layout.tp
+    shard = max(len(s) for s in split_evenly(topo.config.model.vocab_size, tp_size))
+    ep = topo.expert_placement is not None
+    info = topo.rank_info(rank)
+    layers = len(info.layers)
+    n_reduce = (1 if ep else 2) * layers + info.is_first_stage
+    want = {"all_reduce": {"calls": n_reduce, "bytes": n_reduce * tokens * hidden * 4}}
+    gather = {"calls": 0, "bytes": 0}
+    if ep:
+        slice_rows = -(-tokens // tp_size)
+        gather = {"calls": layers, "bytes": layers * slice_rows * hidden * 4}
+    if info.is_last_stage:
+        gather = {"calls": gather["calls"] + 1, "bytes": gather["bytes"] + seqs * shard * 4}
+    if gather["calls"]:
+        want["all_gather"] = gather
+    return want
+
+
 @pytest.mark.parametrize("name", _tp_names())
 def test_tp_bytes_match_the_layout(results, name):
     """Per step: 2 all_reduces per layer (attention out, MLP/MoE out) + 1 for the embedding,
@@ -107,23 +127,32 @@ def test_tp_bytes_match_the_layout(results, name):
     Under EP a MoE layer's output is instead one all_gather of this rank's token slice,
     padded to ceil(tokens / TP) rows: ceil(tokens / TP) x hidden x 4 bytes."""
     topo = _topology(name)
-    hidden, tp_size = topo.config.model.hidden_size, topo.layout.tp
-    shard = max(len(s) for s in split_evenly(topo.config.model.vocab_size, tp_size))
-    ep = topo.expert_placement is not None
     for rank, res in results[name].items():
-        info = topo.rank_info(rank)
-        layers, seqs = len(info.layers), len(res["tokens"])
+        seqs = len(res["tokens"])
         for tokens, comm in zip(res["step_tokens"], res["comm"], strict=True):
-            tp = comm["tp"]
-            n_reduce = (1 if ep else 2) * layers + info.is_first_stage
-            assert tp["all_reduce"] == {"calls": n_reduce, "bytes": n_reduce * tokens * hidden * 4}
-            gather = {"calls": 0, "bytes": 0}
-            if ep:
-                slice_rows = -(-tokens // tp_size)
-                gather = {"calls": layers, "bytes": layers * slice_rows * hidden * 4}
-            if info.is_last_stage:
-                gather = {"calls": gather["calls"] + 1, "bytes": gather["bytes"] + seqs * shard * 4}
-            assert tp.get("all_gather", {"calls": 0, "bytes": 0}) == gather
+            assert comm["tp"] == _tp_step_comm(topo, rank, tokens, seqs)
+
+
+@pytest.mark.parametrize("name", [c["name"] for c in ALL])
+def test_the_runner_contract_holds_on_every_rank(results, name):
+    """Calls out of order are refused, the cache handed out is the one the runner fills, and
+    warmup is a real one-token dummy step (its TP traffic) that writes no KV."""
+    topo = _topology(name)
+    for rank, res in results[name].items():
+        contract = res["contract"]
+        assert contract["forward_before_weights"] == ("call load_weights() before running "
+                                                      "the model")
+        assert contract["prefill_before_cache"] == ("call init_kv_cache() before "
+                                                    "run_prefill/run_decode")
+        assert contract["cache_is_the_runners"] is True
+        assert contract["warmup_wrote_kv"] is False
+        assert contract["generate_wrote_kv"] is True
+        warmup = contract["warmup_comm"]
+        assert warmup["dp"] == {} and warmup["world"] == {}
+        if topo.layout.tp > 1:
+            assert warmup["tp"] == _tp_step_comm(topo, rank, tokens=1, seqs=1)
+        if topo.layout.pp > 1:
+            assert warmup["pp"]["broadcast"] == {"calls": 1, "bytes": 8}
 
 
 @pytest.mark.parametrize("name", [c["name"] for c in ALL
@@ -205,6 +234,7 @@ def test_ep_tokens_reach_their_experts_exactly_once(results, name):
         members = [results[name][r] for r in group.ranks]
         n_calls = {len(res["trace"]) for res in members}
         assert len(n_calls) == 1 and n_calls.pop() > 0
+        assert all(rec["inputs_match"] for res in members for rec in res["trace"])
         for call in range(len(members[0]["trace"])):
             records = [res["trace"][call] for res in members]
             assert len({r["layer"] for r in records}) == 1
@@ -275,6 +305,7 @@ def test_group_helpers_move_the_right_values_and_count_bytes(results, name):
             assert rec["all_to_all_v"] == [float(r) for j, r in enumerate(members)
                                            for _ in range(j + 1)]
             assert rec["broadcast"] == [float(members[-1])]
+            assert rec["broadcast_first"] == [float(members[0])]
             assert rec.get("recv") == ([float(info.prev_rank(rank))]
                                        if info.prev_rank(rank) is not None else None)
             stats = seen["stats"][kind]
@@ -286,7 +317,7 @@ def test_group_helpers_move_the_right_values_and_count_bytes(results, name):
                 "all_gather": {"calls": 1, "bytes": 4},
                 "reduce_scatter": {"calls": 1, "bytes": 4 * n},
                 "all_to_all": {"calls": 3, "bytes": 4 * n + 8 * n + 4 * n * (i + 1)},
-                "broadcast": {"calls": 1, "bytes": 4},
+                "broadcast": {"calls": 2, "bytes": 8},
             }
             if info.next_rank(rank) is not None:
                 expected["send"] = {"calls": 1, "bytes": 4}
