@@ -1,18 +1,22 @@
-"""Shared fixtures: free ports, the CLI runner, paths."""
+"""Shared fixtures: free ports, the CLI runner, paths, jobs run once per session."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,3 +168,68 @@ def launch_process():
     yield start
     for lp in started:
         lp.kill()
+
+
+# --- launched jobs shared by a whole session, run once whatever xdist does -----------------
+# xdist_group cannot group tests with pytest 9 (xdist 3.8 renames `item._nodeid`, which pytest
+# 9 no longer reads), so a module fixture runs once per xdist worker. A job several tests
+# share runs under `run_once` instead: the first worker to ask runs it, the others wait on its
+# lock and read the cached result. Each such job counts its own runs (RUNS_FILE_ENV); the
+# session's end checks every count is 1.
+
+SESSION_DIR_ENV = "PYPTO_TEST_SESSION_DIR"
+RUNS_FILE_ENV = "PYPTO_TEST_RUNS_FILE"
+"""The file a shared job appends one line to each time it really runs (set for its launch)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        os.environ[SESSION_DIR_ENV] = tempfile.mkdtemp(prefix="pypto-test-session-")
+
+
+def _session_dir() -> Path:
+    return Path(os.environ[SESSION_DIR_ENV])
+
+
+def run_once(key: str, produce: Callable[[Path, dict[str, str]], object],
+             timeout: float = 600) -> object:
+    """`produce(work_dir, env)` once per test session, by whichever xdist worker asks first;
+    its JSON result (or its failure) is what every caller gets. `env` holds RUNS_FILE_ENV for
+    the job's launch, so that the job records each real run of itself."""
+    root = _session_dir()
+    done, failed = root / f"{key}.json", root / f"{key}.failed"
+    with FileLock(str(root / f"{key}.lock"), timeout=timeout):
+        if not done.exists() and not failed.exists():
+            work = root / key
+            work.mkdir()
+            try:
+                result = produce(work, {RUNS_FILE_ENV: str(root / f"{key}.runs")})
+            except BaseException as e:
+                failed.write_text(f"{type(e).__name__}: {e}")
+                raise
+            done.write_text(json.dumps(result))
+    if failed.exists():
+        pytest.fail(f"shared job {key} failed (in the worker that ran it):\n"
+                    f"{failed.read_text()}")
+    return json.loads(done.read_text())
+
+
+def job_run_counts() -> dict[str, int]:
+    """How many times each shared job of this session really ran, from the jobs' own records."""
+    root = _session_dir()
+    return {p.stem: len(p.read_text().splitlines()) for p in sorted(root.glob("*.runs"))}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput") or SESSION_DIR_ENV not in os.environ:
+        return
+    counts = job_run_counts()
+    shutil.rmtree(_session_dir(), ignore_errors=True)
+    wrong = {key: n for key, n in counts.items() if n != 1}
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if wrong:
+        if reporter is not None:
+            reporter.write_line(f"shared jobs that did not run exactly once: {wrong}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif counts and reporter is not None and reporter.verbosity > 0:
+        reporter.write_line(f"shared jobs, runs each: {counts}")

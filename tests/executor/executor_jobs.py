@@ -26,7 +26,10 @@ def _shared_conftest() -> ModuleType:
     return module
 
 
-run_pypto_launch = _shared_conftest().run_pypto_launch
+_conftest = _shared_conftest()
+run_pypto_launch = _conftest.run_pypto_launch
+run_once = _conftest.run_once
+RUNS_FILE_ENV = _conftest.RUNS_FILE_ENV
 
 
 def launch(config: dict, script: Path, args: list[str], work: Path,
@@ -41,13 +44,22 @@ def launch(config: dict, script: Path, args: list[str], work: Path,
                             env={**os.environ, **env} if env is not None else None)
 
 
-def run_layout_job(world_cases: list[dict], work: Path) -> dict[int, dict]:
+def run_layout_job(world_cases: list[dict], work: Path, env: dict[str, str] | None = None,
+                   ) -> dict[int, dict]:
     """Run layout_worker.py over `world_cases` (one world size); {rank: {case: result}}."""
     cases_path = work / "cases.json"
     cases_path.write_text(json.dumps(world_cases))
     out = work / "out"
     out.mkdir()
     proc = launch(world_cases[0]["config"], HERE / "layout_worker.py",
-                  [str(cases_path), str(out)], work)
+                  [str(cases_path), str(out)], work, env=env)
     assert proc.returncode == 0, f"job failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
     return {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))}
+
+
+def shared_layout_job(world_cases: list[dict]) -> dict[int, dict]:
+    """run_layout_job once per test session (whichever xdist worker asks first)."""
+    world = world_cases[0]["config"]["cluster"]["devices_per_node"]
+    by_rank = run_once(f"layouts-world{world}",
+                       lambda work, env: run_layout_job(world_cases, work, env))
+    return {int(rank): res for rank, res in by_rank.items()}

@@ -12,7 +12,7 @@ import pytest
 
 HERE = Path(__file__).parent
 
-pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.mark.parametrize("layout", [

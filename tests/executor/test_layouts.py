@@ -17,7 +17,7 @@ from pypto_serving.core.topology import resolve_topology
 
 HERE = Path(__file__).parent
 
-pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 BY_NAME = {c["name"]: c for c in cases.WORLD2 + cases.WORLD4}
 ALL = [c for c in BY_NAME.values() if c["ref_seed"] == c.get("weights_seed", 0)]
@@ -25,13 +25,11 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[str, dict[int, dict]]:
-    """Run both jobs once (world 2, then world 4); results[case][rank]."""
+def results() -> dict[str, dict[int, dict]]:
+    """Both jobs (world 2, then world 4), each run once per session; results[case][rank]."""
     out: dict[str, dict[int, dict]] = {}
     for world_cases in (cases.WORLD2, cases.WORLD4):
-        world = world_cases[0]["config"]["cluster"]["devices_per_node"]
-        work = tmp_path_factory.mktemp(f"world{world}")
-        by_rank = jobs.run_layout_job(world_cases, work)
+        by_rank = jobs.shared_layout_job(world_cases)
         for rank, per_case in by_rank.items():
             for name, res in per_case.items():
                 out.setdefault(name, {})[rank] = res
