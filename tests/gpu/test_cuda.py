@@ -17,10 +17,18 @@ MODEL = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 8, "num_kv_h
          "intermediate_size": 128, "num_experts": 4, "experts_per_token": 2, "vocab_size": 128}
 
 
-def _config(tmp_path, parallel: dict) -> str:
+NEW_TOKENS = 6  # cuda_worker.py's
+
+
+def _world(parallel: dict) -> int:
     world = 1
     for key in ("data_parallel_size", "tensor_parallel_size", "pipeline_parallel_size"):
         world *= parallel.get(key, 1)
+    return world
+
+
+def _config(tmp_path, parallel: dict) -> str:
+    world = _world(parallel)
     path = tmp_path / "cuda.json"
     path.write_text(json.dumps({"parallel": parallel, "model": MODEL,
                                 "cluster": {"platform": "cuda", "devices_per_node": world}}))
@@ -49,15 +57,30 @@ def test_runner_on_cuda_matches_the_cpu_reference(pypto_launch, repo_root, tmp_p
                       "--device-bind", bind, str(repo_root / "tests/gpu/cuda_worker.py"),
                       str(out)], timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
-    assert results
-    for res in results:
-        assert res["backend"] == "nccl" and res["device"].startswith("cuda")
-        assert res["all_reduce"] == [float(len(results))] * 4
-        assert res["max_rel_err"] <= 1e-4
-        assert res["tokens"] == res["ref_tokens"] or not res["tokens"]
+    world = _world(parallel)
+    results = {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+    assert sorted(results) == list(range(world)), r.stdout + r.stderr  # every rank reported
+    for rank, res in results.items():
+        assert res["backend"] == "nccl", rank
+        assert res["all_reduce"] == [float(world)] * 4, rank
+        # the device the launcher named (PYPTO_DEVICE) is the one the executor bound
+        assert res["device"] == res["pypto_device"], res
+        assert res["current_device"] == int(res["device"].split(":")[1]), res
         if bind == "mask":
-            assert res["device_count"] == 1 and res["device"] == "cuda:0"
+            assert res["device_count"] == 1 and res["device"] == "cuda:0", res
+        else:
+            assert res["device"] == f"cuda:{res['local_rank']}", res
+        # every rank of a replica ends with the reference's greedy tokens, all of them
+        assert res["tokens"] == res["ref_tokens"], rank
+        assert [len(t) for t in res["tokens"]] == [NEW_TOKENS] * len(res["tokens"]), rank
+        # the last PP stage has logits at every step, and they match the reference
+        if res["is_last_stage"]:
+            assert res["steps_with_logits"] == NEW_TOKENS, res
+            assert res["max_rel_err"] is not None and res["max_rel_err"] <= 1e-4, res
+        else:
+            assert res["steps_with_logits"] == 0 and res["max_rel_err"] is None, res
+    last = sum(res["is_last_stage"] for res in results.values())
+    assert last == world // parallel.get("pipeline_parallel_size", 1)
 
 
 def test_more_workers_than_gpus_is_refused_before_anything_starts(pypto_launch, repo_root,

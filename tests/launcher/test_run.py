@@ -22,6 +22,16 @@ def test_four_workers_all_reduce_and_exit_clean(method, port, lt):
         assert row["main"] == "__main__"
     parents = {row["ppid"] for row in seen.values()}
     assert len(parents) == 1  # forked by the zygote, or spawned by the launcher
+    # how each worker started: forked by the zygote, torch already imported, or spawned
+    # by the launcher itself as a fresh interpreter
+    for row in seen.values():
+        parent = " ".join(row["parent_cmdline"])
+        if method == "fork":
+            assert row["torch_preloaded"] is True
+            assert "pypto_serving.launcher.zygote" in parent, parent
+        else:
+            assert row["torch_preloaded"] is False
+            assert "pypto_serving.cli.entry launch" in parent, parent
     lt.assert_gone([row["pid"] for row in seen.values()] + list(parents))
 
 
