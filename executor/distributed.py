@@ -75,11 +75,12 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
 
 
 def resolve_platform(platform: str) -> str:
-    """Core's platform rule over what torch sees here (`auto`: cuda, then npu, then cpu)."""
-    present = [p for p, usable in (("cuda", torch.cuda.is_available), ("npu", _npu_available))
-               if platform in (p, "auto") and usable()]
-    return choose_platform(platform, present,
-                           detected_by="torch.cuda / torch_npu report none")
+    """Core's platform rule over what torch sees here (`auto`: cuda, then npu, then cpu).
+    Only the kinds the rule may pick are probed (importing torch_npu is not free)."""
+    probes = {"cuda": torch.cuda.is_available, "npu": _npu_available}
+    present = [kind for kind, usable in probes.items()
+               if platform in (kind, "auto") and usable()]
+    return choose_platform(platform, present, detected_by="torch.cuda / torch_npu see none")
 
 
 def _npu_available() -> bool:

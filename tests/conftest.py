@@ -224,7 +224,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(session.config, "workerinput") or SESSION_DIR_ENV not in os.environ:
         return
     counts = job_run_counts()
-    shutil.rmtree(_session_dir(), ignore_errors=True)
     wrong = {key: n for key, n in counts.items() if n != 1}
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if wrong:
@@ -233,3 +232,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     elif counts and reporter is not None and reporter.verbosity > 0:
         reporter.write_line(f"shared jobs, runs each: {counts}")
+    if counts and session.exitstatus != pytest.ExitCode.OK:  # keep the jobs' logs to read
+        if reporter is not None:
+            reporter.write_line(f"shared jobs' work directories kept in {_session_dir()}")
+    else:
+        shutil.rmtree(_session_dir(), ignore_errors=True)
