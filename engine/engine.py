@@ -1,12 +1,60 @@
 """The replica engine: requests in, one scheduled step at a time, outputs out.
 
-Skeleton with the final constructor signature (so the executor side can code against it);
-the body follows.
+`Engine` owns one replica's request lifecycle, its KV block tables and its prefix-cache
+metadata (block manager), and drives one `StepExecutor` (the replica's ranks, or a test
+model). Every `step()` runs exactly one `executor.execute(plan)`, with an empty plan (a dummy
+step) when nothing is schedulable, so a caller under DP + EP can keep replicas in lock-step.
+No torch here.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
+
+from .block_manager import BlockManager
+from .errors import RequestRejected
 from .executor_api import StepExecutor
+from .output import OutputProcessor, RequestOutput
+from .request import FinishReason, Request
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class StepTiming:
+    """Host seconds of the last step: scheduling + plan, the executor, applying results."""
+
+    schedule_s: float = 0.0
+    execute_s: float = 0.0
+    update_s: float = 0.0
+    num_tokens: int = 0
+
+
+def sampling_issue(sp: SamplingParams, vocab_size: int) -> str | None:
+    """What is wrong with a request's sampling parameters (naming the field), or None."""
+    if not isinstance(sp.max_tokens, int) or isinstance(sp.max_tokens, bool):
+        return f"max_tokens must be an integer, got {sp.max_tokens!r}"
+    if not isinstance(sp.temperature, (int, float)) or not math.isfinite(sp.temperature) \
+            or sp.temperature < 0:
+        return f"temperature must be a finite number >= 0, got {sp.temperature!r}"
+    if not isinstance(sp.top_p, (int, float)) or not 0 < sp.top_p <= 1:
+        return f"top_p must be in (0, 1], got {sp.top_p!r}"
+    if not isinstance(sp.top_k, int) or sp.top_k < 0:
+        return f"top_k must be an integer >= 0 (0: no cut), got {sp.top_k!r}"
+    if sp.seed is not None and (not isinstance(sp.seed, int) or isinstance(sp.seed, bool)):
+        return f"seed must be an integer or null, got {sp.seed!r}"
+    if not all(isinstance(s, str) for s in sp.stop):
+        return f"stop must be a list of strings, got {list(sp.stop)!r}"
+    bad = [t for t in sp.stop_token_ids
+           if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
+    if bad:
+        return f"stop_token_ids {bad[:4]} are not token ids of this model (0..{vocab_size - 1})"
+    if not isinstance(sp.ignore_eos, bool):
+        return f"ignore_eos must be true or false, got {sp.ignore_eos!r}"
+    return None
 
 
 class Engine:
@@ -22,14 +70,126 @@ class Engine:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         max_model_len: int,
-        tokenizer,
+        tokenizer: Tokenizer,
         eos_token_id: int | None = None,
     ):
         self.executor = executor
-        self.num_blocks = num_blocks
-        self.block_size = block_size
-        self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_model_len = max_model_len
         self.tokenizer = tokenizer
-        self.eos_token_id = eos_token_id
+        self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        """End-of-sequence id (None: the tokenizer's)."""
+        self.block_manager = BlockManager(num_blocks, block_size)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs=max_num_seqs,
+                                   max_num_batched_tokens=max_num_batched_tokens,
+                                   max_model_len=max_model_len)
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self._requests: dict[str, Request] = {}
+        self._outputs: dict[str, OutputProcessor] = {}
+        self._next_seq_id = 0
+        self.num_steps = 0
+        self.timing = StepTiming()
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def add_request(self, rid: str, prompt_token_ids: list[int],
+                    sampling: SamplingParams) -> None:
+        """Queue a request; RequestRejected (naming the limit or the bad field) if it is
+        malformed or can never fit this replica."""
+        if not isinstance(rid, str) or not rid:
+            raise RequestRejected(str(rid), f"rid must be a non-empty string, got {rid!r}")
+        if rid in self._requests:
+            raise RequestRejected(rid, f"request {rid!r} is already in this engine; rids must "
+                                       "be unique among unfinished requests")
+        vocab = self.tokenizer.vocab_size
+        if not isinstance(prompt_token_ids, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+                for t in prompt_token_ids):
+            raise RequestRejected(rid, f"prompt_token_ids must be a list of token ids "
+                                       f"0..{vocab - 1}")
+        issue = sampling_issue(sampling, vocab)
+        if issue is not None:
+            raise RequestRejected(rid, issue)
+        req = Request(rid, self._next_seq_id, prompt_token_ids, sampling)
+        self.scheduler.add(req)
+        self._next_seq_id += 1
+        self._requests[rid] = req
+        self._outputs[rid] = OutputProcessor(req, self.tokenizer, self.eos_token_id)
+
+    def abort(self, rid: str) -> RequestOutput | None:
+        """End a request now (its blocks go back at once); its final output, or None if
+        the engine does not know it (finished already, or never added)."""
+        return self._end(rid, "abort")
+
+    def fail_all(self) -> list[RequestOutput]:
+        """End every request with "error" (the executor failed): what their clients get."""
+        return [out for rid in list(self._requests) if (out := self._end(rid, "error"))]
+
+    def _end(self, rid: str, reason: FinishReason) -> RequestOutput | None:
+        req = self._requests.pop(rid, None)
+        if req is None:
+            return None
+        text = self._outputs.pop(rid).finish()
+        self.scheduler.finish(req, reason)
+        return self._output(req, [], text)
+
+    @staticmethod
+    def _output(req: Request, token_ids: list[int], text: str) -> RequestOutput:
+        return RequestOutput(
+            req.rid, token_ids, text, req.is_finished, req.finish_reason, req.num_prompt_tokens,
+            max(0, req.num_cached_tokens), req.num_output_tokens)
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    # --- stepping ---------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule one step, run it (exactly one executor.execute; a dummy one when nothing
+        is schedulable), apply the sampled tokens; one output per request that got a token."""
+        t0 = time.perf_counter()
+        scheduled = self.scheduler.schedule()
+        t1 = time.perf_counter()
+        result = self.executor.execute(scheduled.plan)
+        t2 = time.perf_counter()
+        outputs: list[RequestOutput] = []
+        for req, token in self.scheduler.update(scheduled, result.tokens):
+            proc = self._outputs[req.rid]
+            text, reason = proc.on_token(token)
+            if reason is not None:
+                self.scheduler.finish(req, reason)
+                del self._requests[req.rid], self._outputs[req.rid]
+            outputs.append(self._output(req, [token], text))
+        self.num_steps += 1
+        self.timing = StepTiming(t1 - t0, t2 - t1, time.perf_counter() - t2,
+                                 scheduled.num_tokens)
+        return outputs
+
+    # --- what the router sees ---------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Load and cache figures (the protocol's "stats" message without its op)."""
+        sched, bm = self.scheduler, self.block_manager
+        return {
+            "waiting": len(sched.waiting),
+            "running": len(sched.running),
+            "pending_tokens": sum(r.pending_tokens for r in self._requests.values()),
+            "kv_usage": bm.usage,
+            "kv_blocks_total": bm.num_blocks,
+            "kv_blocks_free": bm.num_free,
+            "prefix_hits": sched.prefix_hits,
+            "prefix_queries": sched.prefix_queries,
+            "num_preemptions": sched.num_preemptions,
+        }
+
+    def drain_kv_events(self) -> tuple[list[int], list[int]]:
+        """(stored, evicted) prefix-block hashes since the last call."""
+        return self.block_manager.drain_kv_events()
+
+    def cached_hashes(self) -> list[int]:
+        """Every prefix-block hash cached now (for a router that just connected)."""
+        return self.block_manager.cached_hashes()
+
+    def request(self, rid: str) -> Request | None:
+        """The unfinished request `rid`, or None."""
+        return self._requests.get(rid)
