@@ -17,9 +17,11 @@ engine -> router
             kv_blocks_free, prefix_hits, prefix_queries, num_preemptions}
   kv_events {op, stored: [int], evicted: [int]}  (block hashes, see engine.hashing)
   hello    {op, replica: int, block_size: int, max_model_len: int, model: str,
-            kv_blocks_total: int}               (sent first on every new connection; the
-                                                 router also learns the hashes it holds
-                                                 through a kv_events with everything stored)
+            kv_blocks_total: int}               (sent first to every router, in answer to
+                                                 its first frame: a ZMQ ROUTER cannot see a
+                                                 DEALER until it speaks, so a router opens
+                                                 with a "stats"; then a kv_events with every
+                                                 hash cached now)
 """
 
 from __future__ import annotations

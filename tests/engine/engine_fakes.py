@@ -10,6 +10,8 @@ model runs in the executor's tests.
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 from pypto_serving.engine.plan import StepPlan, StepResult
 
@@ -30,7 +32,10 @@ def next_token(context: list[int], vocab: int, seed: int | None = None,
 class FakeModelExecutor:
     """StepExecutor over a paged fake KV cache; records what each step ran."""
 
-    def __init__(self, num_blocks: int, block_size: int, vocab: int = 256):
+    def __init__(self, num_blocks: int, block_size: int, vocab: int = 256,
+                 step_s: float = 0.0):
+        self.step_s = step_s
+        """Seconds each non-empty step takes (the model's compute time)."""
         self.block_size = block_size
         self.vocab = vocab
         self.kv: list[tuple[int, int] | None] = [None] * (num_blocks * block_size)
@@ -43,6 +48,8 @@ class FakeModelExecutor:
 
     def execute(self, plan: StepPlan) -> StepResult:
         plan = StepPlan.decode(plan.encode())  # what the other ranks would get
+        if self.step_s and plan.chunks:
+            time.sleep(self.step_s)
         tokens: dict[int, int] = {}
         self.steps.append([(c.seq_id, c.start_pos, len(c.token_ids), c.sample)
                            for c in plan.chunks])
@@ -88,3 +95,21 @@ def reference_tokens(prompt: list[int], max_tokens: int, vocab: int = 256,
         if t == eos:
             break
     return out
+
+
+class LockStepFakeExecutor(FakeModelExecutor):
+    """The fake model as one replica of DP + EP: `others_busy` stands for another replica
+    with work, so `must_step` is True while it is set (the real vote is a CPU collective)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.others_busy = threading.Event()
+        self.dummy_steps = 0
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        if plan.is_dummy:
+            self.dummy_steps += 1
+        return super().execute(plan)
+
+    def must_step(self, has_work: bool) -> bool:
+        return has_work or self.others_busy.is_set()
