@@ -19,6 +19,9 @@ REPLACEMENT = "\ufffd"
 CONTEXT_TOKENS = 4
 """Prompt tokens decoded in front of the first output token: tokenizers whose text depends on
 the previous token (a leading space) then render the first output token right."""
+MAX_HELD_TOKENS = 8
+"""Tokens an unfinished character may wait for; past that the bytes are not a character
+(stray UTF-8 continuation bytes) and go out as U+FFFD rather than hold the text forever."""
 
 
 @dataclass
@@ -75,7 +78,8 @@ class IncrementalDetokenizer:
             return ""
         shown = self.tokenizer.decode(ids[self.prefix:self.read])
         text = self.tokenizer.decode(ids[self.prefix:])
-        if not final and (len(text) <= len(shown) or text.endswith(REPLACEMENT)):
+        if not final and (len(text) <= len(shown) or (
+                text.endswith(REPLACEMENT) and len(ids) - self.read < MAX_HELD_TOKENS)):
             return ""
         delta = text[len(shown):]
         self.prefix, self.read = self.read, len(ids)

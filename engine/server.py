@@ -35,9 +35,13 @@ class EngineServer:
     """Serves one engine on `bind` (port 0 picks a free one; `endpoint` is the address)."""
 
     def __init__(self, engine: Engine, bind: str = "tcp://127.0.0.1:0", replica: int = 0,
-                 model_name: str = "model", *, idle_poll_s: float = 0.005,
-                 stats_interval_s: float = 0.05, linger_s: float = 1.0):
+                 model_name: str = "model", *, max_queue: int | None = None,
+                 idle_poll_s: float = 0.005, stats_interval_s: float = 0.05,
+                 linger_s: float = 1.0):
+        """`max_queue`: waiting requests past which an add is answered 429 (serve.max_queue;
+        None: the router's limit is the only one)."""
         self.engine = engine
+        self.max_queue = max_queue
         self.replica = replica
         self.model_name = model_name
         self.idle_poll_ms = max(1, int(idle_poll_s * 1000))
@@ -158,6 +162,12 @@ class EngineServer:
         rid = message.get("rid")
         if not isinstance(rid, str) or not rid:
             self._drop(f"add without a non-empty string rid: {rid!r}")
+            return
+        waiting = self.engine.scheduler.waiting
+        if self.max_queue is not None and len(waiting) >= self.max_queue:
+            self._send(identity, {"op": "error", "rid": rid, "code": 429, "message": (
+                f"replica {self.replica} has {len(waiting)} requests waiting, its limit "
+                f"(serve.max_queue={self.max_queue}); retry later or on another replica")})
             return
         try:
             sampling = parse_sampling(message.get("sampling", {}))

@@ -50,6 +50,13 @@ def test_an_invalid_byte_does_not_block_the_text_after_it():
     assert "".join(detok.add(b) for b in b"\xffok") == "\ufffdok"
 
 
+def test_stray_continuation_bytes_do_not_hold_the_text_forever():
+    detok = IncrementalDetokenizer(TOK)
+    out = "".join(detok.add(0x80) for _ in range(20))
+    assert out and set(out) == {"\ufffd"}
+    assert len(out) + len(detok.flush()) == 20
+
+
 def test_max_tokens_finishes_with_length():
     sent, reason = feed(SamplingParams(max_tokens=3), "abcdef")
     assert (sent, reason) == (["a", "b", "c"], "length")

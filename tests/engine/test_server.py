@@ -83,12 +83,12 @@ def serve():
     stopped and joined at the end."""
     started: list[tuple[EngineServer, threading.Thread, threading.Event]] = []
 
-    def start(executor=None):
+    def start(executor=None, max_num_seqs: int = 4, **server_kw):
         executor = executor or FakeModelExecutor(64, 4)
-        engine = Engine(executor, num_blocks=64, block_size=4, max_num_seqs=4,
+        engine = Engine(executor, num_blocks=64, block_size=4, max_num_seqs=max_num_seqs,
                         max_num_batched_tokens=32, max_model_len=128,
                         tokenizer=ByteTokenizer())
-        server = EngineServer(engine, replica=1, model_name="fake")
+        server = EngineServer(engine, replica=1, model_name="fake", **server_kw)
         stop = threading.Event()
         thread = threading.Thread(target=server.run, args=(stop,), daemon=True)
         thread.start()
@@ -160,6 +160,23 @@ def test_an_impossible_request_gets_an_error_naming_the_limit(serve):
     [error] = [m for m in got if m["op"] == "error"]
     assert error["rid"] == "huge" and error["code"] == 400
     assert "max_model_len=128" in error["message"]
+    client.close()
+
+
+def test_a_full_queue_answers_429_and_keeps_the_others(serve):
+    server, _ = serve(FakeModelExecutor(64, 4, step_s=0.005), max_queue=1, max_num_seqs=1)
+    client = Dealer(server.endpoint)
+    client.send(add("running", [1, 2], max_tokens=100))
+    client.until(lambda m: m["op"] == "output")
+    client.send(add("waiting", [3, 4], max_tokens=2))
+    client.send({"op": "stats"})
+    client.until(lambda m: m["op"] == "stats" and m["waiting"] == 1)
+    client.send(add("refused", [5, 6], max_tokens=2))
+    error = client.until(lambda m: m["op"] == "error")[-1]
+    assert error["rid"] == "refused" and error["code"] == 429
+    assert "serve.max_queue=1" in error["message"]
+    got = client.until(finished("waiting"))
+    assert tokens_of(got, "waiting") == reference_tokens([3, 4], 2)
     client.close()
 
 
