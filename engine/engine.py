@@ -22,6 +22,10 @@ from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .tokenizer import Tokenizer
 
+MAX_STOP_STRINGS = 32
+MAX_STOP_CHARS = 512
+"""Bounds on stop strings: every new token is checked against each of them."""
+
 
 @dataclass
 class StepTiming:
@@ -47,7 +51,10 @@ def sampling_issue(sp: SamplingParams, vocab_size: int) -> str | None:
     if sp.seed is not None and (not isinstance(sp.seed, int) or isinstance(sp.seed, bool)):
         return f"seed must be an integer or null, got {sp.seed!r}"
     if not all(isinstance(s, str) for s in sp.stop):
-        return f"stop must be a list of strings, got {list(sp.stop)!r}"
+        return f"stop must be a list of strings, got {list(sp.stop)[:4]!r}"
+    if len(sp.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in sp.stop):
+        return (f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS} "
+                f"characters each, got {len(sp.stop)} (longest {max(map(len, sp.stop))})")
     bad = [t for t in sp.stop_token_ids
            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
     if bad:

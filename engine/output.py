@@ -145,11 +145,15 @@ class OutputProcessor:
 
     def _held(self) -> int:
         """Length of the longest tail of the unsent text that begins some stop string."""
-        unsent = len(self.text) - self.emitted
+        text = self.text
+        unsent = len(text) - self.emitted
+        if not unsent:
+            return 0
+        last = text[-1]
         held = 0
         for s in self.stops:
             for k in range(min(len(s) - 1, unsent), held, -1):
-                if self.text.endswith(s[:k]):
+                if s[k - 1] == last and text.endswith(s[:k]):
                     held = k
                     break
         return held

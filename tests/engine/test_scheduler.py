@@ -176,6 +176,8 @@ def test_impossible_requests_are_refused_naming_the_limit(make_engine):
         engine.add_request("bad", [1, 300], GREEDY)
     with pytest.raises(RequestRejected, match="top_p"):
         engine.add_request("bad", [1], SamplingParams(top_p=0.0))
+    with pytest.raises(RequestRejected, match="at most 32 strings of at most 512"):
+        engine.add_request("bad", [1], SamplingParams(stop=("x" * 600,)))
     with pytest.raises(RequestRejected, match="already in this engine"):
         engine.add_request("ok", [1], GREEDY)
     got = run(engine)
