@@ -195,3 +195,25 @@ def test_stats_count_pending_tokens(make_engine):
     assert s["pending_tokens"] == 12 + 5 + 4 + 3 and s["running"] == 1 and s["waiting"] == 1
     assert s["kv_blocks_total"] == 64 and s["kv_blocks_free"] == 62
     assert s["kv_usage"] == pytest.approx(2 / 64)
+
+
+def test_the_latest_admitted_request_is_preempted_to_the_front_of_the_queue(make_engine):
+    engine = make_engine(num_blocks=6, block_size=4, max_num_batched_tokens=64)
+    long = SamplingParams(max_tokens=12, ignore_eos=True)
+    for i, rid in enumerate(("first", "second", "third")):
+        engine.add_request(rid, prompt(i, 7), long)
+    engine.add_request("fourth", prompt(9, 3), long)
+    sched = engine.scheduler
+    engine.step()  # 6 blocks: the first three are admitted (2 blocks each), fourth waits
+    assert [r.rid for r in sched.running] == ["first", "second", "third"]
+    while not engine.stats()["num_preemptions"]:
+        engine.step()
+    third = engine.request("third")
+    assert third.state.value == "preempted" and third.num_computed_tokens == 0
+    assert not engine.block_manager.holds(third.seq_id)
+    assert [r.rid for r in sched.waiting] == ["third", "fourth"]
+    assert [r.rid for r in sched.running] == ["first", "second"]
+    got = run(engine)
+    for i, rid in enumerate(("first", "second", "third")):
+        assert got[rid]["tokens"][-4:] == reference_tokens(prompt(i, 7), 12)[-4:]
+    assert got["fourth"]["tokens"] == reference_tokens(prompt(9, 3), 12)
