@@ -73,10 +73,14 @@ class EngineServer:
         restore = _on_signals(stop) if threading.current_thread() is threading.main_thread() \
             else {}
         engine, executor = self.engine, self.engine.executor
+        stepping = False
         try:
             while not stop.is_set():
-                self._receive(0 if engine.has_work else self.idle_poll_ms)
-                if executor.must_step(engine.has_work):
+                # Wait on the socket only when nobody steps: while any replica is busy (DP +
+                # EP) a wait here would hold up every replica's step.
+                self._receive(0 if stepping or engine.has_work else self.idle_poll_ms)
+                stepping = executor.must_step(engine.has_work)
+                if stepping:
                     self._step()
                 self._publish_stats()
         finally:

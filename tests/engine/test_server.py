@@ -218,13 +218,15 @@ def test_a_router_that_goes_away_has_its_requests_aborted(serve):
 
 def test_idle_replica_runs_dummy_steps_while_another_is_busy(serve):
     executor = LockStepFakeExecutor(64, 4)
-    server, engine = serve(executor)
+    # A long idle wait on the socket: dummy steps must not wait on it (it would hold up the
+    # busy replicas' every step), so 300 of them come long before 300 such waits could.
+    server, engine = serve(executor, idle_poll_s=1.0)
     client = Dealer(server.endpoint)
     executor.others_busy.set()
     deadline = time.monotonic() + 10
-    while executor.dummy_steps < 20 and time.monotonic() < deadline:
+    while executor.dummy_steps < 300 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert executor.dummy_steps >= 20
+    assert executor.dummy_steps >= 300
     client.send(add("mine", [9, 9], max_tokens=4))  # real work goes on among dummy steps
     assert tokens_of(client.until(finished("mine")), "mine") == reference_tokens([9, 9], 4)
     executor.others_busy.clear()
