@@ -113,3 +113,16 @@ class LockStepFakeExecutor(FakeModelExecutor):
 
     def must_step(self, has_work: bool) -> bool:
         return has_work or self.others_busy.is_set()
+
+
+class FailingExecutor(FakeModelExecutor):
+    """The fake model until step `fail_at`, which raises (a rank died mid-step)."""
+
+    def __init__(self, *args, fail_at: int, **kw):
+        super().__init__(*args, **kw)
+        self.fail_at = fail_at
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        if len(self.steps) + 1 >= self.fail_at and plan.chunks:
+            raise RuntimeError("rank 1 of the replica is gone")
+        return super().execute(plan)

@@ -14,7 +14,12 @@ import msgpack
 import psutil
 import pytest
 import zmq
-from engine_fakes import FakeModelExecutor, LockStepFakeExecutor, reference_tokens
+from engine_fakes import (
+    FailingExecutor,
+    FakeModelExecutor,
+    LockStepFakeExecutor,
+    reference_tokens,
+)
 
 from pypto_serving.engine import protocol
 from pypto_serving.engine.engine import Engine
@@ -234,6 +239,34 @@ def test_idle_replica_runs_dummy_steps_while_another_is_busy(serve):
     settled = executor.dummy_steps
     time.sleep(0.1)
     assert executor.dummy_steps == settled  # idle everywhere: no steps at all
+    client.close()
+
+
+def test_a_failing_step_ends_every_request_with_an_error_and_stops_the_loop():
+    executor = FailingExecutor(64, 4, fail_at=4, step_s=0.005)
+    engine = Engine(executor, num_blocks=64, block_size=4, max_num_seqs=4,
+                    max_num_batched_tokens=32, max_model_len=128, tokenizer=ByteTokenizer())
+    server = EngineServer(engine)
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            server.run(threading.Event())
+        except RuntimeError as e:
+            failure.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    client = Dealer(server.endpoint)
+    client.send(add("a", [1, 2], max_tokens=50))
+    client.send(add("b", [3, 4], max_tokens=50))
+    got = client.until(finished("a")) + client.until(finished("b"))
+    assert {m["rid"]: m["finish_reason"] for m in got if m["op"] == "output" and m["finished"]} \
+        == {"a": "error", "b": "error"}
+    thread.join(timeout=10)
+    assert not thread.is_alive() and server.closed
+    assert "rank 1 of the replica is gone" in str(failure[0])
+    assert engine.block_manager.num_used == 0
     client.close()
 
 
