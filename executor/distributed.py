@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -91,7 +92,7 @@ def _npu_available() -> bool:
     return bool(getattr(torch, "npu", None) and torch.npu.is_available())
 
 
-def _device_for(platform: str, local_rank: int, env: dict[str, str]) -> torch.device:
+def _device_for(platform: str, local_rank: int, env: Mapping[str, str]) -> torch.device:
     """The launcher's PYPTO_DEVICE when it set one, else device LOCAL_RANK (torchrun)."""
     named = env.get("PYPTO_DEVICE")
     if named:
