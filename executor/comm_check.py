@@ -1,0 +1,164 @@
+"""The worker program of `pypto check-comm`: `python -m pypto_serving.executor.comm_check
+SETTINGS.json OUT_DIR`, started by the launcher on every rank (PYPTO_CONFIG and torchrun's
+variables set).
+
+Each rank builds the executor's groups (`init_distributed`), walks core's steps in order,
+times every call (host clock on CPU; CUDA events on GPU, each call device-synchronized),
+checks every timed result, and writes its raw record to OUT_DIR/rankN.json for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..core.comm_check import PROGRESS_PREFIX, CheckSettings, CheckStep, plan_steps, step_members
+from ..core.topology import resolve_topology
+from . import distributed
+from .comm import GroupCoordinator
+from .comm_check_data import OpCase, make_case
+from .comm_check_deadline import Deadline, arrive_key, connect_store, done_key
+from .errors import ExecutorError
+
+CLOCK_SYNC_ROUNDS = 3
+
+
+def record_file(out_dir: Path, rank: int) -> Path:
+    return out_dir / f"rank{rank}.json"
+
+
+class StepTimer:
+    """Times one call: perf_counter on CPU; CUDA events around the call on GPU, after a
+    device synchronize so the call starts from an idle stream."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def start(self) -> int:
+        now = time.perf_counter_ns()
+        if self.cuda:
+            self._start.record()
+        return now
+
+    def stop(self, started: int) -> int:
+        if self.cuda:
+            self._end.record()
+            self._end.synchronize()
+            return int(self._start.elapsed_time(self._end) * 1e6)
+        return time.perf_counter_ns() - started
+
+
+def run_step(step: CheckStep, case: OpCase, settings: CheckSettings, timer: StepTimer,
+             deadline: Deadline | None, group_index: int, members: tuple[int, ...],
+             delay_s: float) -> dict:
+    """Warm-up and timed calls of one step; every timed result is checked."""
+    enter, dur, wrong, bad_iters, wrong_from = [], [], 0, 0, {}
+    for it in range(settings.warmup + settings.iters):
+        buf = case.fresh()
+        if delay_s:
+            time.sleep(delay_s)
+        timer.sync()
+        if deadline is not None:
+            deadline.arm(step, group_index, members)
+        started = timer.start()
+        out = case.call(buf)
+        took = timer.stop(started)
+        if deadline is not None:
+            deadline.disarm()
+        if it < settings.warmup:
+            continue
+        enter.append(started)
+        dur.append(took)
+        n, by_source = case.check(out)
+        if n:
+            bad_iters += 1
+            wrong = max(wrong, n)
+            for src, k in by_source.items():
+                wrong_from[src] = max(wrong_from.get(src, 0), k)
+    return {"step": step.index, "group": group_index, "members": list(members),
+            "count": case.count, "bytes": case.nbytes, "enter_ns": enter, "dur_ns": dur,
+            "wrong": wrong, "bad_iters": bad_iters, "wrong_from": wrong_from}
+
+
+def clock_offset(world: GroupCoordinator) -> int:
+    """This rank's clock at the end of a world barrier: subtracting it aligns the ranks'
+    clocks (to within a barrier's skew), also across nodes."""
+    for _ in range(CLOCK_SYNC_ROUNDS):
+        world.barrier()
+    return time.perf_counter_ns()
+
+
+def run_check(settings: CheckSettings, out_dir: Path) -> dict:
+    """This rank's whole check; returns (and writes) its record."""
+    ctx = distributed.init_distributed()
+    rank = ctx.rank
+    topology = resolve_topology(ctx.config)
+    steps = plan_steps(topology, settings)
+    groups = distributed.get_groups()
+    inject = settings.inject
+    mine = inject is not None and inject.rank == rank
+    store = connect_store()
+    deadline = Deadline(rank, settings.timeout_s, out_dir) if topology.world_size > 1 else None
+    timer = StepTimer(ctx.device)
+    offset = clock_offset(groups["world"])
+    entries = []
+    if mine and inject.kind == "hang":
+        sys.stderr.write(f"check-comm: rank {rank}: hanging on purpose (--inject hang:{rank})\n")
+        sys.stderr.flush()
+        while True:  # an injected hang: this rank never arrives at its first op
+            time.sleep(3600)
+    delay_s = inject.delay_ms / 1e3 if mine and inject.kind == "slow" else 0.0
+    for step in steps:
+        group = groups[step.kind]
+        members = step_members(group.ranks, step)
+        if rank in members:
+            store.set(arrive_key(step.index, rank), "1")
+            case = make_case(step, group, members, rank)
+            if mine and inject.kind == "corrupt":
+                case.corrupt()
+            entries.append(run_step(step, case, settings, timer, deadline, group.index,
+                                    members, delay_s))
+            store.set(done_key(step.index, rank), "1")
+        if settings.progress and rank == 0:
+            print(f"{PROGRESS_PREFIX}{step.index + 1}/{len(steps)}", flush=True)
+    if deadline is not None:
+        deadline.close()
+    record = {"rank": rank, "platform": ctx.device.type, "clock_offset_ns": offset,
+              "backend": str(torch.distributed.get_backend()), "complete": True,
+              "steps": entries}
+    path = record_file(out_dir, rank)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+    distributed.destroy_distributed()
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        sys.stderr.write("usage: python -m pypto_serving.executor.comm_check SETTINGS.json "
+                         "OUT_DIR (started by `pypto check-comm`)\n")
+        return 2
+    settings = CheckSettings.from_dict(json.loads(Path(args[0]).read_text()))
+    try:
+        run_check(settings, Path(args[1]))
+    except ExecutorError as e:
+        sys.stderr.write(f"check-comm: {e}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
