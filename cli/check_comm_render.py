@@ -7,6 +7,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+LATE = "late ranks (+ms)"
+
 
 def human_bytes(n: float) -> str:
     n = int(n)
@@ -32,8 +34,8 @@ def group_table(rows: list[dict]) -> Table:
         title += f"  ranks {ranks}"
     table = Table(title=title, title_justify="left", header_style="bold")
     for name in ("op", "size", "count", "time (us)", "algbw (GB/s)", "busbw (GB/s)",
-                 "#wrong", "late ranks (lag ms)"):
-        table.add_column(name, justify="left" if name in ("op", "late ranks (lag ms)")
+                 "#wrong", LATE):
+        table.add_column(name, justify="left" if name in ("op", LATE)
                          else "right", no_wrap=True)
     previous = None
     for row in rows:
@@ -42,7 +44,8 @@ def group_table(rows: list[dict]) -> Table:
             label += f" ({row['ranks'][0]}->{row['ranks'][1]})"
         if previous is not None and label != previous:
             table.add_section()
-        late = ", ".join(f"{r} ({row['rank_lag_us'][str(r)] / 1e3:.1f})" for r in row["late"])
+        late = ", ".join(f"{r} (+{row['rank_excess_gap_us'][str(r)] / 1e3:.1f})"
+                         for r in row["late"])
         wrong = Text(str(row["wrong"]), style="bold red" if row["wrong"] else "")
         table.add_row(label if label != previous else "", human_bytes(row["bytes"])
                       if row["op"] != "barrier" else "-", str(row["count"]),
@@ -100,9 +103,11 @@ def findings(report: dict) -> list[Text]:
         out.append(Text("CORRUPT DATA from rank(s) " + ", ".join(map(str, culprits)),
                         style="bold red"))
     for s in report["stragglers"]:
-        out.append(Text(f"STRAGGLER  rank {s['rank']} in {s['kind']}#{s['group']}: late in "
-                        f"{s['late_steps']} of {s['steps']} steps, median "
-                        f"{s['median_lag_us'] / 1e3:.1f} ms behind its peers", style="yellow"))
+        out.append(Text(f"STRAGGLER  rank {s['rank']} in {s['kind']}#{s['group']}: held its "
+                        f"group up in {s['late_steps']} of {s['steps']} steps, "
+                        f"{s['median_excess_gap_us'] / 1e3:.1f} ms longer between calls than "
+                        f"its peers (median; it entered "
+                        f"{s['median_lag_us'] / 1e3:.1f} ms after the first)", style="yellow"))
     for d in report["deadlines"]:
         missing = ", ".join(map(str, d["missing"]))
         line = (f"DEADLINE  {d['kind']}#{d['group']} {d['op']}"
@@ -113,11 +118,31 @@ def findings(report: dict) -> list[Text]:
         if d["waiting"]:
             line += f" (rank(s) {', '.join(map(str, d['waiting']))} waited for them)"
         out.append(Text(line, style="bold red"))
+        for hop in d["chain"]:
+            out.append(Text("  " + _hop(hop)))
+        if d["root"]:
+            out.append(Text(f"  at the root of the wait: rank(s) "
+                            f"{', '.join(map(str, d['root']))}", style="bold red"))
     for f in report["failures"]:
         who = f"rank {f['rank']}" if f["rank"] >= 0 else "the launch"
         out.append(Text(f"FAILED  {who} {f['how']}" + (f": {f['error']}" if f.get("error")
                                                          else ""), style="bold red"))
     return out
+
+
+def _hop(hop: dict) -> str:
+    """Where one missing rank was when the deadline passed."""
+    r = hop["rank"]
+    if hop["step"] is None:
+        return f"rank {r} never reached its first op"
+    where = (f"{hop['kind']}#{hop['group']} {hop['op']}"
+             + (f"({hop['variant']})" if hop["variant"] else "")
+             + f" {human_bytes(hop['size_bytes'])}")
+    if hop.get("between_steps"):
+        return f"rank {r} finished {where} and went no further"
+    if hop.get("missing"):
+        return f"rank {r} is in {where}, waiting for rank(s) {', '.join(map(str, hop['missing']))}"
+    return f"rank {r} is in {where}, where every rank arrived: the op itself is stuck"
 
 
 def culprit_ranks(report: dict) -> list[int]:
@@ -129,9 +154,12 @@ def culprit_ranks(report: dict) -> list[int]:
 def verdict(report: dict) -> Text:
     checks = sum(row["iters"] * len(row["ranks"]) for row in report["results"])
     groups = len({(row["kind"], row["group"]) for row in report["results"]})
+    slow = sorted({s["rank"] for s in report["stragglers"]})
+    slow_note = f"; straggler rank(s) {', '.join(map(str, slow))}" if slow else ""
     if report["ok"]:
         return Text(f"check-comm: OK: {len(report['results'])} op/size steps on {groups} "
-                    f"group(s), {checks} results checked, 0 wrong", style="bold green")
+                    f"group(s), {checks} results checked, 0 wrong{slow_note}",
+                    style="bold yellow" if slow else "bold green")
     reasons = []
     if report["wrong"]:
         reasons.append(f"{report['wrong']} wrong element(s)")
@@ -141,7 +169,13 @@ def verdict(report: dict) -> Text:
         reasons.append(f"{len(report['failures'])} worker failure(s)")
     if not reasons:
         reasons.append("the check did not complete")
-    return Text("check-comm: FAILED: " + ", ".join(reasons), style="bold red")
+    roots = sorted({r for d in report["deadlines"] for r in d["root"]})
+    if roots:
+        reasons.append(f"waits rooted at rank(s) {', '.join(map(str, roots))}")
+    culprits = culprit_ranks(report)
+    if culprits:
+        reasons.append(f"corrupt data from rank(s) {', '.join(map(str, culprits))}")
+    return Text("check-comm: FAILED: " + ", ".join(reasons) + slow_note, style="bold red")
 
 
 def render(report: dict) -> RenderableType:

@@ -7,8 +7,13 @@ Stable: fields are only ever added. Definitions (nccl-tests' PERFORMANCE.md):
 - algbw = bytes / time, bytes being the op's buffer (all_gather: the output; reduce_scatter
   and all_to_all: the input; uneven all_to_all: the mean over ranks of what each sends).
 - busbw = algbw x the op's factor for n ranks (`bus_factor`), comparable across ops and n.
-- lag: how late a rank enters an op after its group's first rank (clocks aligned at start),
-  median over iterations. A rank whose lag stands out from its peers' is a straggler.
+- lag: how late a rank enters an op after its group's first rank (one clock per node; nodes
+  aligned by a barrier at start), median over iterations.
+- gap: the time a rank spends between two calls of a step (outside the op, on its own
+  clock), median over iterations. A rank whose gap stands out from its peers' holds its
+  group up: it is late in that step, and late in most of its steps makes a straggler. (Lag
+  alone would also blame a rank that only left the previous call late, waiting for the
+  real straggler.)
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from typing import Any
 from .comm_check import CheckSettings, CheckStep
 
 SCHEMA = "pypto.commcheck/v1"
-STRAGGLER_MIN_LAG_US = 5000.0
-"""A rank is late (in one step) if its lag exceeds its peers' median by this much ..."""
-STRAGGLER_REL_LAG = 0.5
+STRAGGLER_MIN_GAP_US = 5000.0
+"""A rank is late (in one step) if its gap exceeds its peers' median by this much ..."""
+STRAGGLER_REL_GAP = 0.5
 """... and by this fraction of the step's time; a straggler is late in most of its steps."""
 ONE_RANK_NOTE = ("bus bandwidth does not apply to one rank: no data crosses a link; the "
                  "device path ran and every result was checked")
@@ -46,6 +51,18 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
+def clock_offsets(records: dict[int, dict]) -> dict[int, int]:
+    """What to subtract from each rank's clock to compare it with the others'. Ranks of one
+    node share a clock (CLOCK_MONOTONIC), so each node's offset is the median of its ranks'
+    clocks at the end of a common barrier; a barrier's exit skew (milliseconds on a busy
+    host) never enters comparisons within a node."""
+    by_node: dict[int, list[int]] = {}
+    for rec in records.values():
+        by_node.setdefault(rec.get("node", 0), []).append(rec.get("clock_sync_ns", 0))
+    node_offset = {node: int(statistics.median(v)) for node, v in by_node.items()}
+    return {r: node_offset[rec.get("node", 0)] for r, rec in records.items()}
+
+
 def _lags(entries: dict[int, dict], offsets: dict[int, int]) -> dict[int, float]:
     """Median lag (us) of each member behind the first to enter, iteration by iteration."""
     iters = min(len(e["enter_ns"]) for e in entries.values())
@@ -58,16 +75,26 @@ def _lags(entries: dict[int, dict], offsets: dict[int, int]) -> dict[int, float]
     return {r: _median(v) for r, v in per_rank.items()}
 
 
-def late_ranks(lags: dict[int, float], time_us: float) -> list[int]:
-    """Members whose lag stands out from the median of the others' lags."""
-    late = []
-    for r, lag in lags.items():
-        peers = [v for q, v in lags.items() if q != r]
-        if not peers:
-            continue
-        if lag - _median(peers) > max(STRAGGLER_MIN_LAG_US, STRAGGLER_REL_LAG * time_us):
-            late.append(r)
-    return sorted(late)
+def _gaps(entries: dict[int, dict]) -> dict[int, float]:
+    """Median time (us) each member spent between consecutive calls, on its own clock."""
+    out = {}
+    for r, e in entries.items():
+        gaps = [(e["enter_ns"][i] - e["leave_ns"][i - 1]) / 1e3
+                for i in range(1, min(len(e["enter_ns"]), len(e["leave_ns"])))]
+        out[r] = _median(gaps)
+    return out
+
+
+def excess_gaps(gaps: dict[int, float]) -> dict[int, float]:
+    """Each member's gap minus the median of the others' gaps."""
+    return {r: g - _median([v for q, v in gaps.items() if q != r])
+            for r, g in gaps.items() if len(gaps) > 1}
+
+
+def late_ranks(excess: dict[int, float], time_us: float) -> list[int]:
+    """Members whose gap stands out from their peers'."""
+    bar = max(STRAGGLER_MIN_GAP_US, STRAGGLER_REL_GAP * time_us)
+    return sorted(r for r, x in excess.items() if x > bar)
 
 
 def result_row(step: CheckStep, group_index: int, entries: dict[int, dict],
@@ -86,6 +113,7 @@ def result_row(step: CheckStep, group_index: int, entries: dict[int, dict],
         for src, count in e["wrong_from"].items():
             wrong_from[src] = wrong_from.get(src, 0) + count
     lags = _lags(entries, offsets)
+    excess = excess_gaps(_gaps(entries))
     return {
         "step": step.index, "kind": step.kind, "group": group_index,
         "ranks": list(next(iter(entries.values()))["members"]), "op": step.op,
@@ -99,7 +127,8 @@ def result_row(step: CheckStep, group_index: int, entries: dict[int, dict],
         "bad_iters": max(e["bad_iters"] for e in entries.values()),
         "rank_time_us": {str(r): rank_time[r] for r in members},
         "rank_lag_us": {str(r): lags[r] for r in members},
-        "late": late_ranks(lags, time_us) if n > 1 else [],
+        "rank_excess_gap_us": {str(r): excess[r] for r in members if r in excess},
+        "late": late_ranks(excess, time_us) if n > 1 else [],
     }
 
 
@@ -119,8 +148,11 @@ def stragglers(rows: list[dict]) -> list[dict]:
             if late * 2 >= len(group_rows) and late >= min(2, len(group_rows)):
                 lags = [row["rank_lag_us"][str(r)] for row in group_rows
                         if str(r) in row["rank_lag_us"]]
+                gaps = [row["rank_excess_gap_us"][str(r)] for row in group_rows
+                        if str(r) in row["rank_excess_gap_us"]]
                 found.append({"kind": kind, "group": group, "rank": r, "late_steps": late,
-                              "steps": len(group_rows), "median_lag_us": _median(lags)})
+                              "steps": len(group_rows), "median_lag_us": _median(lags),
+                              "median_excess_gap_us": _median(gaps)})
     return found
 
 
@@ -164,7 +196,8 @@ def kind_summaries(rows: list[dict], group_counts: dict[str, tuple[int, int]]) -
 
 def merge_deadlines(records: Iterable[dict]) -> list[dict]:
     """The deadline reports of every rank, one per (step, group): who saw it, who never
-    arrived, who arrived but never finished."""
+    arrived, who arrived and waited, where each missing rank was (`chain`) and the ranks
+    at the root of the wait."""
     merged: dict[tuple[int, int], dict] = {}
     for rec in sorted(records, key=lambda r: (r["step"], r["group"], r["rank"])):
         key = (rec["step"], rec["group"])
@@ -172,14 +205,17 @@ def merge_deadlines(records: Iterable[dict]) -> list[dict]:
             "step": rec["step"], "kind": rec["kind"], "group": rec["group"],
             "ranks": rec["members"], "op": rec["op"], "variant": rec["variant"],
             "size_bytes": rec["size_bytes"], "timeout_s": rec["timeout_s"],
-            "detected_by": [], "missing": set(), "waiting": set()})
+            "detected_by": [], "missing": set(), "waiting": set(), "root": set(),
+            "chain": rec.get("chain", [])})
         entry["detected_by"].append(rec["rank"])
         entry["missing"].update(rec["missing"])
         entry["waiting"].update(rec["waiting"])
+        entry["root"].update(rec.get("root", []))
     out = []
     for entry in merged.values():
         entry["missing"] = sorted(entry["missing"])
         entry["waiting"] = sorted(set(entry["waiting"]) - set(entry["missing"]))
+        entry["root"] = sorted(entry["root"])
         out.append(entry)
     return out
 
@@ -191,7 +227,7 @@ def build_report(summary: dict[str, Any], settings: CheckSettings,
     """The whole report. `summary`: layout facts (world_size, layout, platform, backend,
     summary line); `records`: rank -> its raw record (the worker's output); `deadlines`:
     every rank's missed-deadline record; `failures`: workers that died (the launcher's)."""
-    offsets = {r: rec.get("clock_offset_ns", 0) for r, rec in records.items()}
+    offsets = clock_offsets(records)
     by_step: dict[int, dict[int, dict[int, dict]]] = {}
     for rank, rec in records.items():
         for entry in rec["steps"]:
@@ -275,7 +311,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
             "required": ["step", "kind", "group", "ranks", "op", "variant", "size_bytes",
                          "bytes", "count", "time_us", "algbw_gbps", "busbw_gbps",
                          "bus_factor", "iters", "wrong", "wrong_by_rank", "wrong_from",
-                         "rank_time_us", "rank_lag_us", "late"],
+                         "rank_time_us", "rank_lag_us", "rank_excess_gap_us", "late"],
             "properties": {
                 "step": _INT, "kind": {"enum": ["tp", "pp", "dp", "ep", "world"]},
                 "group": _INT, "ranks": _RANKS,
@@ -287,7 +323,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
                 "bus_factor": _NUM_OR_NULL, "iters": {"type": "integer", "minimum": 1},
                 "wrong": _INT, "bad_iters": _INT, "wrong_by_rank": _RANK_MAP,
                 "wrong_from": _RANK_MAP, "rank_time_us": _RANK_MAP, "rank_lag_us": _RANK_MAP,
-                "late": _RANKS,
+                "rank_excess_gap_us": _RANK_MAP, "late": _RANKS,
             },
         }},
         "summaries": {"type": "array", "items": {
@@ -298,12 +334,13 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         }},
         "stragglers": {"type": "array", "items": {
             "type": "object", "required": ["kind", "group", "rank", "late_steps", "steps",
-                                           "median_lag_us"]}},
+                                           "median_lag_us", "median_excess_gap_us"]}},
         "deadlines": {"type": "array", "items": {
             "type": "object", "required": ["step", "kind", "group", "ranks", "op", "variant",
                                            "size_bytes", "timeout_s", "detected_by",
-                                           "missing", "waiting"],
-            "properties": {"missing": _RANKS, "waiting": _RANKS, "detected_by": _RANKS}}},
+                                           "missing", "waiting", "root", "chain"],
+            "properties": {"missing": _RANKS, "waiting": _RANKS, "detected_by": _RANKS,
+                           "root": _RANKS, "chain": {"type": "array"}}}},
         "failures": {"type": "array", "items": {
             "type": "object", "required": ["rank", "how"]}},
         "wrong": _INT,

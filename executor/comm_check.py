@@ -21,7 +21,7 @@ from ..core.topology import resolve_topology
 from . import distributed
 from .comm import GroupCoordinator
 from .comm_check_data import OpCase, make_case
-from .comm_check_deadline import Deadline, arrive_key, connect_store, done_key
+from .comm_check_deadline import Deadline, at_key, connect_store, done_key
 from .errors import ExecutorError
 
 CLOCK_SYNC_ROUNDS = 3
@@ -63,7 +63,7 @@ def run_step(step: CheckStep, case: OpCase, settings: CheckSettings, timer: Step
              deadline: Deadline | None, group_index: int, members: tuple[int, ...],
              delay_s: float) -> dict:
     """Warm-up and timed calls of one step; every timed result is checked."""
-    enter, dur, wrong, bad_iters, wrong_from = [], [], 0, 0, {}
+    enter, leave, dur, wrong, bad_iters, wrong_from = [], [], [], 0, 0, {}
     for it in range(settings.warmup + settings.iters):
         buf = case.fresh()
         if delay_s:
@@ -74,11 +74,13 @@ def run_step(step: CheckStep, case: OpCase, settings: CheckSettings, timer: Step
         started = timer.start()
         out = case.call(buf)
         took = timer.stop(started)
+        left = time.perf_counter_ns()
         if deadline is not None:
             deadline.disarm()
         if it < settings.warmup:
             continue
         enter.append(started)
+        leave.append(left)
         dur.append(took)
         n, by_source = case.check(out)
         if n:
@@ -87,13 +89,14 @@ def run_step(step: CheckStep, case: OpCase, settings: CheckSettings, timer: Step
             for src, k in by_source.items():
                 wrong_from[src] = max(wrong_from.get(src, 0), k)
     return {"step": step.index, "group": group_index, "members": list(members),
-            "count": case.count, "bytes": case.nbytes, "enter_ns": enter, "dur_ns": dur,
+            "count": case.count, "bytes": case.nbytes, "enter_ns": enter, "leave_ns": leave,
+            "dur_ns": dur,
             "wrong": wrong, "bad_iters": bad_iters, "wrong_from": wrong_from}
 
 
-def clock_offset(world: GroupCoordinator) -> int:
-    """This rank's clock at the end of a world barrier: subtracting it aligns the ranks'
-    clocks (to within a barrier's skew), also across nodes."""
+def clock_at_barrier(world: GroupCoordinator) -> int:
+    """This rank's clock at the end of a world barrier: the report aligns the clocks of
+    different nodes by it (to within a barrier's skew)."""
     for _ in range(CLOCK_SYNC_ROUNDS):
         world.barrier()
     return time.perf_counter_ns()
@@ -109,9 +112,10 @@ def run_check(settings: CheckSettings, out_dir: Path) -> dict:
     inject = settings.inject
     mine = inject is not None and inject.rank == rank
     store = connect_store()
-    deadline = Deadline(rank, settings.timeout_s, out_dir) if topology.world_size > 1 else None
+    deadline = (Deadline(rank, settings.timeout_s, out_dir, topology, steps)
+                if topology.world_size > 1 else None)
     timer = StepTimer(ctx.device)
-    offset = clock_offset(groups["world"])
+    clock_sync = clock_at_barrier(groups["world"])
     entries = []
     if mine and inject.kind == "hang":
         sys.stderr.write(f"check-comm: rank {rank}: hanging on purpose (--inject hang:{rank})\n")
@@ -123,18 +127,19 @@ def run_check(settings: CheckSettings, out_dir: Path) -> dict:
         group = groups[step.kind]
         members = step_members(group.ranks, step)
         if rank in members:
-            store.set(arrive_key(step.index, rank), "1")
+            store.set(at_key(rank), str(step.index))
             case = make_case(step, group, members, rank)
             if mine and inject.kind == "corrupt":
                 case.corrupt()
             entries.append(run_step(step, case, settings, timer, deadline, group.index,
                                     members, delay_s))
-            store.set(done_key(step.index, rank), "1")
+            store.set(done_key(rank), str(step.index))
         if settings.progress and rank == 0:
             print(f"{PROGRESS_PREFIX}{step.index + 1}/{len(steps)}", flush=True)
     if deadline is not None:
         deadline.close()
-    record = {"rank": rank, "platform": ctx.device.type, "clock_offset_ns": offset,
+    record = {"rank": rank, "node": ctx.rank_info.node, "platform": ctx.device.type,
+              "clock_sync_ns": clock_sync,
               "backend": str(torch.distributed.get_backend()), "complete": True,
               "steps": entries}
     path = record_file(out_dir, rank)

@@ -1,12 +1,13 @@
 """Nothing hangs: every op call of a check has a deadline, and who never arrived is read
 from the TCP store, not waited for.
 
-Before each step a rank writes `arrive/STEP/RANK` to the job's store, after it
-`done/STEP/RANK`. A watchdog thread wakes a few times per deadline; when a call has run
-past it, the watchdog reads which members of the group wrote those keys (its own store
-connection, so a main thread blocked in a collective does not matter), writes the record
-for the report, says it on stderr and ends the process with EXIT_DEADLINE. The launcher
-then stops the rest.
+Before each step a rank writes the step it has reached to `at/RANK` in the job's store, after
+it the step it finished to `done/RANK`. A watchdog thread wakes a few times per deadline;
+when a call has run past it, the watchdog reads those keys (over its own store connection,
+so a main thread blocked in a collective does not matter): which members never arrived,
+and, following each of them to the step it is in and whom it waits for there, the ranks at
+the root of the wait. It writes that record for the report, says it on stderr and ends the
+process with EXIT_DEADLINE; the launcher then stops the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ..core.comm_check import CheckStep
+from ..core.comm_check import CheckStep, step_members
+from ..core.topology import Topology
 
 EXIT_DEADLINE = 3
 """Exit code of a worker whose op ran past its deadline (the report explains it)."""
@@ -36,12 +38,14 @@ def connect_store() -> dist.Store:
     return dist.PrefixStore(STORE_PREFIX, store)
 
 
-def arrive_key(step: int, rank: int) -> str:
-    return f"arrive/{step}/{rank}"
+def at_key(rank: int) -> str:
+    """The step `rank` has reached (set before the step's first call)."""
+    return f"at/{rank}"
 
 
-def done_key(step: int, rank: int) -> str:
-    return f"done/{step}/{rank}"
+def done_key(rank: int) -> str:
+    """The last step `rank` has finished."""
+    return f"done/{rank}"
 
 
 def deadline_file(out_dir: Path, rank: int) -> Path:
@@ -52,8 +56,11 @@ class Deadline:
     """The watchdog of one rank: `arm(step, group, members)` before each call (two attribute
     writes, nothing that would show in the timings), `disarm()` after it."""
 
-    def __init__(self, rank: int, timeout_s: float, out_dir: Path):
+    def __init__(self, rank: int, timeout_s: float, out_dir: Path, topology: Topology,
+                 steps: tuple[CheckStep, ...]):
         self.rank = rank
+        self.topology = topology
+        self.steps = steps
         self.timeout_s = timeout_s
         self.out_dir = out_dir
         self._store = connect_store()
@@ -85,28 +92,73 @@ class Deadline:
 
     def _expire(self, step: CheckStep, group: int, members: tuple[int, ...],
                 waited: float) -> None:
-        arrived = [r for r in members if self._has(arrive_key(step.index, r))]
-        finished = [r for r in members if self._has(done_key(step.index, r))]
+        missing, waiting = self._who(step, members)
+        chain, roots = self._follow(missing)
         record = {
             "rank": self.rank, "step": step.index, "kind": step.kind, "group": group,
             "members": list(members), "op": step.op, "variant": step.variant,
             "size_bytes": step.size_bytes, "timeout_s": self.timeout_s, "waited_s": waited,
-            "missing": [r for r in members if r not in arrived],
-            "waiting": [r for r in arrived if r not in finished],
+            "missing": missing, "waiting": waiting, "chain": chain,
+            "root": sorted(roots) if missing else sorted(waiting),
         }
         path = deadline_file(self.out_dir, self.rank)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         tmp.replace(path)
-        missing = ", ".join(map(str, record["missing"])) or "none"
+        names = ", ".join(map(str, missing)) or "none"
         sys.stderr.write(f"check-comm: rank {self.rank}: {step.kind}#{group} {step.label} "
                          f"{step.size_bytes} B ran past its {self.timeout_s:g} s deadline; "
-                         f"never arrived: {missing}\n")
+                         f"never arrived: {names}\n")
         sys.stderr.flush()
         os._exit(EXIT_DEADLINE)
 
-    def _has(self, key: str) -> bool:
+    def _who(self, step: CheckStep, members: tuple[int, ...]) -> tuple[list[int], list[int]]:
+        """Members of `step` that never arrived, and those that arrived but never finished."""
+        missing, waiting = [], []
+        for r in members:
+            at, done = self._step_of(at_key(r)), self._step_of(done_key(r))
+            if at < step.index:
+                missing.append(r)
+            elif done < step.index:
+                waiting.append(r)
+        return missing, waiting
+
+    def _follow(self, missing: list[int]) -> tuple[list[dict], set[int]]:
+        """Where each missing rank is and whom it waits for, back to the ranks that
+        explain the wait: one that reached no step, sits between steps, or is in a step
+        every member of which arrived."""
+        chain, roots, seen = [], set(), set()
+        todo = list(missing)
+        while todo:
+            r = todo.pop(0)
+            if r in seen:
+                continue
+            seen.add(r)
+            at = self._step_of(at_key(r))
+            if at < 0:
+                chain.append({"rank": r, "step": None})
+                roots.add(r)
+                continue
+            step = self.steps[at]
+            info = self.topology.group(step.kind, r)
+            entry = {"rank": r, "step": at, "kind": step.kind, "group": info.index,
+                     "op": step.op, "variant": step.variant, "size_bytes": step.size_bytes}
+            if self._step_of(done_key(r)) >= at:
+                chain.append({**entry, "between_steps": True})
+                roots.add(r)
+                continue
+            blockers, _ = self._who(step, step_members(info.ranks, step))
+            chain.append({**entry, "missing": blockers})
+            if not blockers:
+                roots.add(r)
+            todo += blockers
+        return chain, roots
+
+    def _step_of(self, key: str) -> int:
+        """The step stored at `key`, -1 if none (or the store is gone: rank 0 died)."""
         try:
-            return bool(self._store.check([key]))
-        except RuntimeError:  # the store is gone (rank 0 died): nobody can be named
-            return False
+            if not self._store.check([key]):
+                return -1
+            return int(self._store.get(key))
+        except (RuntimeError, ValueError):
+            return -1
