@@ -51,9 +51,9 @@ def check_comm(
                                                    "report (schema pypto.commcheck/v1) to "
                                                    "this file; - for stdout.",
                                                    show_default=False)] = None,
-    inject: Annotated[str | None, typer.Option("--inject", help="A fault on purpose, to see "
-                                               "it found: slow:RANK[:MS], hang:RANK or "
-                                               "corrupt:RANK.", show_default=False)] = None,
+    inject: Annotated[str | None, typer.Option(
+        "--inject", help="A fault on purpose, to see it found: slow:RANK[:MS], hang:RANK, "
+        "corrupt:RANK or crash:RANK.", show_default=False)] = None,
     source: ConfigSource = None,
 ) -> None:
     with user_errors():

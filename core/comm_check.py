@@ -26,7 +26,7 @@ OPS: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter", "send_recv
                         "all_to_all", "broadcast", "barrier")
 KINDS: tuple[str, ...] = ("tp", "pp", "dp", "ep", "world")
 ALL_TO_ALL_SPLITS = ("even", "uneven")
-INJECTIONS = ("slow", "hang", "corrupt")
+INJECTIONS = ("slow", "hang", "corrupt", "crash")
 DEFAULT_SIZES = "8B:1MB"
 DEFAULT_SLOW_MS = 50.0
 ELEMENT_BYTES = 4  # float32: integer values up to 2**24 add up exactly
@@ -112,7 +112,8 @@ def parse_ops(text: str) -> tuple[str, ...]:
 class Injection:
     """A fault made on purpose so each detection path can be seen: `slow` delays every op
     of `rank` by `delay_ms`, `hang` stops it before its first op, `corrupt` damages one
-    element of every part of the data it sends."""
+    element of every part of the data it sends, `crash` kills it (SIGKILL) in its first
+    op's place."""
 
     kind: str
     rank: int
@@ -120,11 +121,12 @@ class Injection:
 
 
 def parse_injection(text: str, world_size: int) -> Injection:
-    """'slow:RANK[:MS]', 'hang:RANK' or 'corrupt:RANK'."""
+    """'slow:RANK[:MS]', 'hang:RANK', 'corrupt:RANK' or 'crash:RANK'."""
     flag = "--inject"
     parts = text.strip().split(":")
     if parts[0] not in INJECTIONS or len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise CheckUsageError(flag, text, "use slow:RANK[:MS], hang:RANK or corrupt:RANK")
+        raise CheckUsageError(flag, text, "use slow:RANK[:MS], hang:RANK, corrupt:RANK or "
+                              "crash:RANK")
     rank = int(parts[1])
     if rank >= world_size:
         raise CheckUsageError(flag, text, f"rank {rank} is outside the world "

@@ -204,10 +204,11 @@ def merge_deadlines(records: Iterable[dict]) -> list[dict]:
         entry = merged.setdefault(key, {
             "step": rec["step"], "kind": rec["kind"], "group": rec["group"],
             "ranks": rec["members"], "op": rec["op"], "variant": rec["variant"],
-            "size_bytes": rec["size_bytes"], "timeout_s": rec["timeout_s"],
+            "size_bytes": rec["size_bytes"], "timeout_s": rec["timeout_s"], "waited_s": 0.0,
             "detected_by": [], "missing": set(), "waiting": set(), "root": set(),
             "chain": rec.get("chain", [])})
         entry["detected_by"].append(rec["rank"])
+        entry["waited_s"] = max(entry["waited_s"], rec.get("waited_s", 0.0))
         entry["missing"].update(rec["missing"])
         entry["waiting"].update(rec["waiting"])
         entry["root"].update(rec.get("root", []))

@@ -10,6 +10,8 @@ checks every timed result, and writes its raw record to OUT_DIR/rankN.json for t
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -122,6 +124,8 @@ def run_check(settings: CheckSettings, out_dir: Path) -> dict:
         sys.stderr.flush()
         while True:  # an injected hang: this rank never arrives at its first op
             time.sleep(3600)
+    if mine and inject.kind == "crash":  # an injected death: the launcher reports it
+        os.kill(os.getpid(), signal.SIGKILL)
     delay_s = inject.delay_ms / 1e3 if mine and inject.kind == "slow" else 0.0
     for step in steps:
         group = groups[step.kind]
