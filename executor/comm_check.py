@@ -4,7 +4,8 @@ variables set).
 
 Each rank builds the executor's groups (`init_distributed`), walks core's steps in order,
 times every call (host clock on CPU; CUDA events on GPU, each call device-synchronized),
-checks every timed result, and writes its raw record to OUT_DIR/rankN.json for the report.
+checks the results of extra calls on fresh data, and writes its raw record to
+OUT_DIR/rankN.json for the report.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from .comm_check_deadline import Deadline, at_key, connect_store, done_key
 from .errors import ExecutorError
 
 CLOCK_SYNC_ROUNDS = 3
+CHECK_CALLS = 2
+"""Calls per step on fresh data whose results are checked, after the timed ones."""
 
 
 def record_file(out_dir: Path, rank: int) -> Path:
@@ -64,10 +67,15 @@ class StepTimer:
 def run_step(step: CheckStep, case: OpCase, settings: CheckSettings, timer: StepTimer,
              deadline: Deadline | None, group_index: int, members: tuple[int, ...],
              delay_s: float) -> dict:
-    """Warm-up and timed calls of one step; every timed result is checked."""
+    """One step as nccl-tests runs one size: warm-up calls, timed calls back to back (no
+    refill or check between them, so nothing of ours sits between two calls), then
+    CHECK_CALLS calls on fresh data whose results every rank checks."""
     enter, leave, dur, wrong, bad_iters, wrong_from = [], [], [], 0, 0, {}
-    for it in range(settings.warmup + settings.iters):
-        buf = case.fresh()
+    buf = case.fresh()
+    timed = settings.warmup + settings.iters
+    for it in range(timed + CHECK_CALLS):
+        if it >= timed:
+            buf = case.fresh()
         if delay_s:
             time.sleep(delay_s)
         timer.sync()
@@ -79,21 +87,21 @@ def run_step(step: CheckStep, case: OpCase, settings: CheckSettings, timer: Step
         left = time.perf_counter_ns()
         if deadline is not None:
             deadline.disarm()
-        if it < settings.warmup:
-            continue
-        enter.append(started)
-        leave.append(left)
-        dur.append(took)
-        n, by_source = case.check(out)
-        if n:
-            bad_iters += 1
-            wrong = max(wrong, n)
-            for src, k in by_source.items():
-                wrong_from[src] = max(wrong_from.get(src, 0), k)
+        if settings.warmup <= it < timed:
+            enter.append(started)
+            leave.append(left)
+            dur.append(took)
+        elif it >= timed:
+            n, by_source = case.check(out)
+            if n:
+                bad_iters += 1
+                wrong = max(wrong, n)
+                for src, k in by_source.items():
+                    wrong_from[src] = max(wrong_from.get(src, 0), k)
     return {"step": step.index, "group": group_index, "members": list(members),
             "count": case.count, "bytes": case.nbytes, "enter_ns": enter, "leave_ns": leave,
-            "dur_ns": dur,
-            "wrong": wrong, "bad_iters": bad_iters, "wrong_from": wrong_from}
+            "dur_ns": dur, "wrong": wrong, "bad_iters": bad_iters, "checked": CHECK_CALLS,
+            "wrong_from": wrong_from}
 
 
 def clock_at_barrier(world: GroupCoordinator) -> int:
