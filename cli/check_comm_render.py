@@ -13,8 +13,8 @@ LATE = "late ranks (+ms)"
 def human_bytes(n: float) -> str:
     n = int(n)
     for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size and n % size == 0:
-            return f"{n // size} {unit}"
+        if n >= size:
+            return f"{n // size} {unit}" if n % size == 0 else f"{n / size:.1f} {unit}"
     return f"{n} B"
 
 
@@ -152,7 +152,8 @@ def culprit_ranks(report: dict) -> list[int]:
 
 
 def verdict(report: dict) -> Text:
-    checks = sum(row["iters"] * len(row["ranks"]) for row in report["results"])
+    checks = sum(row["checked"] * len(row["ranks"]) for row in report["results"]
+                 if row["op"] != "barrier")
     groups = len({(row["kind"], row["group"]) for row in report["results"]})
     slow = sorted({s["rank"] for s in report["stragglers"]})
     slow_note = f"; straggler rank(s) {', '.join(map(str, slow))}" if slow else ""

@@ -6,6 +6,9 @@ Stable: fields are only ever added. Definitions (nccl-tests' PERFORMANCE.md):
 - time: per rank, the median of its timed iterations; a group's time is its slowest rank's.
 - algbw = bytes / time, bytes being the op's buffer (all_gather: the output; reduce_scatter
   and all_to_all: the input; uneven all_to_all: the mean over ranks of what each sends).
+- wrong: every member checks the results of `checked` extra calls on fresh data (after the
+  timed ones, as nccl-tests checks apart from timing); wrong is the sum over members of each
+  member's worst call, wrong_from the peers whose parts of the answer were wrong.
 - busbw = algbw x the op's factor for n ranks (`bus_factor`), comparable across ops and n.
 - lag: how late a rank enters an op after its group's first rank (one clock per node; nodes
   aligned by a barrier at start), median over iterations.
@@ -125,6 +128,7 @@ def result_row(step: CheckStep, group_index: int, entries: dict[int, dict],
         "wrong_by_rank": {str(r): entries[r]["wrong"] for r in members},
         "wrong_from": dict(sorted(wrong_from.items())),
         "bad_iters": max(e["bad_iters"] for e in entries.values()),
+        "checked": min(e.get("checked", 0) for e in entries.values()),
         "rank_time_us": {str(r): rank_time[r] for r in members},
         "rank_lag_us": {str(r): lags[r] for r in members},
         "rank_excess_gap_us": {str(r): excess[r] for r in members if r in excess},
@@ -322,7 +326,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
                 "count": _INT, "time_us": {"type": "number", "minimum": 0},
                 "algbw_gbps": _NUM_OR_NULL, "busbw_gbps": _NUM_OR_NULL,
                 "bus_factor": _NUM_OR_NULL, "iters": {"type": "integer", "minimum": 1},
-                "wrong": _INT, "bad_iters": _INT, "wrong_by_rank": _RANK_MAP,
+                "wrong": _INT, "bad_iters": _INT, "checked": _INT, "wrong_by_rank": _RANK_MAP,
                 "wrong_from": _RANK_MAP, "rank_time_us": _RANK_MAP, "rank_lag_us": _RANK_MAP,
                 "rank_excess_gap_us": _RANK_MAP, "late": _RANKS,
             },
