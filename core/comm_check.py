@@ -36,6 +36,7 @@ PROGRESS_PREFIX = "pypto-check-comm:step "  # rank 0's progress line: PREFIX + "
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2,
           "MIB": 1024**2, "G": 1024**3, "GB": 1024**3, "GIB": 1024**3}
 MAX_SIZE = 16 * 1024**3
+MAX_TIMEOUT_S = 86400.0
 
 
 class CheckUsageError(ValueError):
@@ -195,8 +196,9 @@ def check_settings(topology: Topology, groups: str | None, ops: str | None, size
         raise CheckUsageError("--iters", iters, "must be at least 1")
     if warmup < 0:
         raise CheckUsageError("--warmup", warmup, "must be 0 or more")
-    if not timeout_s > 0:
-        raise CheckUsageError("--timeout", timeout_s, "must be a positive number of seconds")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise CheckUsageError("--timeout", timeout_s, "must be a positive number of seconds, "
+                              f"at most {MAX_TIMEOUT_S:g}")
     return CheckSettings(
         kinds=kinds, ops=tuple(op for op in chosen_ops if op in runnable),
         sizes=parse_sizes(sizes), iters=iters, warmup=warmup, timeout_s=timeout_s,

@@ -118,7 +118,7 @@ def run_check(settings: CheckSettings, out_dir: Path) -> dict:
     rank = ctx.rank
     topology = resolve_topology(ctx.config)
     steps = plan_steps(topology, settings)
-    groups = distributed.get_groups()
+    groups = {kind: distributed.get_group(kind) for kind in topology.group_kinds}
     inject = settings.inject
     mine = inject is not None and inject.rank == rank
     store = connect_store()

@@ -128,11 +128,11 @@ def make_case(step: CheckStep, group: GroupCoordinator, members: tuple[int, ...]
         return OpCase(call, data(rank, sum(mine)), torch.cat(pieces), sum(mine) * 4,
                       sum(mine), sources, send_parts=[a for a, _ in _parts(mine)])
     if step.op == "broadcast":
-        root = members[0]
+        root = members[0]  # the group's first member (broadcast's src=0: its position)
         # A non-root buffer starts as something the answer never is, so a broadcast that
         # delivered nothing is caught too.
         start = data(root) if rank == root else -data(rank)
-        return OpCase(lambda t: group.broadcast(t, src=root), start, data(root), count * 4,
+        return OpCase(lambda t: group.broadcast(t, src=0), start, data(root), count * 4,
                       count, [(root, 0, count)], in_place=True)
     if step.op == "send_recv":
         sender, receiver = members
