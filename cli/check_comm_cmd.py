@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ..core.comm_check import DEFAULT_SIZES, OPS, CheckUsageError, check_settings
-from ..core.loader import DEFAULT_PROFILE
+from ..core.loader import DEFAULT_PROFILE, load_config
 from ..core.topology import resolve_topology
 from .errors import fail, user_errors
 from .options import ConfigSource, config_options
@@ -21,8 +22,9 @@ HELP = f"""Check the collectives of every resolved serving group: all_reduce, al
 reduce_scatter on TP and DP groups, send/recv between neighbouring PP stages, all_to_all
 (even and uneven splits) on EP groups, broadcast and barrier on the world. Every rank checks
 its results; time, algbw and busbw are nccl-tests'. Launches one worker per rank on this
-node (default profile {DEFAULT_PROFILE}). Exit 0 all right, 1 wrong results, a missed
-deadline or a dead worker, 2 bad options.
+node (default profile {DEFAULT_PROFILE}), or runs as one rank of an existing launch
+(`pypto launch ... -m pypto_serving.cli.entry check-comm`; rank 0 reports). Exit 0 all
+right, 1 wrong results, a missed deadline or a dead worker, 2 bad options.
 
 Example: pypto check-comm --profile cpu-demo --sizes 1KB:1MB --json report.json"""
 
@@ -56,25 +58,35 @@ def check_comm(
         "corrupt:RANK or crash:RANK.", show_default=False)] = None,
     source: ConfigSource = None,
 ) -> None:
+    inside = inside_launch()
+    if inside and (config is not None or source.profile or source.model_profile
+                   or any(v is not None for v in source.flags.values())):
+        raise fail("inside a launch the layout is the launch's (PYPTO_CONFIG); drop "
+                   "--config, --profile and the layout flags")
     with user_errors():
-        cfg = source.resolve(config, default_profile=DEFAULT_PROFILE)
+        cfg = (load_config(os.environ["PYPTO_CONFIG"]) if inside
+               else source.resolve(config, default_profile=DEFAULT_PROFILE))
     topology = resolve_topology(cfg)
     try:
         settings = check_settings(topology, groups, ops, sizes, iters, warmup, timeout, inject)
     except CheckUsageError as e:
         raise fail(str(e)) from None
-    if cfg.cluster.nnodes > 1:
-        raise fail(f"cluster.nnodes={cfg.cluster.nnodes}: check-comm launches one node; on "
-                   "several, run `pypto launch ... -m pypto_serving.executor.comm_check` on "
-                   "each, or check one node's layout")
     if json_file is not None and str(json_file) != "-" and not json_file.parent.is_dir():
         raise fail(f"--json {json_file}: folder {json_file.parent} does not exist")
+    if inside:
+        from ..executor.comm_check_job import run_inside_launch
+
+        report = run_inside_launch(cfg, settings)
+        if report is None:  # not rank 0: rank 0 reports for every rank
+            raise typer.Exit(0)
+        _show(report, json_file)
+    if cfg.cluster.nnodes > 1:
+        raise fail(f"cluster.nnodes={cfg.cluster.nnodes}: check-comm launches one node; on "
+                   "several, run it inside a launch on each node: `pypto launch --nnodes N "
+                   "... -m pypto_serving.cli.entry check-comm`")
     from ..executor.comm_check_job import run_job
     from ..launcher import LaunchError
-    from . import check_comm_render
-    from .console import make_console
 
-    console = make_console()
     err_console = make_console_stderr()
     progress = None
     if err_console.is_terminal:
@@ -103,6 +115,14 @@ def check_comm(
         raise typer.Exit(job.exit_code)
     if report["failures"]:  # the launcher's own report says who died and how
         sys.stderr.write("\n".join(job.output).strip() + "\n")
+    _show(report, json_file)
+
+
+def _show(report: dict, json_file: Path | None) -> None:
+    """Write --json, draw the report, and exit 0 only if all was right."""
+    from . import check_comm_render
+    from .console import make_console
+
     if json_file is not None:
         text = json.dumps(report, indent=2)
         if str(json_file) == "-":
@@ -110,8 +130,13 @@ def check_comm(
         else:
             json_file.write_text(text + "\n")
     if str(json_file) != "-":
-        console.print(check_comm_render.render(report))
+        make_console().print(check_comm_render.render(report))
     raise typer.Exit(0 if report["ok"] else 1)
+
+
+def inside_launch() -> bool:
+    """This process is a rank of a launch (`pypto launch` or torchrun with PYPTO_CONFIG)."""
+    return "RANK" in os.environ and bool(os.environ.get("PYPTO_CONFIG"))
 
 
 def make_console_stderr():

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -112,8 +113,11 @@ def clock_at_barrier(world: GroupCoordinator) -> int:
     return time.perf_counter_ns()
 
 
-def run_check(settings: CheckSettings, out_dir: Path) -> dict:
-    """This rank's whole check; returns (and writes) its record."""
+def run_check(settings: CheckSettings, out_dir: Path,
+              gather: bool = False) -> dict[int, dict] | None:
+    """This rank's whole check. It writes its record to OUT_DIR and returns {rank: record};
+    with `gather` (inside a launch, where no one reads OUT_DIR) every rank hands its record
+    to rank 0 through the store instead, and rank 0 returns them all (the others None)."""
     ctx = distributed.init_distributed()
     rank = ctx.rank
     topology = resolve_topology(ctx.config)
@@ -154,12 +158,27 @@ def run_check(settings: CheckSettings, out_dir: Path) -> dict:
               "clock_sync_ns": clock_sync,
               "backend": str(torch.distributed.get_backend()), "complete": True,
               "steps": entries}
-    path = record_file(out_dir, rank)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
+    records: dict[int, dict] | None = {rank: record}
+    if gather:
+        records = _gather_records(store, record, topology.world_size, settings.timeout_s)
+    else:
+        path = record_file(out_dir, rank)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
     distributed.destroy_distributed()
-    return record
+    return records
+
+
+def _gather_records(store, record: dict, world: int, timeout_s: float) -> dict[int, dict] | None:
+    """Every rank's record to rank 0, as JSON through the store (never pickle)."""
+    rank = record["rank"]
+    store.set(f"record/{rank}", json.dumps(record))
+    if rank != 0:
+        return None
+    keys = [f"record/{r}" for r in range(world)]
+    store.wait(keys, timedelta(seconds=max(60.0, 2 * timeout_s)))
+    return {r: json.loads(store.get(key)) for r, key in enumerate(keys)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,7 +108,8 @@ class Deadline:
         names = ", ".join(map(str, missing)) or "none"
         sys.stderr.write(f"check-comm: rank {self.rank}: {step.kind}#{group} {step.label} "
                          f"{step.size_bytes} B ran past its {self.timeout_s:g} s deadline; "
-                         f"never arrived: {names}\n")
+                         f"never arrived: {names}; at the root of the wait: "
+                         f"{', '.join(map(str, record['root'])) or 'none'}\n")
         sys.stderr.flush()
         os._exit(EXIT_DEADLINE)
 

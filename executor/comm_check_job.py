@@ -68,6 +68,38 @@ def comm_timeout_env(settings: CheckSettings) -> str:
     return str(settings.timeout_s * 2 + 30)
 
 
+def assemble_report(config: ServingConfig, settings: CheckSettings, records: dict[int, dict],
+                    deadlines: list[dict] = (), failures: list[dict] = ()) -> dict:
+    """Core's report of the ranks' records, with this layout's facts."""
+    topology = resolve_topology(config)
+    first = records[min(records)] if records else {}
+    platform = first.get("platform") or config.cluster.platform
+    summary = {
+        "summary": layout_summary(config), "world_size": topology.world_size,
+        "layout": {"dp": config.parallel.data_parallel_size,
+                   "pp": config.parallel.pipeline_parallel_size,
+                   "tp": config.parallel.tensor_parallel_size,
+                   "ep": config.parallel.ep_size if topology.expert_placement else 0},
+        "platform": platform, "backend": first.get("backend") or BACKENDS.get(platform, "?"),
+    }
+    counts = {k: (topology.num_groups(k), topology.layout.group_size(k))
+              for k in settings.kinds}
+    return build_report(summary, settings, plan_steps(topology, settings), records,
+                        deadlines, failures, counts)
+
+
+def run_inside_launch(config: ServingConfig, settings: CheckSettings) -> dict | None:
+    """This process is one rank of an existing launch (`pypto launch ... -m
+    pypto_serving.cli.entry check-comm`): run the check here; rank 0 returns the report of
+    every rank, the others None. A missed deadline ends the detecting rank (its stderr line
+    names the missing ranks) and the launcher stops the rest."""
+    from .comm_check import run_check
+
+    with tempfile.TemporaryDirectory(prefix="pypto-check-comm-") as tmp:
+        records = run_check(settings, Path(tmp), gather=True)
+    return None if records is None else assemble_report(config, settings, records)
+
+
 def run_job(config: ServingConfig, settings: CheckSettings,
             on_progress: Callable[[int, int], None] | None = None,
             grace_period: float = 3.0) -> JobResult:
@@ -75,8 +107,6 @@ def run_job(config: ServingConfig, settings: CheckSettings,
     launcher refuses before starting anything."""
     from ..launcher import LaunchSpec, launch
 
-    topology = resolve_topology(config)
-    steps = plan_steps(topology, settings)
     with tempfile.TemporaryDirectory(prefix="pypto-check-comm-") as tmp:
         work = Path(tmp)
         out_dir = work / "out"
@@ -95,19 +125,7 @@ def run_job(config: ServingConfig, settings: CheckSettings,
         deadlines = [json.loads(p.read_text()) for p in out_dir.glob("rank*.deadline.json")]
     failures = [{"rank": f.rank, "how": f.how(), "error": f.error, "tail": list(f.tail)}
                 for f in result.failures if f.returncode != EXIT_DEADLINE]
-    first = records[min(records)] if records else {}
-    platform = first.get("platform") or config.cluster.platform
-    summary = {
-        "summary": layout_summary(config), "world_size": topology.world_size,
-        "layout": {"dp": config.parallel.data_parallel_size,
-                   "pp": config.parallel.pipeline_parallel_size,
-                   "tp": config.parallel.tensor_parallel_size,
-                   "ep": config.parallel.ep_size if topology.expert_placement else 0},
-        "platform": platform, "backend": first.get("backend") or BACKENDS.get(platform, "?"),
-    }
-    counts = {k: (topology.num_groups(k), topology.layout.group_size(k))
-              for k in settings.kinds}
-    report = build_report(summary, settings, steps, records, deadlines, failures, counts)
+    report = assemble_report(config, settings, records, deadlines, failures)
     if result.exit_code != 0 and not report["failures"] and not report["deadlines"] \
             and result.signal is None:
         # the launcher failed for a reason that is no worker's (the zygote died, say)

@@ -8,7 +8,9 @@ side is its step (executor.comm_check's `run_step` over `make_case`: deadline ar
 call, host and device clocks read, results of the check calls compared), the
 bare side times `dist.all_reduce` on the same process group with nothing around it. Each
 round's time is the slowest rank's median over --iters calls (nccl-tests' busbw:
-algbw x 2(n-1)/n); the table shows the median over --rounds. Usage:
+algbw x 2(n-1)/n); the table shows the median over --rounds, their ratio, the ratio of the
+two sides' best rounds (the least disturbed on a shared machine) and each side's range.
+Usage:
 
     .venv/bin/python scripts/bench_comm.py [--ranks 2] [--sizes 1KB,1MB,16MB,64MB]
         [--iters 10] [--warmup 2] [--rounds 5] [--platform cpu]
@@ -132,17 +134,20 @@ def main() -> None:
     factor = bus_factor("all_reduce", n)
     table = Table(title=f"all_reduce busbw, {n} ranks, {data['backend']} "
                         f"(median of {args.rounds} rounds x {args.iters} calls)")
-    for col in ("size", "check-comm GB/s", "bare dist.all_reduce GB/s", "check-comm / bare",
-                "check-comm us", "bare us"):
+    for col in ("size", "check-comm GB/s", "bare GB/s", "check-comm / bare",
+                "best / best", "check-comm us (min-max)", "bare us (min-max)"):
         table.add_column(col, justify="right")
     for size in sizes:
-        ours = statistics.median(data["results"]["check_comm"][str(size)]) / 1e3
-        theirs = statistics.median(data["results"]["bare"][str(size)]) / 1e3
+        runs = [[t / 1e3 for t in data["results"][side][str(size)]]
+                for side in ("check_comm", "bare")]
+        ours, theirs = (statistics.median(r) for r in runs)
         count_bytes = max(1, size // 4) * 4
         bw = [count_bytes / (t * 1e-6) / 1e9 * factor for t in (ours, theirs)]
+        spread = [f"{statistics.median(r):.1f} ({min(r):.0f}-{max(r):.0f})" for r in runs]
+        best = min(runs[1]) / min(runs[0])  # busbw ratio of the least disturbed rounds
         table.add_row(_human(size), f"{bw[0]:.4g}", f"{bw[1]:.4g}", f"{bw[0] / bw[1]:.3f}",
-                      f"{ours:.1f}", f"{theirs:.1f}")
-    console = Console()
+                      f"{best:.3f}", *spread)
+    console = Console(width=120)
     console.print(table)
     console.print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), load "
                   f"{os.getloadavg()[0]:.1f}; wall {wall:.1f} s")
