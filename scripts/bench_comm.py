@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--platform", default="cpu")
     args = parser.parse_args()
+    if args.ranks < 2:
+        sys.exit("--ranks must be 2 or more: bus bandwidth does not apply to one rank")
 
     from rich.console import Console
     from rich.table import Table
