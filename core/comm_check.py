@@ -31,6 +31,7 @@ DEFAULT_SIZES = "8B:1MB"
 DEFAULT_SLOW_MS = 50.0
 ELEMENT_BYTES = 4  # float32: integer values up to 2**24 add up exactly
 DTYPE = "float32"
+EXIT_DEADLINE = 3  # a worker whose op ran past its deadline (its record explains why)
 PROGRESS_PREFIX = "pypto-check-comm:step "  # rank 0's progress line: PREFIX + "DONE/TOTAL"
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024**2, "MB": 1024**2,

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ..core.comm_check import CheckStep, step_members
+from ..core.comm_check import EXIT_DEADLINE, CheckStep, step_members
 from ..core.topology import Topology
 
-EXIT_DEADLINE = 3
-"""Exit code of a worker whose op ran past its deadline (the report explains it)."""
 STORE_PREFIX = "pypto-check-comm/"
 STORE_TIMEOUT_S = 10.0
 

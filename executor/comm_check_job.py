@@ -14,15 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.comm_check import PROGRESS_PREFIX, CheckSettings, plan_steps
+from ..core.comm_check import EXIT_DEADLINE, PROGRESS_PREFIX, CheckSettings, plan_steps
 from ..core.comm_report import build_report
 from ..core.config import ServingConfig
 from ..core.report import layout_summary
 from ..core.topology import resolve_topology
 
 WORKER_MODULE = "pypto_serving.executor.comm_check"
-EXIT_DEADLINE = 3  # executor.comm_check_deadline.EXIT_DEADLINE (that module imports torch)
-BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
 
 
 class WorkerLines:
@@ -80,7 +78,7 @@ def assemble_report(config: ServingConfig, settings: CheckSettings, records: dic
                    "pp": config.parallel.pipeline_parallel_size,
                    "tp": config.parallel.tensor_parallel_size,
                    "ep": config.parallel.ep_size if topology.expert_placement else 0},
-        "platform": platform, "backend": first.get("backend") or BACKENDS.get(platform, "?"),
+        "platform": platform, "backend": first.get("backend", "unknown"),
     }
     counts = {k: (topology.num_groups(k), topology.layout.group_size(k))
               for k in settings.kinds}

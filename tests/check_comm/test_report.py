@@ -120,3 +120,16 @@ def test_deadlines_of_several_ranks_merge_into_one_per_group():
     (d,) = report["deadlines"]
     assert (d["missing"], d["waiting"], d["root"], d["detected_by"]) == ([1], [0], [1], [0])
     assert d["waited_s"] == 2.3 and not report["ok"]
+
+
+def test_the_launching_side_imports_no_torch():
+    """core's check-comm modules, the job and the CLI command run in the launching process,
+    which never needs torch (the workers do)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import pypto_serving.core.comm_report, "
+            "pypto_serving.executor.comm_check_job, pypto_serving.cli.check_comm_cmd, "
+            "pypto_serving.cli.check_comm_render; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
