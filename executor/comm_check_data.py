@@ -91,8 +91,14 @@ def make_case(step: CheckStep, group: GroupCoordinator, members: tuple[int, ...]
     def data(r: int, c: int = count) -> torch.Tensor:
         return pattern(r, c, salt, dev)
 
+    def total() -> torch.Tensor:  # the sum over members, one buffer at a time
+        out = data(members[0])
+        for r in members[1:]:
+            out += data(r)
+        return out
+
     if step.op == "all_reduce":
-        expected = torch.stack([data(r) for r in members]).sum(0)
+        expected = total()
         return OpCase(group.all_reduce, data(rank), expected, count * 4, count, in_place=True)
     if step.op == "all_gather":
         per = count // n
@@ -101,8 +107,7 @@ def make_case(step: CheckStep, group: GroupCoordinator, members: tuple[int, ...]
         return OpCase(group.all_gather, data(rank, per), expected, count * 4, count, sources)
     if step.op == "reduce_scatter":
         per = count // n
-        total = torch.stack([data(r) for r in members]).sum(0)
-        expected = total[me * per:(me + 1) * per].clone()
+        expected = total()[me * per:(me + 1) * per].clone()
         return OpCase(group.reduce_scatter, data(rank), expected, count * 4, count,
                       send_parts=[j * per for j in range(n)])
     if step.op == "all_to_all" and step.variant == "even":

@@ -41,6 +41,7 @@ def test_every_op_of_every_group_is_right(name, check_comm, validate_report):
     flags, groups, expected = LAYOUTS[name]
     r = check_comm([*flags, *QUICK])
     assert r.rc == 0, r.out + r.err
+    assert r.err == ""  # piped: no progress bar, no worker chatter, only the report on stdout
     report = r.report
     validate_report(report)
     assert report["ok"] and report["wrong"] == 0 and report["complete"]
