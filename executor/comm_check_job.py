@@ -72,6 +72,9 @@ def assemble_report(config: ServingConfig, settings: CheckSettings, records: dic
     topology = resolve_topology(config)
     first = records[min(records)] if records else {}
     platform = first.get("platform") or config.cluster.platform
+    if platform != config.cluster.platform:  # 'auto' as the launcher resolved it
+        config = config.model_copy(update={
+            "cluster": config.cluster.model_copy(update={"platform": platform})})
     summary = {
         "summary": layout_summary(config), "world_size": topology.world_size,
         "layout": {"dp": config.parallel.data_parallel_size,
