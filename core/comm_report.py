@@ -294,7 +294,7 @@ REPORT_JSON_SCHEMA: dict[str, Any] = {
         "summary": {"type": "string"},
         "world_size": {"type": "integer", "minimum": 1},
         "layout": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "platform": {"enum": ["cpu", "cuda", "npu"]},
+        "platform": {"enum": ["cpu", "cuda", "npu", "auto"]},  # auto: no rank reported
         "backend": {"type": "string"},
         "note": {"type": ["string", "null"]},
         "settings": {

@@ -76,9 +76,11 @@ def test_a_slow_rank_is_flagged_as_the_straggler_of_each_of_its_groups(check_com
     assert "STRAGGLER  rank 2 in tp#1" in r.out
 
 
-def test_a_dead_worker_is_reported_by_the_launcher(check_comm):
+def test_a_dead_worker_is_reported_by_the_launcher(check_comm, validate_report):
     r = check_comm([*TP2, *QUICK, "--timeout", "10", "--inject", "crash:1"])
     assert r.rc == 1
+    validate_report(r.report)
+    assert not r.report["ok"] and not r.report["complete"]
     assert r.report["failures"][0]["rank"] == 1
     assert r.report["failures"][0]["how"] == "killed by SIGKILL"
     assert "rank 1 (local rank 1, node 0) killed by SIGKILL" in r.err  # launcher's report
