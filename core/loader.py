@@ -117,6 +117,8 @@ def _explain(e: dict, root: type[BaseModel]) -> str:
         return "must be a mapping (a section of keys)"
     if kind in ("int_type", "int_from_float"):
         return f"must be an integer, not {_json_type(e.get('input'))}"
+    if kind == "value_error" and ctx.get("error") is not None:
+        return str(ctx["error"])
     if kind == "bool_type":
         return f"must be true or false, not {_json_type(e.get('input'))}"
     return e["msg"][0].lower() + e["msg"][1:]

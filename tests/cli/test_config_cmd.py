@@ -11,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pypto_serving.core.errors import ConfigError
-from pypto_serving.core.loader import load_config, load_profile, profile_names, read_mapping
+from pypto_serving.core.loader import (
+    load_config,
+    load_profile,
+    parse_config,
+    profile_names,
+    read_mapping,
+)
+from pypto_serving.core.serialize import dump_config
 
 
 def write(path, text):
@@ -247,3 +254,21 @@ def test_hostile_files_exit_2_with_one_clear_error(tmp_path, command):
         assert expect in r.stderr, (name, r.stderr[-2000:])
         assert "Traceback" not in r.stderr and "\x1b" not in r.stderr
         assert len(r.stderr) < 10_000 and r.stdout == ""
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "toml", "json"])
+def test_show_round_trips_unicode_quotes_controls_and_extreme_floats(cli, tmp_path, fmt):
+    """An emoji once broke the TOML output; every string and float must survive a trip."""
+    data = {"model": {"name": 'm😀 "深度" \\ \t\x00\x1b\u2028 ½', "rope_theta": 5e-324},
+            "serve": {"host": "::1", "prefix_balance_rel_threshold": 1.7976931348623157e308,
+                      "gpu_memory_utilization": 1e-300}}
+    cfg = parse_config(data)
+    first = tmp_path / f"first.{fmt}"
+    first.write_text(dump_config(cfg, fmt), encoding="utf-8")
+    r = cli(["config", "validate", str(first), "--show"])
+    assert r.exit_code == 0, r.output
+    shown = tmp_path / f"shown.{fmt}"
+    shown.write_bytes(r.stdout_bytes)
+    assert load_config(shown) == cfg
+    assert "\x1b" not in r.stdout  # escaped, not sent raw to the terminal
+
