@@ -272,3 +272,9 @@ def test_show_round_trips_unicode_quotes_controls_and_extreme_floats(cli, tmp_pa
     assert load_config(shown) == cfg
     assert "\x1b" not in r.stdout  # escaped, not sent raw to the terminal
 
+
+
+def test_usage_errors_escape_what_they_echo(cli, tmp_path):
+    r = cli(["config", "init", "-o", str(tmp_path / "x\x1b[2J.txt")])
+    assert r.exit_code == 2
+    assert "x\\x1b[2J.txt: use a .yaml" in r.output and "\x1b" not in r.output
