@@ -226,7 +226,7 @@ def _bad_inputs(tmp_path):
     (tmp_path / "many.json").write_text(json.dumps({f"k{i}": 0 for i in range(200_000)}))
     (tmp_path / "ansi.yaml").write_text('serve: {policy: "\\e[31mred"}\n')
     return {
-        "bomb.yaml": "aliases expand this document to more than 100,000 values",
+        "bomb.yaml": "the document expands to more than 100,000 values",
         "fifo.yaml": "is a FIFO (named pipe), not a regular file",
         "dir.json": "is a directory, not a regular file",
         "deep.toml": "nested more than 32 levels deep",
