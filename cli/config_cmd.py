@@ -37,7 +37,7 @@ def validate(
     with user_errors():
         cfg = source.resolve(file)
     if show:
-        sys.stdout.write(dump_config(cfg, FORMATS.get(file.suffix.lower(), "yaml"), comments=False))
+        _print_config(dump_config(cfg, FORMATS.get(file.suffix.lower(), "yaml"), comments=False))
         return
     typer.echo(f"OK {file}: {layout_summary(cfg)}")
 
@@ -79,7 +79,7 @@ def init(
     with user_errors():
         text = dump_config(source.resolve(default_profile=DEFAULT_PROFILE), fmt)
     if output is None:
-        sys.stdout.write(text)
+        _print_config(text)
         return
     if output.exists() and not force:
         raise fail(f"{output} exists; pass --force to overwrite it")
@@ -88,3 +88,15 @@ def init(
     except OSError as e:
         raise fail(f"cannot write {output}: {e.strerror}") from None
     typer.echo(f"wrote {output} ({fmt})")
+
+
+def _print_config(text: str) -> None:
+    """Config text on stdout as UTF-8, the encoding the loader reads, whatever the locale
+    (an emoji in a model name must not fail on an ASCII terminal)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()

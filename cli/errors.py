@@ -8,12 +8,14 @@ from contextlib import contextmanager
 
 import typer
 
-from ..core.errors import USAGE_ERROR, ConfigError
+from ..core.errors import USAGE_ERROR, ConfigError, escape
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
-    """Print `error: message` to stderr and return the Exit to raise."""
-    sys.stderr.write(f"error: {message}\n")
+    """Print `error: message` to stderr and return the Exit to raise. Control characters a
+    message echoes (a file name, a flag's value) are written as escapes, line by line."""
+    text = "\n".join(escape(line, keep="\t") for line in message.split("\n"))
+    sys.stderr.write(f"error: {text}\n")
     return typer.Exit(code)
 
 

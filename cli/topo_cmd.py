@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +10,7 @@ import typer
 
 from ..core.layout import UnknownGroupError
 from ..core.loader import DEFAULT_PROFILE
-from ..core.report import topology_document
+from ..core.report import MAX_LIMIT, LimitError, iter_topology_json, topology_document
 from ..core.topology import GroupUnavailableError, resolve_topology
 from .errors import fail, user_errors
 from .options import ConfigSource, config_options
@@ -37,8 +37,8 @@ def show(
                                            "groups, DP colours, stages and experts.")] = False,
     svg: Annotated[Path | None, typer.Option("--svg", help="Also save the map as an SVG file.")
                    ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Rows and groups listed before "
-                                       "summarising.")] = 64,
+    limit: Annotated[int, typer.Option("--limit", help="Rows, groups, members and experts "
+                                       f"listed before summarising (1..{MAX_LIMIT}).")] = 64,
     source: ConfigSource = None,
 ) -> None:
     """Print every rank's coordinates, layers, experts and KV shard, and the TP/PP/DP/EP groups.
@@ -56,15 +56,22 @@ def show(
     with user_errors():
         cfg = source.resolve(file, default_profile=DEFAULT_PROFILE)
     topo = resolve_topology(cfg)
+    kinds = None if group is None else (group,)
     try:
-        doc = topology_document(topo, rank, None if group is None else (group,), limit)
+        if as_json:  # streamed, entry by entry: memory stays flat whatever the limit
+            for piece in iter_topology_json(topo, rank, kinds, limit):
+                sys.stdout.write(piece)
+            sys.stdout.write("\n")
+            return
+        # The tables draw 4 groups per kind and a few ids per cell.
+        doc = topology_document(topo, rank, kinds, limit, groups_limit=4,
+                                items_limit=min(limit, 64))
+    except LimitError as e:
+        raise fail(f"--limit {e}") from None
     except (UnknownGroupError, GroupUnavailableError) as e:
         raise fail(f"--group {group}: {e}") from None
     except IndexError as e:
         raise fail(f"--rank {rank}: {e}") from None
-    if as_json:
-        typer.echo(json.dumps(doc, indent=2))
-        return
     from . import topo_render
     from .console import make_console
 

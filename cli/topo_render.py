@@ -63,7 +63,7 @@ def rank_table(doc: dict[str, Any]) -> Text:
         ep = "-" if r["ep"] is None else str(r["ep"])
         rows.append((str(r["rank"]), str(r["node"]), str(r["local_rank"]), r["device"],
                      str(r["dp"]), str(r["pp"]), str(r["tp"]), ep, span(r["layers"]),
-                     span(r["attention_heads"]), kv_text, ids(r["experts"]), span(r["vocab"])))
+                     span(r["attention_heads"]), kv_text, _experts(r), span(r["vocab"])))
     caption = None
     if doc["ranks_truncated"]:
         caption = (f"first {len(doc['ranks'])} of {doc['world_size']} ranks; "
@@ -72,14 +72,28 @@ def rank_table(doc: dict[str, Any]) -> Text:
                          caption=caption)
 
 
+def _experts(row: dict[str, Any]) -> str:
+    """A rank's experts; a truncated list shows its first ids and the count it holds."""
+    if not row.get("experts_truncated"):
+        return ids(row["experts"])
+    return ",".join(str(e) for e in row["experts"][:3]) + f",… ({row['num_experts_held']})"
+
+
+def _members(group: dict[str, Any], most: int = 6) -> str:
+    """A group's ranks; a truncated list shows its first ids and the group's size."""
+    if not group["ranks_truncated"]:
+        return ids(group["ranks"], most)
+    return ",".join(str(r) for r in group["ranks"][:3]) + f",… ({group['size']})"
+
+
 def group_table(doc: dict[str, Any]) -> Text:
     rows = []
     for kind, info in doc["groups"].items():
         shown = info["groups"][:4]
-        members = "  ".join(f"[{ids(g['ranks'])}]" for g in shown)
+        members = "  ".join(f"[{_members(g)}]" for g in shown)
         if len(info["groups"]) == 1 and "rank_in_group" in info["groups"][0]:
             g = info["groups"][0]
-            members = (f"#{g['index']}: [{ids(g['ranks'], most=16)}], "
+            members = (f"#{g['index']}: [{_members(g, most=16)}], "
                        f"rank in group {g['rank_in_group']}")
         elif info["count"] > len(shown):
             members += f"  … {info['count'] - len(shown)} more"

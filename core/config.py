@@ -8,9 +8,18 @@ live here too, in `ServingConfig`, and report every problem of a config at once.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from .errors import ConfigError, ConfigIssue
 from .layout import Layout
@@ -40,6 +49,22 @@ def _whole_number(value: Any) -> Any:
 
 Count = Annotated[int, BeforeValidator(_whole_number)]
 """An integer field as JSON Schema defines one: ints and whole floats, never bools or text."""
+
+
+def _utf8_text(value: str) -> str:
+    """Refuse lone surrogates (only a JSON escape like \\ud800 makes one): no UTF-8 file,
+    hence no YAML or TOML config, can hold them."""
+    if not value.isascii() and _SURROGATE.search(value):
+        raise ValueError("has a lone surrogate (such as \\ud800), which no UTF-8 text can "
+                         "hold; use the character itself")
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+Text = Annotated[str, AfterValidator(_utf8_text),
+                 WithJsonSchema({"type": "string", "pattern": "^[^\\ud800-\\udfff]*$"})]
+"""A string field: any Unicode text that UTF-8 can hold."""
 
 _SCHEMA = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -124,7 +149,7 @@ class ModelSpec(BaseModel):
 
     model_config = _SCHEMA
 
-    name: str = "tiny-moe"
+    name: Text = "tiny-moe"
     """A label for tables and logs. Example: 'deepseek-v3-shape'."""
 
     num_layers: Count = Field(4, strict=True, ge=1)
@@ -193,7 +218,7 @@ class ServeSpec(BaseModel):
 
     model_config = _SCHEMA
 
-    host: str = "127.0.0.1"
+    host: Text = "127.0.0.1"
     """Address the router listens on. Example: '0.0.0.0' to accept remote clients."""
 
     port: Count = Field(8000, strict=True, ge=0, le=65535)
@@ -456,7 +481,7 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(
                 "parallel.data_parallel_size_local", p.data_parallel_size_local,
                 f"cluster.devices_per_node={c.devices_per_node} with TP {tp} x PP {pp} per "
-                f"replica holds {c.devices_per_node / (tp * pp):g} replicas per node; "
+                f"replica holds {_ratio(c.devices_per_node, tp * pp)} replicas per node; "
                 + (f"use {per_node} or leave it null" if not rem else "leave it null"),
                 ("cluster.devices_per_node", *_SIZES[1:]),
             ))
@@ -488,6 +513,14 @@ def _pypto_serving_issues(p: ParallelConfig) -> list[ConfigIssue]:
             "enable_expert_parallel=false", ("parallel.enable_expert_parallel",
                                              "parallel.data_parallel_size")))
     return issues
+
+
+def _ratio(a: int, b: int) -> str:
+    """a / b for a message ('1.5'), also when a is too large for a float."""
+    try:
+        return f"{a / b:g}"
+    except OverflowError:
+        return f"{a}/{b}" if a % b else str(a // b)
 
 
 def _get(section: Any, key: str, default: Any = None) -> Any:

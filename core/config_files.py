@@ -249,8 +249,9 @@ def _bounded_loader_class() -> type:
             line = node.start_mark.line + 1
             if values > MAX_YAML_VALUES:
                 raise ConfigFileError(
-                    f"line {line}: the aliases expand this document to more than "
-                    f"{MAX_YAML_VALUES:,} values; write the values out or use fewer aliases")
+                    f"line {line}: the document expands to more than {MAX_YAML_VALUES:,} "
+                    "values (an alias counts as all it refers to); a config has about 60, "
+                    "so use fewer aliases")
             if depth > MAX_DEPTH:
                 raise ConfigFileError(_too_deep(line))
             return values, depth

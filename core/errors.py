@@ -28,13 +28,14 @@ MAX_VALUE = 80
 _HIDDEN = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"))
 
 
-def escape(text: str) -> str:
-    """`text` with every control or invisible character written as a Python escape."""
+def escape(text: str, keep: str = "") -> str:
+    """`text` with every control or invisible character (but those in `keep`) written as a
+    Python escape."""
     if text.isprintable() and text.isascii():
         return text
     out = []
     for ch in text:
-        if unicodedata.category(ch) in _HIDDEN:
+        if ch not in keep and unicodedata.category(ch) in _HIDDEN:
             code = ord(ch)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
                        else f"\\U{code:08x}")

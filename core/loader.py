@@ -49,11 +49,43 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
 
 def parse_config(data: Mapping[str, Any], source: str | None = None) -> ServingConfig:
     """Validate a plain mapping into a ServingConfig, raising ConfigError with every issue."""
+    data, excess = _without_excess_unknown_keys(data)
     try:
-        return ServingConfig.model_validate(data)
+        cfg = ServingConfig.model_validate(data)
     except ValidationError as e:
         issues = issues_from_validation(e, ServingConfig)
-        raise ConfigError(issues + _shape_issues_beside(issues, data), source) from None
+        raise ConfigError(issues + _shape_issues_beside(issues, data) + excess, source) from None
+    if excess:  # not reached: the unknown keys kept for pydantic fail validation
+        raise ConfigError(excess, source)
+    return cfg
+
+
+def _without_excess_unknown_keys(data: Any) -> tuple[Any, list[ConfigIssue]]:
+    """`data` with unknown keys past the first MAX_EXPLAINED of each section taken out, and
+    a plain issue for each of those: pydantic's own report of 200,000 unknown keys costs
+    seconds and hundreds of MB."""
+    if not isinstance(data, Mapping):
+        return data, []
+    excess: list[ConfigIssue] = []
+
+    def trim(mapping: Mapping[Any, Any], known: Mapping[str, Any], prefix: str) -> Any:
+        unknown = [key for key in mapping if key not in known]
+        if len(unknown) <= MAX_EXPLAINED:
+            return mapping
+        dropped = unknown[MAX_EXPLAINED:]
+        excess.extend(ConfigIssue(f"{prefix}{key}", mapping[key], "unknown key")
+                      for key in dropped)
+        gone = set(dropped)
+        return {key: value for key, value in mapping.items() if key not in gone}
+
+    out = trim(data, ServingConfig.model_fields, "")
+    for section, field in ServingConfig.model_fields.items():
+        inner = out.get(section)
+        if isinstance(inner, Mapping):
+            trimmed = trim(inner, field.annotation.model_fields, f"{section}.")
+            if trimmed is not inner:
+                out = {**out, section: trimmed}
+    return out, excess
 
 
 def _shape_issues_beside(issues: list[ConfigIssue], data: Mapping[str, Any]) -> list[ConfigIssue]:
@@ -117,6 +149,8 @@ def _explain(e: dict, root: type[BaseModel]) -> str:
         return "must be a mapping (a section of keys)"
     if kind in ("int_type", "int_from_float"):
         return f"must be an integer, not {_json_type(e.get('input'))}"
+    if kind == "value_error" and ctx.get("error") is not None:
+        return str(ctx["error"])
     if kind == "bool_type":
         return f"must be true or false, not {_json_type(e.get('input'))}"
     return e["msg"][0].lower() + e["msg"][1:]

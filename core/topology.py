@@ -133,6 +133,10 @@ class Topology:
         """Group kinds this layout has, in the order every rank creates them."""
         return tuple(k for k in GROUP_KINDS if k != "ep" or self.expert_placement is not None)
 
+    @cached_property
+    def _all_experts(self) -> tuple[int, ...]:
+        return tuple(range(self.config.model.num_experts))
+
     def _check_kind(self, kind: str) -> None:
         if kind == "ep" and self.expert_placement is None:
             m = self.config.model
@@ -150,7 +154,7 @@ class Topology:
         if self.expert_placement is not None:
             experts = self.expert_placement.experts_of(ep)
         else:
-            experts = tuple(range(m.num_experts))  # dense or TP-sharded experts: all of them
+            experts = self._all_experts  # dense or TP-sharded experts: all of them
         kv = kv_head_shard(m.num_kv_heads, lay.tp, tp)
         platform = c.platform if c.platform != "auto" else "device"
         local = rank % c.devices_per_node

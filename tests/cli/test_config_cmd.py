@@ -11,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pypto_serving.core.errors import ConfigError
-from pypto_serving.core.loader import load_config, load_profile, profile_names, read_mapping
+from pypto_serving.core.loader import (
+    load_config,
+    load_profile,
+    parse_config,
+    profile_names,
+    read_mapping,
+)
+from pypto_serving.core.serialize import dump_config
 
 
 def write(path, text):
@@ -219,7 +226,7 @@ def _bad_inputs(tmp_path):
     (tmp_path / "many.json").write_text(json.dumps({f"k{i}": 0 for i in range(200_000)}))
     (tmp_path / "ansi.yaml").write_text('serve: {policy: "\\e[31mred"}\n')
     return {
-        "bomb.yaml": "aliases expand this document to more than 100,000 values",
+        "bomb.yaml": "the document expands to more than 100,000 values",
         "fifo.yaml": "is a FIFO (named pipe), not a regular file",
         "dir.json": "is a directory, not a regular file",
         "deep.toml": "nested more than 32 levels deep",
@@ -247,3 +254,27 @@ def test_hostile_files_exit_2_with_one_clear_error(tmp_path, command):
         assert expect in r.stderr, (name, r.stderr[-2000:])
         assert "Traceback" not in r.stderr and "\x1b" not in r.stderr
         assert len(r.stderr) < 10_000 and r.stdout == ""
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "toml", "json"])
+def test_show_round_trips_unicode_quotes_controls_and_extreme_floats(cli, tmp_path, fmt):
+    """An emoji once broke the TOML output; every string and float must survive a trip."""
+    data = {"model": {"name": 'm😀 "深度" \\ \t\x00\x1b\u2028 ½', "rope_theta": 5e-324},
+            "serve": {"host": "::1", "prefix_balance_rel_threshold": 1.7976931348623157e308,
+                      "gpu_memory_utilization": 1e-300}}
+    cfg = parse_config(data)
+    first = tmp_path / f"first.{fmt}"
+    first.write_text(dump_config(cfg, fmt), encoding="utf-8")
+    r = cli(["config", "validate", str(first), "--show"])
+    assert r.exit_code == 0, r.output
+    shown = tmp_path / f"shown.{fmt}"
+    shown.write_bytes(r.stdout_bytes)
+    assert load_config(shown) == cfg
+    assert "\x1b" not in r.stdout  # escaped, not sent raw to the terminal
+
+
+
+def test_usage_errors_escape_what_they_echo(cli, tmp_path):
+    r = cli(["config", "init", "-o", str(tmp_path / "x\x1b[2J.txt")])
+    assert r.exit_code == 2
+    assert "x\\x1b[2J.txt: use a .yaml" in r.output and "\x1b" not in r.output

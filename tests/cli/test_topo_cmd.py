@@ -37,7 +37,9 @@ def test_json_matches_core_and_is_stable(cli):
     doc = json.loads(r.stdout)
     assert doc["schema"] == "pypto.topology/v1"
     topo = resolve_topology(resolve_config(profile="cpu-demo"))
-    assert doc["ranks"] == [topo.rank_info(i).to_dict() for i in range(4)]
+    assert doc["ranks"] == [topo.rank_info(i).to_dict()
+                            | {"experts_truncated": False, "num_experts_held": 2}
+                            for i in range(4)]
     assert doc["groups"]["ep"]["groups"][0]["ranks"] == [0, 1, 2, 3]
     assert set(doc["groups"]) == {"tp", "pp", "dp", "ep", "world"}
     assert doc["ranks_truncated"] is False
@@ -161,3 +163,50 @@ def test_topo_show_subprocess_never_imports_torch(repo_root):
     assert out.returncode == 2
     assert "parallel.tensor_parallel_size=3 (from --tensor-parallel-size)" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+MILLION = ["-dp", "4096", "-pp", "16", "-tp", "16", "--nnodes", "131072",
+           "--model-profile", "llama-8b-shape"]
+
+
+def _peak_rss_mib(args: list[str], tmp_path: Path) -> tuple[int, float, str]:
+    """Run `pypto ARGS` with stdout discarded: its exit code, its own peak RSS (from wait4,
+    which reports the child's maximum, not a sample) and its stderr."""
+    pypto = Path(sys.executable).parent / "pypto"
+    err = tmp_path / "stderr"
+    with open(err, "wb") as f:
+        proc = subprocess.Popen([str(pypto), *args], stdout=subprocess.DEVNULL, stderr=f)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return proc.returncode, usage.ru_maxrss / 1024, err.read_text()[-4000:]
+
+
+@pytest.mark.timeout(120)
+def test_json_memory_stays_flat_whatever_the_limit(tmp_path):
+    """4,096 ranks and groups of a million-rank layout, streamed: the same peak RSS as 1."""
+    show = ["topo", "show", *MILLION, "--json", "--limit"]
+    code, small, err = _peak_rss_mib([*show, "1"], tmp_path)
+    assert code == 0, err
+    code, big, err = _peak_rss_mib([*show, "4096"], tmp_path)
+    assert code == 0, err
+    assert big - small < 20, f"peak RSS {small:.0f} MiB at --limit 1, {big:.0f} at 4096"
+
+
+@pytest.mark.parametrize("limit", ["0", "4097", "65536"])
+def test_limit_past_the_bound_is_a_usage_error(cli, limit):
+    r = cli(["topo", "show", *MILLION, "--limit", limit])
+    assert r.exit_code == 2
+    assert f"--limit {limit} is outside 1..4096" in r.output and "--rank R" in r.output
+
+
+def test_tables_mark_truncated_experts_and_members(cli):
+    r = cli(["topo", "show", "-dp", "4", "-tp", "2", "--limit", "3"])
+    assert r.exit_code == 0, r.output
+    row0 = next(line.split() for line in r.output.splitlines() if line.split()[:1] == ["0"])
+    assert row0[11] == "0,1,2,…" and row0[12] == "(8)"
+    assert "[0,1,2,… (8)]" in r.output  # the world group of 8, three listed

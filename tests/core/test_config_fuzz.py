@@ -1,19 +1,26 @@
-"""Random config mappings never escape as anything but ConfigError (hypothesis fuzzing).
+"""Random config mappings never escape as anything but ConfigError, the exported JSON Schema
+and the loader give the same verdict on each, and every config that loads is written out
+(YAML, TOML, JSON) and loads back to itself (hypothesis fuzzing).
 
-Two generators: arbitrary nested junk, and a valid config with a few fields replaced by
-random values (which reaches the cross-field rules far more often).
+Generators: arbitrary nested junk; a valid config with a few fields replaced by random
+values, by values just inside and just outside each bound the schema states, or by any
+value the schema admits (which reaches the cross-field rules far more often).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
-from hypothesis import HealthCheck, given, settings
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pypto_serving.core.config import ServingConfig
 from pypto_serving.core.errors import ConfigError
-from pypto_serving.core.loader import parse_config
+from pypto_serving.core.loader import load_config, load_profile, parse_config, profile_names
+from pypto_serving.core.serialize import OUTPUT_FORMATS, config_json_schema, dump_config
 from pypto_serving.core.topology import resolve_topology
 
 FIELDS = {name: list(field.annotation.model_fields)
@@ -45,17 +52,127 @@ junk = st.one_of(
 )
 
 
+# --- values from the exported schema --------------------------------------------------------
+
+SCHEMA = config_json_schema()
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+FIELD_SCHEMAS = {
+    section: SCHEMA["$defs"][prop["$ref"].rsplit("/", 1)[-1]]["properties"]
+    for section, prop in SCHEMA["properties"].items()
+}
+LARGEST = sys.float_info.max
+
+
+def admitted(schema: dict) -> st.SearchStrategy:
+    """Every JSON value `schema` admits: whole ranges of numbers (huge, tiny, subnormal),
+    any Unicode text (controls, quotes, backslashes, emoji), every enum member, null."""
+    if "anyOf" in schema:
+        return st.one_of(*[admitted(s) for s in schema["anyOf"]])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema.get("type")
+    if kind == "null":
+        return st.none()
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "string":
+        return st.one_of(st.text(), st.text(st.characters(codec="utf-8"), max_size=8),
+                         st.sampled_from(['"', "\\", "\n", "'\"\\\t", "\x00\x1b\x7f\x85",
+                                          "\u2028\ufeff", "😀", "深度", "null", "yes", "1e3"]))
+    if kind == "integer":
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        whole = st.integers(lo, hi if hi is not None else 10**30)
+        return st.one_of(whole, whole.map(float).filter(lambda f: f.is_integer()),
+                         st.integers(lo, hi if hi is not None else 10**4000))
+    if kind == "number":
+        lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+        hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+        return st.floats(lo, hi, exclude_min="exclusiveMinimum" in schema,
+                         exclude_max="exclusiveMaximum" in schema, allow_nan=False)
+    if kind == "array":
+        return st.lists(admitted(schema["items"]), max_size=6)
+    raise AssertionError(f"no strategy for {schema}")
+
+
+def edges(schema: dict) -> list:
+    """Values on and just past each bound the schema states, and near misses of its enums."""
+    if "anyOf" in schema:
+        return [v for s in schema["anyOf"] for v in edges(s)]
+    if "enum" in schema:
+        return [v.upper() for v in schema["enum"]] + ["", None, 1]
+    out: list = []
+    integer = schema.get("type") == "integer"
+    for key, step in (("minimum", -1), ("exclusiveMinimum", 1), ("maximum", 1),
+                      ("exclusiveMaximum", -1)):
+        if key in schema:
+            bound = schema[key]
+            if integer:
+                out += [bound, bound - step, bound + step, float(bound), float(bound - step)]
+            else:
+                out += [bound, math.nextafter(bound, step * math.inf),
+                        math.nextafter(bound, -step * math.inf), math.inf, -math.inf]
+    if schema.get("type") == "array":
+        out += [[e] for e in edges(schema["items"])]
+    return out
+
+
+def field_paths() -> list[tuple[str, str]]:
+    return [(sec, name) for sec, props in FIELD_SCHEMAS.items() for name in props]
+
+
+PATHS = field_paths()
+assert len(PATHS) == sum(len(f) for f in FIELDS.values())  # the schema lists every field
+
+
 @st.composite
 def mutated(draw):
-    """The valid BASE config with 1-3 fields set to random values."""
+    """The valid BASE config with 1-3 fields set to random values, values at and past the
+    schema's bounds, or values the schema admits."""
     data = {section: dict(fields) for section, fields in BASE.items()}
     for _ in range(draw(st.integers(1, 3))):
-        section = draw(st.sampled_from(list(FIELDS)))
-        data.setdefault(section, {})[draw(st.sampled_from(FIELDS[section]))] = draw(values)
+        section, name = draw(st.sampled_from(PATHS))
+        schema = FIELD_SCHEMAS[section][name]
+        value = draw(st.one_of(values, st.sampled_from(edges(schema) or [None]),
+                               admitted(schema)))
+        data.setdefault(section, {})[name] = value
     return data
 
 
+def has_nan(value) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, dict):
+        return any(has_nan(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_nan(v) for v in value)
+    return False
+
+
+def check_schema_agrees(data) -> None:
+    """jsonschema admits `data` exactly when the loader finds no problem with a field.
+
+    The loader's cross-field rules (TP must divide the heads, ...) lie beyond JSON Schema:
+    they are the issues that name the other fields they read (`related`). JSON has no NaN,
+    so a NaN is outside the schema's domain and not compared.
+    """
+    if has_nan(data):
+        return
+    schema_ok = VALIDATOR.is_valid(data)
+    try:
+        parse_config(data)
+        fields_ok = True
+    except ConfigError as e:
+        fields_ok = all(issue.related for issue in e.issues)
+        field_issues = [str(i) for i in e.issues if not i.related]
+    else:
+        field_issues = []
+    schema_errors = [f"{'.'.join(map(str, err.absolute_path))}: {err.message[:200]}"
+                     for err in VALIDATOR.iter_errors(data)]
+    assert schema_ok == fields_ok, (schema_errors, field_issues)
+
+
 def check_outcome(data) -> None:
+    check_schema_agrees(data)
     try:
         cfg = parse_config(data, "fuzz.yaml")
     except ConfigError as e:
@@ -91,3 +208,46 @@ def test_random_mappings_give_config_or_config_error(data):
 @given(mutated())
 def test_mutated_valid_configs_give_config_or_config_error(data):
     check_outcome(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(PATHS).flatmap(
+    lambda path: st.tuples(st.just(path), st.sampled_from(edges(FIELD_SCHEMAS[path[0]][path[1]])
+                                                          or [None]))))
+def test_schema_and_loader_agree_at_every_bound(case):
+    (section, name), value = case
+    data = {s: dict(f) for s, f in BASE.items()}
+    data.setdefault(section, {})[name] = value
+    check_schema_agrees(data)
+
+
+# --- round trips ----------------------------------------------------------------------------
+
+BASES = [load_profile(name).model_dump(mode="json") for name in profile_names()]
+
+
+@st.composite
+def admitted_configs(draw):
+    """A shipped profile with any subset of fields set to any value the schema admits;
+    only configs that pass the cross-field rules are kept."""
+    data = draw(st.sampled_from(BASES))
+    data = {section: dict(fields) for section, fields in data.items()}
+    for section, name in draw(st.sets(st.sampled_from(PATHS), min_size=1, max_size=12)):
+        data[section][name] = draw(admitted(FIELD_SCHEMAS[section][name]))
+    assert VALIDATOR.is_valid(data)
+    try:
+        return parse_config(data)
+    except ConfigError:
+        assume(False)
+
+
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.function_scoped_fixture])
+@given(cfg=admitted_configs(), comments=st.booleans())
+def test_every_admitted_config_round_trips(tmp_path, fmt, cfg, comments):
+    """What `config init` (comments) and `config validate --show` write loads back equal."""
+    path = tmp_path / f"c.{fmt}"
+    path.write_bytes(dump_config(cfg, fmt, comments=comments).encode("utf-8"))
+    assert load_config(path) == cfg
