@@ -11,6 +11,12 @@ import executor_cases as cases
 import executor_jobs as jobs
 import pytest
 
+from pypto_serving.core.comm_bytes import (
+    ep_group_bytes,
+    pp_rank_bytes,
+    table_dict,
+    tp_rank_bytes,
+)
 from pypto_serving.core.loader import parse_config
 from pypto_serving.core.placement import split_evenly
 from pypto_serving.core.topology import resolve_topology
@@ -123,12 +129,14 @@ def test_tp_bytes_match_the_layout(results, name):
     """Per step: 2 all_reduces per layer (attention out, MLP/MoE out) + 1 for the embedding,
     each tokens x hidden x 4 bytes; the logits all_gather is seqs x largest vocab shard x 4.
     Under EP a MoE layer's output is instead one all_gather of this rank's token slice,
-    padded to ceil(tokens / TP) rows: ceil(tokens / TP) x hidden x 4 bytes."""
+    padded to ceil(tokens / TP) rows: ceil(tokens / TP) x hidden x 4 bytes. The counted
+    bytes equal core.comm_bytes (what `pypto simulate` prices), checked here by hand too."""
     topo = _topology(name)
     for rank, res in results[name].items():
         seqs = len(res["tokens"])
         for tokens, comm in zip(res["step_tokens"], res["comm"], strict=True):
             assert comm["tp"] == _tp_step_comm(topo, rank, tokens, seqs)
+            assert comm["tp"] == table_dict(tp_rank_bytes(topo, res["pp"], tokens, seqs))
 
 
 @pytest.mark.parametrize("name", [c["name"] for c in ALL])
@@ -157,11 +165,13 @@ def test_the_runner_contract_holds_on_every_rank(results, name):
                                   if c["config"]["parallel"]["pipeline_parallel_size"] > 1])
 def test_pp_bytes_match_the_layout(results, name):
     """Each stage boundary carries tokens x hidden x 4 bytes; tokens come back as int64."""
-    hidden = _topology(name).config.model.hidden_size
+    topo = _topology(name)
+    hidden = topo.config.model.hidden_size
     for res in results[name].values():
         seqs = len(res["tokens"])
         for tokens, comm in zip(res["step_tokens"], res["comm"], strict=True):
             pp = comm["pp"]
+            assert pp == table_dict(pp_rank_bytes(topo, res["pp"], tokens, seqs))
             act = {"calls": 1, "bytes": tokens * hidden * 4}
             assert pp.get("send") == (None if res["is_last_stage"] else act)
             assert pp.get("recv") == (None if res["pp"] == 0 else act)
@@ -179,6 +189,12 @@ def _both_busy_steps(case) -> int:
 
 def _ep_groups(topo):
     return list(topo.groups("ep"))
+
+
+def _replica_tokens(ranks: dict[int, dict], group, step: int) -> list[int]:
+    """Each replica's step tokens, as the EP group's members saw them (by DP index)."""
+    by_dp = {ranks[r]["dp"]: ranks[r]["step_tokens"][step] for r in group.ranks}
+    return [by_dp[d] for d in sorted(by_dp)]
 
 
 @pytest.mark.parametrize("name", _ep_names("pypto_default"))
@@ -199,6 +215,9 @@ def test_ep_all_to_all_bytes_match_the_layout(results, name):
             per_layer = n * n * 8 + tokens * m.experts_per_token * (2 * m.hidden_size * 4 + 16)
             assert calls == {3 * layers}  # split sizes, rows out (packed with ids), rows back
             assert total == layers * per_layer
+            replica_tokens = _replica_tokens(results[name], group, step)
+            want = ep_group_bytes(topo, members[0]["pp"], replica_tokens)["all_to_all"]
+            assert (total, 3 * layers * n) == (want.bytes, want.calls)
 
 
 @pytest.mark.parametrize("name", _ep_names("allgather_reducescatter"))
@@ -220,6 +239,11 @@ def test_ep_allgather_reducescatter_bytes_match_the_layout(results, name):
                 assert ep["all_gather"] == {"calls": 2 * layers, "bytes": layers * gathered}
                 assert ep["reduce_scatter"] == {"calls": layers,
                                                 "bytes": layers * n * width * m.hidden_size * 4}
+            want = ep_group_bytes(topo, members[0]["pp"], _replica_tokens(results[name], group,
+                                                                          step))
+            for op in ("all_gather", "reduce_scatter"):
+                assert sum(res["comm"][step]["ep"][op]["bytes"] for res in members) == \
+                    want[op].bytes
 
 
 @pytest.mark.parametrize("name", _ep_names("pypto_default") + _ep_names("allgather_reducescatter"))

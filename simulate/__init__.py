@@ -1,0 +1,1 @@
+"""pypto_serving.simulate: `pypto simulate --execute` and `--calibration` (launching side and worker)."""
