@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import check_comm_cmd, config_cmd, launch_cmd, profiles_cmd, topo_cmd
+from . import check_comm_cmd, config_cmd, launch_cmd, profiles_cmd, simulate_cmd, topo_cmd
 
 app = typer.Typer(
     name="pypto",
@@ -18,4 +18,5 @@ app.add_typer(topo_cmd.app, name="topo")
 profiles_cmd.register(app)
 launch_cmd.register(app)
 check_comm_cmd.register(app)
+simulate_cmd.register(app)
 

@@ -1,1 +1,1 @@
-"""pypto_serving.simulate: `pypto simulate --execute` and `--calibration` (launching side and worker)."""
+"""pypto_serving.simulate: `pypto simulate --execute`, the launching side and its worker."""

@@ -1,0 +1,152 @@
+"""Measured link figures from a `pypto check-comm --json` report (schema pypto.commcheck/v1):
+the alpha-beta terms the cost model prices communication with, fitted per link kind and op.
+
+Each report row is one op over one group at one size, timed (the slowest rank's median).
+Its time is fitted to the cost model's own ring formula, time = terms(n) x alpha +
+factor(n) x bytes / bandwidth (cost_model.ring_terms), by least squares over the sizes, so
+a calibrated model predicts exactly what it measured at those sizes and interpolates between.
+Pure Python: no torch, no jsonschema.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .cost_model import LinkModel, ring_terms
+from .hardware import HardwareSpec, LinkSpec
+
+COMMCHECK_SCHEMA = "pypto.commcheck/v1"
+MAX_REPORT_BYTES = 64 << 20
+OPS = {"all_reduce": ("all_reduce",), "all_gather": ("all_gather",),
+       "reduce_scatter": ("reduce_scatter",), "all_to_all": ("all_to_all",),
+       "broadcast": ("broadcast",), "send_recv": ("send", "recv")}
+
+
+class CalibrationError(ValueError):
+    """A calibration file that is not a usable check-comm report; the message says why."""
+
+
+def _counted_bytes(op: str, nbytes: float, n: int) -> float:
+    """nccl-tests' buffer (all_gather: the output) as CommStats counts it (the input)."""
+    return nbytes / n if op == "all_gather" else nbytes
+
+
+def _fit(points: list[tuple[float, float, float]]) -> tuple[float, float] | None:
+    """Least squares of t = a x alpha + b x inv_bw over (a, b, t), both terms >= 0."""
+    saa = sum(a * a for a, _, _ in points)
+    sbb = sum(b * b for _, b, _ in points)
+    sab = sum(a * b for a, b, _ in points)
+    sat = sum(a * t for a, _, t in points)
+    sbt = sum(b * t for _, b, t in points)
+    det = saa * sbb - sab * sab
+    if det > 1e-12 * max(saa * sbb, 1e-300):
+        alpha = (sat * sbb - sbt * sab) / det
+        inv_bw = (saa * sbt - sab * sat) / det
+        if alpha >= 0 and inv_bw > 0:
+            return alpha, inv_bw
+    # one term alone: latency-free bandwidth, or (if bandwidth is not identifiable) latency
+    if sbb > 0 and sbt > 0:
+        return 0.0, sbt / sbb
+    return None
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    try:
+        if path.stat().st_size > MAX_REPORT_BYTES:
+            raise CalibrationError(f"larger than {MAX_REPORT_BYTES >> 20} MiB; not a "
+                                   "check-comm report")
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CalibrationError(f"cannot read it: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CalibrationError(f"not JSON ({e}); give the output of `pypto check-comm "
+                               "--json`") from None
+    if not isinstance(doc, dict) or doc.get("schema") != COMMCHECK_SCHEMA:
+        got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise CalibrationError(f"schema is {got!r}, not {COMMCHECK_SCHEMA!r}; give the "
+                               "output of `pypto check-comm --json`")
+    if not isinstance(doc.get("results"), list):
+        raise CalibrationError("has no 'results' list")
+    return doc
+
+
+def calibrate(path: Path, hw: HardwareSpec) -> tuple[LinkModel, dict[str, Any]]:
+    """The link model fitted to the report at `path` (ranks mapped to `hw`'s nodes) and a
+    summary of the fits for the simulate document."""
+    doc = read_report(path)
+    per = hw.devices_per_node
+    points: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for row in doc["results"]:
+        try:
+            op, ranks, nbytes, t_us = row["op"], row["ranks"], row["bytes"], row["time_us"]
+            wrong = row.get("wrong", 0)
+        except (KeyError, TypeError):
+            raise CalibrationError("a result row lacks op, ranks, bytes or time_us") from None
+        if op not in OPS or len(ranks) < 2 or wrong or not t_us or t_us <= 0:
+            continue
+        n = len(ranks)
+        link = "inter_node" if len({r // per for r in ranks}) > 1 else "intra_node"
+        cost_op = OPS[op][0]
+        alpha_terms, factor = ring_terms(cost_op, n)
+        counted = _counted_bytes(op, float(nbytes), n)
+        points.setdefault((link, op), []).append((alpha_terms, factor * counted, t_us * 1e-6))
+    if not points:
+        raise CalibrationError("no usable timed result (every row was a barrier, one rank, "
+                               "wrong or untimed)")
+    per_op: dict[tuple[str, str], LinkSpec] = {}
+    fits = []
+    pooled: dict[str, list[tuple[float, float, float]]] = {}
+    for (link, op), pts in sorted(points.items()):
+        pooled.setdefault(link, []).extend(pts)
+        fit = _fit(pts)
+        if fit is None:
+            continue
+        spec = LinkSpec(latency_us=fit[0] * 1e6, bandwidth_gbps=1.0 / fit[1] / 1e9)
+        for cost_op in OPS[op]:
+            per_op[(link, cost_op)] = spec
+        fits.append({"link": link, "op": op, "latency_us": spec.latency_us,
+                     "bandwidth_gbps": spec.bandwidth_gbps, "points": len(pts)})
+    links = {"intra_node": hw.links.intra_node, "inter_node": hw.links.inter_node}
+    for link, pts in pooled.items():
+        fit = _fit(pts)
+        if fit is not None:
+            links[link] = LinkSpec(latency_us=fit[0] * 1e6, bandwidth_gbps=1.0 / fit[1] / 1e9)
+    summary = {"file": str(path), "schema": COMMCHECK_SCHEMA,
+               "world_size": doc.get("world_size"), "platform": doc.get("platform"),
+               "fits": fits,
+               "links": {k: {"latency_us": v.latency_us, "bandwidth_gbps": v.bandwidth_gbps}
+                         for k, v in links.items()}}
+    return LinkModel(links, per_op), summary
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """Average ranks (1-based), ties sharing the mean of their positions."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's of the average ranks); None if undefined."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    vx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    vy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    if vx == 0 or vy == 0:
+        return None
+    return cov / (vx * vy)
