@@ -123,7 +123,7 @@ def simulate(
         try:
             doc["execute"] = execute_layouts([cost.config], hw, links)
         except ExecuteError as e:
-            raise fail(str(e), 1) from None
+            raise fail(str(e), e.code) from None
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return

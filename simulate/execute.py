@@ -20,6 +20,7 @@ from ..core.calibration import spearman
 from ..core.comm_bytes import group_step_bytes, table_dict
 from ..core.config import ServingConfig
 from ..core.cost_model import LinkModel, Workload, layout_cost
+from ..core.errors import USAGE_ERROR
 from ..core.hardware import HardwareSpec
 from ..core.layout_search import cost_label
 from ..core.loader import parse_config
@@ -37,7 +38,14 @@ FORWARD_KINDS = ("tp", "pp", "ep", "dp")
 
 
 class ExecuteError(RuntimeError):
-    """A layout that cannot be run here, or a run that failed (its output attached)."""
+    """A run that failed (its output attached); `code` 1. A layout refused before anything
+    started is a usage error: `code` 2 (USAGE_ERROR)."""
+
+    code = 1
+
+
+class ExecuteRefused(ExecuteError):
+    code = USAGE_ERROR
 
 
 class _Lines:
@@ -71,13 +79,13 @@ def _check_small(cfg: ServingConfig) -> None:
     worst = max(weight_bytes(topo.rank_info(topo.layout.rank_of(dp=0, pp=s, tp=0)), cfg.model,
                              topo.expert_placement is not None) for s in range(topo.layout.pp))
     if worst > MAX_WEIGHT_BYTES:
-        raise ExecuteError(
+        raise ExecuteRefused(
             f"--execute runs the reference model on CPU, but model {cfg.model.name} needs "
             f"{worst / (1 << 30):.1f} GiB of weights per rank in this layout (at most "
             f"{MAX_WEIGHT_BYTES >> 20} MiB here); use --model tiny-moe, small-moe or "
             "small-dense")
     if EXECUTE_PROMPT + WARMUP_DECODE_STEPS + EXECUTE_DECODE_STEPS + 1 > cfg.model.max_seq_len:
-        raise ExecuteError(f"model {cfg.model.name}: max_seq_len {cfg.model.max_seq_len} is "
+        raise ExecuteRefused(f"model {cfg.model.name}: max_seq_len {cfg.model.max_seq_len} is "
                            "shorter than the executed run needs")
 
 
@@ -163,7 +171,7 @@ def execute_layouts(configs: Sequence[ServingConfig], hw: HardwareSpec,
     of the simulate document."""
     worlds = {c.parallel.world_size for c in configs}
     if len(worlds) != 1:
-        raise ExecuteError(f"layouts of one world size run in one job, got {sorted(worlds)}")
+        raise ExecuteRefused(f"layouts of one world size run in one job, got {sorted(worlds)}")
     cpu = [cpu_config(c) for c in configs]
     for c in cpu:
         _check_small(c)
