@@ -50,13 +50,14 @@ def simulate(
                                             "prompt.")] = 1024,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (schema "
                                           "pypto.simulate/v1).")] = False,
-    execute: Annotated[bool, typer.Option("--execute", help="Also run the layout for real "
-                                          "(CPU processes, gloo, the reference model at a "
-                                          "small shape) and compare bytes and step time.")
+    execute: Annotated[bool, typer.Option("--execute", help="Also run the layout (with "
+                                          "--search: the top K) for real (CPU processes, "
+                                          "gloo, the reference model at a small shape) and "
+                                          "compare bytes and step time.")
                        ] = False,
-    calibration: Annotated[Path | None, typer.Option("--calibration", help="`pypto check-comm "
-                                                     "--json` output: price communication "
-                                                     "with its measured figures.")] = None,
+    calibration: Annotated[list[Path] | None, typer.Option(
+        "--calibration", help="`pypto check-comm --json` output: price communication with "
+        "its measured figures (repeat it for reports of several layouts).")] = None,
     source: ConfigSource = None,
 ) -> None:
     from ..core.cost_model import Workload, layout_cost
@@ -73,8 +74,9 @@ def simulate(
         raise fail("--model and --model-profile both name the model; give one of them")
     if config is not None and not config.is_file():
         raise fail(f"--config {config}: no such file")
-    if calibration is not None and not calibration.is_file():
-        raise fail(f"--calibration {calibration}: no such file")
+    for path in calibration or ():
+        if not path.is_file():
+            raise fail(f"--calibration {path}: no such file")
     with user_errors():
         try:
             hw = hardware_profile(hardware)
@@ -90,13 +92,13 @@ def simulate(
     with user_errors():
         base = source.resolve(config)
     links, cal_doc = None, None
-    if calibration is not None:
+    if calibration:
         from ..core.calibration import CalibrationError, calibrate
 
         try:
             links, cal_doc = calibrate(calibration, hw)
         except CalibrationError as e:
-            raise fail(f"--calibration {calibration}: {e}") from None
+            raise fail(f"--calibration: {e}") from None
     try:
         layout = _layout_on(base, hw, ranks) if has_layout else None
         result = (search_layouts(base, hw, work, ranks, links)
@@ -117,11 +119,14 @@ def simulate(
             raise fail(f"--execute runs one CPU process per rank here: use --ranks "
                        f"{EXECUTE_MAX_RANKS} or fewer")
         if cost is None:
-            raise fail("--execute needs a layout: give one with flags, --config or --profile")
+            raise fail("--execute needs a layout: give one with flags, --config or --profile, "
+                       "or --search with a valid layout")
         from ..simulate.execute import ExecuteError, execute_layouts
 
+        configs = ([c.config for c in result.ranked[:top]] if search and result is not None
+                   else [cost.config])
         try:
-            doc["execute"] = execute_layouts([cost.config], hw, links)
+            doc["execute"] = execute_layouts(configs, hw, links)
         except ExecuteError as e:
             raise fail(str(e), e.code) from None
     if as_json:

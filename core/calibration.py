@@ -74,53 +74,75 @@ def read_report(path: Path) -> dict[str, Any]:
     return doc
 
 
-def calibrate(path: Path, hw: HardwareSpec) -> tuple[LinkModel, dict[str, Any]]:
-    """The link model fitted to the report at `path` (ranks mapped to `hw`'s nodes) and a
-    summary of the fits for the simulate document."""
-    doc = read_report(path)
+def calibrate(paths: Sequence[Path], hw: HardwareSpec) -> tuple[LinkModel, dict[str, Any]]:
+    """The link model fitted to the reports at `paths` (ranks mapped to `hw`'s nodes): per
+    link kind, op and group size measured; per link kind and op over every size; and per
+    link kind over every op (for ops no report has). With a summary for the document."""
     per = hw.devices_per_node
-    points: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-    for row in doc["results"]:
+    points: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
+    meta = []
+    for path in paths:
         try:
-            op, ranks, nbytes, t_us = row["op"], row["ranks"], row["bytes"], row["time_us"]
-            wrong = row.get("wrong", 0)
-        except (KeyError, TypeError):
-            raise CalibrationError("a result row lacks op, ranks, bytes or time_us") from None
-        if op not in OPS or len(ranks) < 2 or wrong or not t_us or t_us <= 0:
-            continue
-        n = len(ranks)
-        link = "inter_node" if len({r // per for r in ranks}) > 1 else "intra_node"
-        cost_op = OPS[op][0]
-        alpha_terms, factor = ring_terms(cost_op, n)
-        counted = _counted_bytes(op, float(nbytes), n)
-        points.setdefault((link, op), []).append((alpha_terms, factor * counted, t_us * 1e-6))
+            doc = read_report(path)
+        except CalibrationError as e:
+            raise CalibrationError(f"{path}: {e}") from None
+        meta.append({"file": str(path), "world_size": doc.get("world_size"),
+                     "platform": doc.get("platform")})
+        for row in doc["results"]:
+            try:
+                op, ranks, nbytes, t_us = row["op"], row["ranks"], row["bytes"], row["time_us"]
+                wrong = row.get("wrong", 0)
+            except (KeyError, TypeError):
+                raise CalibrationError(f"{path}: a result row lacks op, ranks, bytes or "
+                                       "time_us") from None
+            if op not in OPS or len(ranks) < 2 or wrong or not t_us or t_us <= 0:
+                continue
+            n = len(ranks)
+            link = "inter_node" if len({r // per for r in ranks}) > 1 else "intra_node"
+            alpha_terms, factor = ring_terms(OPS[op][0], n)
+            counted = _counted_bytes(op, float(nbytes), n)
+            points.setdefault((link, op, n), []).append(
+                (alpha_terms, factor * counted, t_us * 1e-6))
     if not points:
         raise CalibrationError("no usable timed result (every row was a barrier, one rank, "
                                "wrong or untimed)")
+    per_size: dict[tuple[str, str, int], LinkSpec] = {}
     per_op: dict[tuple[str, str], LinkSpec] = {}
     fits = []
-    pooled: dict[str, list[tuple[float, float, float]]] = {}
-    for (link, op), pts in sorted(points.items()):
-        pooled.setdefault(link, []).extend(pts)
-        fit = _fit(pts)
-        if fit is None:
+    by_op: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    by_link: dict[str, list[tuple[float, float, float]]] = {}
+    for (link, op, n), pts in sorted(points.items()):
+        by_op.setdefault((link, op), []).extend(pts)
+        by_link.setdefault(link, []).extend(pts)
+        spec = _spec(pts)
+        if spec is None:
             continue
-        spec = LinkSpec(latency_us=fit[0] * 1e6, bandwidth_gbps=1.0 / fit[1] / 1e9)
         for cost_op in OPS[op]:
-            per_op[(link, cost_op)] = spec
-        fits.append({"link": link, "op": op, "latency_us": spec.latency_us,
+            per_size[(link, cost_op, n)] = spec
+        fits.append({"link": link, "op": op, "ranks": n, "latency_us": spec.latency_us,
                      "bandwidth_gbps": spec.bandwidth_gbps, "points": len(pts)})
+    for (link, op), pts in by_op.items():
+        spec = _spec(pts)
+        if spec is not None:
+            for cost_op in OPS[op]:
+                per_op[(link, cost_op)] = spec
     links = {"intra_node": hw.links.intra_node, "inter_node": hw.links.inter_node}
-    for link, pts in pooled.items():
-        fit = _fit(pts)
-        if fit is not None:
-            links[link] = LinkSpec(latency_us=fit[0] * 1e6, bandwidth_gbps=1.0 / fit[1] / 1e9)
-    summary = {"file": str(path), "schema": COMMCHECK_SCHEMA,
-               "world_size": doc.get("world_size"), "platform": doc.get("platform"),
-               "fits": fits,
+    for link, pts in by_link.items():
+        spec = _spec(pts)
+        if spec is not None:
+            links[link] = spec
+    summary = {"file": ", ".join(m["file"] for m in meta), "schema": COMMCHECK_SCHEMA,
+               "reports": meta, "fits": fits,
                "links": {k: {"latency_us": v.latency_us, "bandwidth_gbps": v.bandwidth_gbps}
                          for k, v in links.items()}}
-    return LinkModel(links, per_op), summary
+    return LinkModel(links, per_op, per_size), summary
+
+
+def _spec(points: list[tuple[float, float, float]]) -> LinkSpec | None:
+    fit = _fit(points)
+    if fit is None:
+        return None
+    return LinkSpec(latency_us=fit[0] * 1e6, bandwidth_gbps=1.0 / fit[1] / 1e9)
 
 
 def _ranks(values: Sequence[float]) -> list[float]:

@@ -39,13 +39,16 @@ class Workload:
 
 @dataclass(frozen=True)
 class LinkModel:
-    """Alpha-beta figures per link kind, optionally per op (a calibration's measured ones)."""
+    """Alpha-beta figures per link kind; a calibration adds measured ones per op, and per op
+    and group size where it measured that size (the most specific one applies)."""
 
     links: Mapping[str, LinkSpec]
     per_op: Mapping[tuple[str, str], LinkSpec] = field(default_factory=dict)
+    per_size: Mapping[tuple[str, str, int], LinkSpec] = field(default_factory=dict)
 
-    def spec(self, link: LinkKind, op: str) -> LinkSpec:
-        return self.per_op.get((link, op)) or self.links[link]
+    def spec(self, link: LinkKind, op: str, n: int = 0) -> LinkSpec:
+        return (self.per_size.get((link, op, n)) or self.per_op.get((link, op))
+                or self.links[link])
 
     @classmethod
     def of(cls, hw: HardwareSpec) -> LinkModel:
@@ -230,7 +233,8 @@ def _touched(experts: int, routed_rows: float) -> float:
 
 def compute_seconds(topo: Topology, hw: HardwareSpec, stage: int, tokens: int, seqs: int,
                     attended: int, replica_tokens: int) -> float:
-    """Roofline time of one stage's rank: max(FLOPs / peak, bytes / bandwidth) + overhead.
+    """Roofline time of one stage's rank: max(FLOPs / peak, bytes / bandwidth), plus host
+    overhead per layer and per expert run (the executor calls each expert that got rows).
     `attended`: (query, key) pairs of the step; `replica_tokens`: tokens of every replica
     routed to the EP group (EP only)."""
     m = topo.config.model
@@ -246,6 +250,7 @@ def compute_seconds(topo: Topology, hw: HardwareSpec, stage: int, tokens: int, s
     if not m.is_moe:
         flops += 2 * tokens * 3 * h * cols
         ffn_bytes = 3 * h * cols * b
+        experts_run = 0.0
     elif ep:
         n = topo.layout.dp * topo.layout.tp
         rows = replica_tokens * m.experts_per_token / n
@@ -253,10 +258,12 @@ def compute_seconds(topo: Topology, hw: HardwareSpec, stage: int, tokens: int, s
         flops += 2 * math.ceil(tokens / topo.layout.tp) * h * m.num_experts
         touched = _touched(m.num_experts, replica_tokens * m.experts_per_token)
         ffn_bytes = len(info.experts) * touched * expert_bytes + m.num_experts * h * b
+        experts_run = len(info.experts) * touched
     else:
         flops += 2 * tokens * m.experts_per_token * 3 * h * cols + 2 * tokens * h * m.num_experts
         touched = _touched(m.num_experts, tokens * m.experts_per_token)
         ffn_bytes = m.num_experts * touched * 3 * h * cols * b + m.num_experts * h * b
+        experts_run = m.num_experts * touched
     flops *= layers
     attn_weights = (2 * heads + 2 * kv) * d * h * b
     nbytes = layers * (attn_weights + ffn_bytes)
@@ -266,11 +273,12 @@ def compute_seconds(topo: Topology, hw: HardwareSpec, stage: int, tokens: int, s
         nbytes += len(info.vocab) * h * b
     peak = hw.device.peak_flops(m.dtype)
     roof = max(flops / peak, nbytes / (hw.device.memory_bandwidth_gbps * 1e9))
-    return roof + layers * hw.layer_overhead_us * 1e-6
+    overhead = layers * (hw.layer_overhead_us + experts_run * hw.expert_overhead_us)
+    return roof + overhead * 1e-6
 
 
 def _table_seconds(table: OpTable, n: int, links: LinkModel, link: LinkKind) -> float:
-    return sum(op_seconds(op, n, v.calls, v.bytes, links.spec(link, op))
+    return sum(op_seconds(op, n, v.calls, v.bytes, links.spec(link, op, n))
                for op, v in table.items())
 
 
@@ -311,8 +319,10 @@ def step_cost(topo: Topology, hw: HardwareSpec, links: LinkModel,
             for op, v in pp_rank_bytes(topo, stage, tokens, seqs).items():
                 total[op] = total[op] + v if op in total else v
         act = pp_rank_bytes(topo, 0, tokens, seqs)["send"]
-        seconds += (lay.pp - 1) * op_seconds("send", 2, 1, act.bytes, links.spec(link, "send"))
-        seconds += op_seconds("broadcast", lay.pp, 1, seqs * 8, links.spec(link, "broadcast"))
+        seconds += (lay.pp - 1) * op_seconds("send", 2, 1, act.bytes,
+                                             links.spec(link, "send", 2))
+        seconds += op_seconds("broadcast", lay.pp, 1, seqs * 8,
+                              links.spec(link, "broadcast", lay.pp))
         add("pp", total, seconds)
     comm = sum(k.seconds for k in kinds.values())
     order = [k for k in COMM_KINDS if k in kinds]

@@ -75,6 +75,8 @@ class HardwareSpec(BaseModel):
     links: LinksSpec
     layer_overhead_us: float = Field(0.0, ge=0, allow_inf_nan=False)
     """Host time per layer per step that no roofline sees (kernel launches, dispatch)."""
+    expert_overhead_us: float = Field(0.0, ge=0, allow_inf_nan=False)
+    """Host time per expert that runs in a MoE layer (its own matmuls, launched one by one)."""
 
     def link(self, kind: LinkKind) -> LinkSpec:
         return getattr(self.links, kind)
