@@ -277,6 +277,18 @@ def compute_seconds(topo: Topology, hw: HardwareSpec, stage: int, tokens: int, s
     return roof + overhead * 1e-6
 
 
+def shared_compute_factor(topo: Topology, hw: HardwareSpec) -> float:
+    """How much slower a rank computes when a node's ranks share fewer compute slots (a CPU
+    host's cores): the ranks of a node that compute at once, over the slots. Stages of a
+    pipeline take turns (one batch goes stage after stage), so a node's busy ranks are its
+    ranks / PP."""
+    slots = hw.compute_slots_per_node
+    if slots is None:
+        return 1.0
+    busy = max(1.0, topo.config.cluster.devices_per_node / topo.layout.pp)
+    return max(1.0, busy / slots)
+
+
 def _table_seconds(table: OpTable, n: int, links: LinkModel, link: LinkKind) -> float:
     return sum(op_seconds(op, n, v.calls, v.bytes, links.spec(link, op, n))
                for op, v in table.items())
@@ -300,8 +312,10 @@ def step_cost(topo: Topology, hw: HardwareSpec, links: LinkModel,
             bigger = table if _total(table) > _total(prev.ops) else prev.ops
             kinds[kind] = KindCost(kind, bigger, prev.seconds + seconds, link)
 
+    slowdown = shared_compute_factor(topo, hw)
     for stage in range(lay.pp):
-        compute += compute_seconds(topo, hw, stage, tokens, seqs, attended, sum(replica_tokens))
+        compute += slowdown * compute_seconds(topo, hw, stage, tokens, seqs, attended,
+                                              sum(replica_tokens))
         if lay.tp > 1:
             per_rank = tp_rank_bytes(topo, stage, tokens, seqs)
             add("tp", {op: v.scaled(lay.tp) for op, v in per_rank.items()},

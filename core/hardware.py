@@ -75,6 +75,9 @@ class HardwareSpec(BaseModel):
     links: LinksSpec
     layer_overhead_us: float = Field(0.0, ge=0, allow_inf_nan=False)
     """Host time per layer per step that no roofline sees (kernel launches, dispatch)."""
+    compute_slots_per_node: int | None = Field(None, ge=1)
+    """Ranks of a node that compute at full speed at once (a CPU host's cores, when its
+    workers share them); null: every device computes on its own."""
     expert_overhead_us: float = Field(0.0, ge=0, allow_inf_nan=False)
     """Host time per expert that runs in a MoE layer (its own matmuls, launched one by one)."""
 

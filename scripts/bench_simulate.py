@@ -5,9 +5,11 @@ node crossings by enumerating every group (what `groups_crossing_nodes` avoids).
 
     .venv/bin/python scripts/bench_simulate.py [--repeat 5]
 
-With --calibration FILE (a `pypto check-comm --json` report of this host) it also runs
+With --calibration FILE... (`pypto check-comm --json` reports of this host) it also runs
 seven layouts of tiny-moe on 4 CPU ranks for real and prints, per layout, the calibrated
 model's decode step time beside the measured one, each error, and the rank correlation.
+Calibrated means: links fitted to the reports, and the host's per-layer and per-expert time
+measured on one rank (--host-overheads) just before.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def calibration_table(paths: list[str], rounds: int) -> None:
 
     hw = hardware_profile("cpu-host")
     links, _ = calibrate([Path(p) for p in paths], hw)
-    layer_us, expert_us = host_overheads(4, 20)
+    layer_us, expert_us = host_overheads(rounds)
     host = hw.model_copy(update={"layer_overhead_us": layer_us, "expert_overhead_us": expert_us})
     configs = [_config("tiny-moe", dp, pp, tp, ep, hw) for dp, pp, tp, ep in CALIBRATION_LAYOUTS]
     runs = [execute_layouts(configs, host, links, decode_steps=16) for _ in range(rounds)]
@@ -105,44 +107,27 @@ def calibration_table(paths: list[str], rounds: int) -> None:
           f"{spearman(shipped, measured):+.3f}")
 
 
-def _host_worker(args) -> tuple[float, float]:
-    """One process: median forward time of tiny-moe's 4 layers, dense and MoE, 8 tokens."""
-    import torch
+def host_overheads(rounds: int) -> tuple[float, float]:
+    """cpu-host's layer_overhead_us and expert_overhead_us on this machine: the executor's
+    decode step (the same worker, batch and prompts as the layouts) on ONE rank, tiny-moe
+    dense and MoE, median over `rounds` runs: no communication, no sharing of cores."""
+    from pypto_serving.simulate.execute import execute_layouts
 
-    from pypto_serving.executor.model import build_reference_model, sequence_metadata
-
-    torch.set_num_threads(1)
-    repeat = args
+    hw = hardware_profile("cpu-host")
     spec = model_profile("tiny-moe")
-    out = []
-    for experts in (0, spec.num_experts):
-        model = build_reference_model(spec.model_copy(update={"num_experts": experts}))
-        tokens = torch.arange(8) % spec.vocab_size
-        meta = sequence_metadata([1] * 8)
-        with torch.inference_mode():
-            for _ in range(3):
-                model(tokens, meta)
-            out.append(_median_s(lambda m=model, t=tokens, a=meta: m(t, a), repeat))
-    return out[0], out[1]
-
-
-def host_overheads(procs: int, repeat: int) -> tuple[float, float]:
-    """Per-layer and per-expert host time of the reference model with `procs` processes
-    running at once (as many as the executed layouts have ranks): cpu-host's
-    layer_overhead_us and expert_overhead_us on this machine."""
-    import multiprocessing as mp
-
-    with mp.get_context("spawn").Pool(procs) as pool:
-        results = pool.map(_host_worker, [repeat] * procs)
-    dense = statistics.median(r[0] for r in results)
-    moe = statistics.median(r[1] for r in results)
-    spec = model_profile("tiny-moe")
-    touched = spec.num_experts * (1 - (1 - 1 / spec.num_experts) ** (8 * spec.experts_per_token))
-    layer_us = dense / spec.num_layers * 1e6
-    expert_us = (moe - dense) / spec.num_layers / touched * 1e6
-    print(f"host overheads, {procs} processes at once, tiny-moe 4 layers x 8 tokens, median "
-          f"of {repeat}: dense forward {dense * 1e3:.2f} ms, MoE forward {moe * 1e3:.2f} ms "
-          f"-> layer_overhead_us {layer_us:.0f}, expert_overhead_us {expert_us:.0f} "
+    moe = _config("tiny-moe", 1, 1, 1, False, hw)
+    dense = _config("tiny-moe", 1, 1, 1, False, hw, num_experts=0)
+    runs = [execute_layouts([dense, moe], hw, decode_steps=16) for _ in range(rounds)]
+    t_dense = statistics.median(r["layouts"][0]["measured_decode_s"] for r in runs)
+    t_moe = statistics.median(r["layouts"][1]["measured_decode_s"] for r in runs)
+    batch = runs[0]["batch"]
+    k, e = spec.experts_per_token, spec.num_experts
+    touched = e * (1 - (1 - 1 / e) ** (batch * k))
+    layer_us = t_dense / spec.num_layers * 1e6
+    expert_us = max(0.0, (t_moe - t_dense) / spec.num_layers / touched * 1e6)
+    print(f"host overheads: one rank, tiny-moe 4 layers, decode of {batch} seqs, median of "
+          f"{rounds} runs: dense {t_dense * 1e3:.2f} ms, MoE {t_moe * 1e3:.2f} ms -> "
+          f"layer_overhead_us {layer_us:.0f}, expert_overhead_us {expert_us:.0f} "
           f"({touched:.2f} experts run per layer)")
     return layer_us, expert_us
 
@@ -154,12 +139,11 @@ def main() -> None:
                     help="`pypto check-comm --json` reports of this host")
     ap.add_argument("--only-calibration", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--host-overheads", type=int, metavar="PROCS",
-                    help="measure cpu-host's per-layer and per-expert host time with PROCS "
-                         "processes at once, and stop")
+    ap.add_argument("--host-overheads", action="store_true",
+                    help="measure cpu-host's per-layer and per-expert host time, and stop")
     args = ap.parse_args()
     if args.host_overheads:
-        host_overheads(args.host_overheads, args.repeat)
+        host_overheads(args.rounds)
         return
     if args.calibration:
         calibration_table(args.calibration, args.rounds)

@@ -20,6 +20,7 @@ from pypto_serving.core.cost_model import (
     groups_crossing_nodes,
     layout_cost,
     op_seconds,
+    shared_compute_factor,
 )
 from pypto_serving.core.hardware import HardwareSpec, LinkSpec
 from pypto_serving.core.loader import parse_config
@@ -148,3 +149,18 @@ def test_node_crossings_closed_form_equals_enumeration(dp, pp, tp, per_node):
                     "num_kv_heads": 8, "intermediate_size": 128})
     for kind in t.group_kinds:
         assert groups_crossing_nodes(t, kind) == _crossing_by_enumeration(t, kind), kind
+
+
+@pytest.mark.parametrize("dp,pp,tp,factor", [(4, 1, 1, 2.0), (1, 4, 1, 1.0), (1, 2, 2, 1.0),
+                                             (1, 1, 4, 2.0), (2, 1, 2, 2.0)])
+def test_ranks_sharing_two_cores_compute_slower_unless_they_take_turns(dp, pp, tp, factor):
+    """4 ranks on a host of 2 cores: all 4 busy at once run at half speed; the stages of a
+    pipeline take turns, so PP 4 runs at full speed and PP 2 fills the 2 cores."""
+    t = topo(dp=dp, tp=tp, pp=pp)
+    shared = hw(per_node=4).model_copy(update={"compute_slots_per_node": 2})
+    assert shared_compute_factor(t, shared) == factor
+    assert shared_compute_factor(t, hw(per_node=4)) == 1.0
+    work = Workload(batch=2, context=8, prompt_len=4)
+    alone = layout_cost(t.config, hw(per_node=4), work).decode
+    assert layout_cost(t.config, shared, work).decode.compute_seconds == pytest.approx(
+        factor * alone.compute_seconds)
