@@ -3,8 +3,8 @@ the alpha-beta terms the cost model prices communication with, fitted per link k
 
 Each report row is one op over one group at one size, timed (the slowest rank's median).
 Its time is fitted to the cost model's own ring formula, time = terms(n) x alpha +
-factor(n) x bytes / bandwidth (cost_model.ring_terms), by least squares over the sizes, so
-a calibrated model predicts exactly what it measured at those sizes and interpolates between.
+factor(n) x bytes / bandwidth (cost_model.ring_terms), by a Theil-Sen line over the sizes
+(medians of pairwise slopes: robust to the calls a busy host times far too slow).
 Pure Python: no torch, no jsonschema.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,23 +36,33 @@ def _counted_bytes(op: str, nbytes: float, n: int) -> float:
     return nbytes / n if op == "all_gather" else nbytes
 
 
+def _line(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Theil-Sen line t = a + b x through (x, t): b the median of the pairwise slopes, a the
+    median of t - b x. A busy host times some calls many times too slow; a median shrugs
+    them off where least squares would follow them. Both clamped at >= 0."""
+    slopes = [(tj - ti) / (xj - xi) for i, (xi, ti) in enumerate(points)
+              for xj, tj in points[i + 1:] if xj != xi]
+    if not slopes:
+        return None
+    slope = max(statistics.median(slopes), 0.0)
+    return max(statistics.median(t - slope * x for x, t in points), 0.0), slope
+
+
 def _fit(points: list[tuple[float, float, float]]) -> tuple[float, float] | None:
-    """Least squares of t = a x alpha + b x inv_bw over (a, b, t), both terms >= 0."""
-    saa = sum(a * a for a, _, _ in points)
-    sbb = sum(b * b for _, b, _ in points)
-    sab = sum(a * b for a, b, _ in points)
-    sat = sum(a * t for a, _, t in points)
-    sbt = sum(b * t for _, b, t in points)
-    det = saa * sbb - sab * sab
-    if det > 1e-12 * max(saa * sbb, 1e-300):
-        alpha = (sat * sbb - sbt * sab) / det
-        inv_bw = (saa * sbt - sab * sat) / det
-        if alpha >= 0 and inv_bw > 0:
-            return alpha, inv_bw
-    # one term alone: latency-free bandwidth, or (if bandwidth is not identifiable) latency
-    if sbb > 0 and sbt > 0:
-        return 0.0, sbt / sbb
-    return None
+    """(alpha, 1 / bandwidth) of t = a x alpha + b x inv_bw over (a, b, t): a line per
+    distinct `a` (one op at one group size), then the medians over them."""
+    by_terms: dict[float, list[tuple[float, float]]] = {}
+    for a, b, t in points:
+        by_terms.setdefault(a, []).append((b, t))
+    alphas, inv_bws = [], []
+    for a, pts in by_terms.items():
+        line = _line(pts)
+        if line is not None:
+            alphas.append(line[0] / a if a else 0.0)
+            inv_bws.append(line[1])
+    if not inv_bws:
+        return None
+    return statistics.median(alphas), statistics.median(inv_bws)
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -114,7 +125,7 @@ def calibrate(paths: Sequence[Path], hw: HardwareSpec) -> tuple[LinkModel, dict[
     for (link, op, n), pts in sorted(points.items()):
         by_op.setdefault((link, op), []).extend(pts)
         by_link.setdefault(link, []).extend(pts)
-        spec = _spec(pts)
+        spec = _spec(pts, hw.link(link))
         if spec is None:
             continue
         for cost_op in OPS[op]:
@@ -122,13 +133,13 @@ def calibrate(paths: Sequence[Path], hw: HardwareSpec) -> tuple[LinkModel, dict[
         fits.append({"link": link, "op": op, "ranks": n, "latency_us": spec.latency_us,
                      "bandwidth_gbps": spec.bandwidth_gbps, "points": len(pts)})
     for (link, op), pts in by_op.items():
-        spec = _spec(pts)
+        spec = _spec(pts, hw.link(link))
         if spec is not None:
             for cost_op in OPS[op]:
                 per_op[(link, cost_op)] = spec
     links = {"intra_node": hw.links.intra_node, "inter_node": hw.links.inter_node}
     for link, pts in by_link.items():
-        spec = _spec(pts)
+        spec = _spec(pts, hw.link(link))
         if spec is not None:
             links[link] = spec
     summary = {"file": ", ".join(m["file"] for m in meta), "schema": COMMCHECK_SCHEMA,
@@ -138,11 +149,14 @@ def calibrate(paths: Sequence[Path], hw: HardwareSpec) -> tuple[LinkModel, dict[
     return LinkModel(links, per_op, per_size), summary
 
 
-def _spec(points: list[tuple[float, float, float]]) -> LinkSpec | None:
+def _spec(points: list[tuple[float, float, float]], fallback: LinkSpec) -> LinkSpec | None:
+    """The fitted link; where the sizes showed no cost per byte (all latency), the
+    bandwidth stays the profile's."""
     fit = _fit(points)
     if fit is None:
         return None
-    return LinkSpec(latency_us=fit[0] * 1e6, bandwidth_gbps=1.0 / fit[1] / 1e9)
+    bandwidth = 1.0 / fit[1] / 1e9 if fit[1] > 0 else fallback.bandwidth_gbps
+    return LinkSpec(latency_us=fit[0] * 1e6, bandwidth_gbps=bandwidth)
 
 
 def _ranks(values: Sequence[float]) -> list[float]:

@@ -105,3 +105,16 @@ def test_spearman_by_hand():
     # ties take the mean rank
     assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660254)
     assert spearman([1, 1], [1, 2]) is None
+
+
+def test_a_call_timed_far_too_slow_does_not_move_the_fit(tmp_path):
+    """A busy host: one of seven sizes took 20x its time; the medians ignore it."""
+    link = LinkSpec(latency_us=400.0, bandwidth_gbps=1.0)
+    sizes = [64 * 4 ** i for i in range(7)]
+    rows = [_row("all_reduce", [0, 1], s, op_seconds("all_reduce", 2, 1, s, link)
+                 * (20 if i == 2 else 1)) for i, s in enumerate(sizes)]
+    links, _ = calibrate([_write(tmp_path, "noisy.json", report(rows))],
+                         hardware_profile("cpu-host"))
+    got = links.spec("intra_node", "all_reduce", 2)
+    assert got.latency_us == pytest.approx(400.0, rel=0.05)
+    assert got.bandwidth_gbps == pytest.approx(1.0, rel=0.05)
