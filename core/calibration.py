@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .comm_report import SCHEMA as COMMCHECK_SCHEMA
 from .cost_model import LinkModel, ring_terms
 from .hardware import HardwareSpec, LinkSpec
 
-COMMCHECK_SCHEMA = "pypto.commcheck/v1"
 MAX_REPORT_BYTES = 64 << 20
 OPS = {"all_reduce": ("all_reduce",), "all_gather": ("all_gather",),
        "reduce_scatter": ("reduce_scatter",), "all_to_all": ("all_to_all",),

@@ -4,14 +4,19 @@ known figures gives them back), used per group size, and the rank correlation by
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+from typer.testing import CliRunner
 
+from pypto_serving.cli.main import app
 from pypto_serving.core.calibration import CalibrationError, calibrate, spearman
+from pypto_serving.core.comm_report import bus_factor
 from pypto_serving.core.cost_model import op_seconds, ring_terms
 from pypto_serving.core.hardware import LinkSpec, hardware_profile
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _row(op: str, ranks: list[int], size: int, seconds: float) -> dict:
@@ -70,12 +75,45 @@ def test_send_recv_calibrates_both_and_several_reports_combine(tmp_path):
     assert len(summary["reports"]) == 2
 
 
-def test_ring_terms_match_nccl_tests_bus_factors():
-    """The bandwidth factors are nccl-tests' bus factors (all_gather on its input: n x)."""
+def test_ring_terms_match_check_comms_bus_factors():
+    """The bandwidth factors are check-comm's (nccl-tests') bus factors; all_gather's on its
+    input, n x the output check-comm counts."""
     for n in (2, 4, 8):
-        assert ring_terms("all_reduce", n)[1] == pytest.approx(2 * (n - 1) / n)
-        assert ring_terms("all_to_all", n)[1] == pytest.approx((n - 1) / n)
-        assert ring_terms("all_gather", n)[1] == pytest.approx(n * (n - 1) / n)
+        for op in ("all_reduce", "reduce_scatter", "all_to_all", "broadcast"):
+            assert ring_terms(op, n)[1] == pytest.approx(bus_factor(op, n)), (op, n)
+        assert ring_terms("all_gather", n)[1] == pytest.approx(n * bus_factor("all_gather", n))
+        assert ring_terms("send", n)[1] == bus_factor("send_recv", n)
+
+
+def test_a_real_check_comm_report_calibrates_the_simulator(tmp_path):
+    """`pypto check-comm --json` on 2 CPU ranks, then `pypto simulate --calibration` with it:
+    the TP all_reduce is priced with the figures fitted to what check-comm timed."""
+    report_path = tmp_path / "cal.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pypto_serving.cli.entry", "check-comm", "--model-profile",
+         "tiny-moe", "-tp", "2", "--groups", "tp", "--ops", "all_reduce", "--sizes",
+         "64B:64KB:x16", "--iters", "5", "--warmup", "1", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hw = hardware_profile("cpu-host")
+    links, summary = calibrate([report_path], hw)
+    assert [(f["op"], f["ranks"]) for f in summary["fits"]] == [("all_reduce", 2)]
+    fitted = links.spec("intra_node", "all_reduce", 2)
+    assert fitted != hw.links.intra_node
+    result = CliRunner().invoke(app, ["simulate", "--ranks", "2", "--hardware", "cpu-host",
+                                      "--model", "tiny-moe", "-tp", "2", "--calibration",
+                                      str(report_path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    decode = {g["kind"]: g for g in doc["layout"]["decode"]["groups"]}["tp"]
+    calls = decode["ops"]["all_reduce"]["calls"] // 2  # per rank
+    per_rank = decode["ops"]["all_reduce"]["bytes"] // 2
+    gather = decode["ops"]["all_gather"]
+    want = (op_seconds("all_reduce", 2, calls, per_rank, fitted)
+            + op_seconds("all_gather", 2, gather["calls"] // 2, gather["bytes"] // 2,
+                         links.spec("intra_node", "all_gather", 2)))
+    assert decode["seconds"] == pytest.approx(want)
+    assert doc["calibration"]["fits"][0]["latency_us"] == pytest.approx(fitted.latency_us)
 
 
 @pytest.mark.parametrize("doc,why", [
