@@ -115,13 +115,20 @@ def test_a_calibration_file_that_is_not_a_report_is_refused(tmp_path):
     assert "--calibration" in result.stderr and "pypto.commcheck/v1" in result.stderr
 
 
-def test_analytic_mode_imports_no_torch():
+def test_analytic_mode_imports_no_torch(tmp_path):
+    report = tmp_path / "cal.json"
+    report.write_text(json.dumps({"schema": "pypto.commcheck/v1", "results": [
+        {"op": "all_reduce", "ranks": [0, 1], "bytes": b, "time_us": 100 + b / 1000,
+         "wrong": 0} for b in (64, 4096, 65536)]}))
     code = ("import sys\n"
             "from typer.testing import CliRunner\n"
             "from pypto_serving.cli.main import app\n"
             "r = CliRunner().invoke(app, ['simulate', '--ranks', '16', '--json'])\n"
             "assert r.exit_code == 0, r.output\n"
             "r = CliRunner().invoke(app, ['simulate', '--ranks', '8', '-tp', '8'])\n"
+            "assert r.exit_code == 0, r.output\n"
+            f"r = CliRunner().invoke(app, ['simulate', '--ranks', '4', '--hardware', "
+            f"'cpu-host', '--search', '--calibration', {str(report)!r}])\n"
             "assert r.exit_code == 0, r.output\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
