@@ -198,6 +198,20 @@ class Topology:
         for index, ranks in enumerate(self.layout.iter_group_ranks(kind)):
             yield GroupInfo(kind, index, ranks)
 
+    def restart_domains(self) -> tuple[range, ...]:
+        """The sets of ranks that must restart together, each a contiguous run of ranks.
+
+        A rank's collectives reach only the ranks of its domain, so one domain can be torn
+        down and restarted while the others run on. Without EP each DP replica is one
+        domain (its PP x TP ranks, contiguous since DP is the outermost dimension); with EP
+        the experts' all-to-all spans the DP replicas, so the world is one domain; DP 1 is
+        one domain either way.
+        """
+        size = self.layout.pp * self.layout.tp
+        if self.expert_placement is not None or self.layout.dp == 1:
+            return (range(self.world_size),)
+        return tuple(range(d * size, (d + 1) * size) for d in range(self.layout.dp))
+
     def ranks(self, start: int = 0, stop: int | None = None) -> Iterator[RankInfo]:
         stop = self.world_size if stop is None else min(stop, self.world_size)
         for r in range(start, stop):

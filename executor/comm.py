@@ -185,7 +185,7 @@ class GroupCoordinator:
         if self.world_size == 1:
             return t
         self.stats.add("broadcast", _nbytes(t))
-        self._wait(dist.broadcast, t, src=self.ranks[src], group=self.process_group)
+        self._wait(dist.broadcast, t, group=self.process_group, group_src=src)
         return t
 
     def send(self, t: torch.Tensor, dst: int | None = None) -> None:
@@ -196,7 +196,8 @@ class GroupCoordinator:
                              "give dst")
         self._check_member(dst, "send dst")
         self.stats.add("send", _nbytes(t))
-        self._wait(dist.send, t.contiguous(), dst=dst, group=self.process_group)
+        self._wait(dist.send, t.contiguous(), group=self.process_group,
+                   group_dst=self.info.rank_in_group(dst))
 
     def recv(
         self, shape: Sequence[int], dtype: torch.dtype, src: int | None = None
@@ -208,7 +209,8 @@ class GroupCoordinator:
                              "give src")
         self._check_member(src, "recv src")
         out = torch.empty(tuple(shape), dtype=dtype, device=self.device)
-        self._wait(dist.recv, out, src=src, group=self.process_group)
+        self._wait(dist.recv, out, group=self.process_group,
+                   group_src=self.info.rank_in_group(src))
         self.stats.add("recv", _nbytes(out))
         return out
 

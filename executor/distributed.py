@@ -6,6 +6,11 @@ torch.distributed with the platform's backend (gloo on CPU, NCCL on CUDA, HCCL w
 torch_npu) and creates one process group per group core resolved. `init_model_parallel`
 is the one place groups are created: every rank walks `topology.group_kinds` and
 `topology.groups(kind)` in the same order, as torch requires of `new_group`.
+
+Under a service launch each restart domain (a DP replica without EP) is its own torch
+world: RANK/WORLD_SIZE are then group-local, PYPTO_RANK is the rank in the whole layout,
+and only the parts of core's groups inside that world are created (a replica's DP group is
+the rank itself). Group coordinators keep speaking in global ranks either way.
 """
 
 from __future__ import annotations
@@ -55,6 +60,13 @@ class LaunchEnv:
     world_size: int
     local_rank: int
     config_path: str | None
+    global_rank: int | None = None  # PYPTO_RANK: set when the torch world is one group
+
+    @property
+    def world_ranks(self) -> range:
+        """The layout's ranks this torch world holds (all of them outside a service launch)."""
+        first = (self.global_rank if self.global_rank is not None else self.rank) - self.rank
+        return range(first, first + self.world_size)
 
 
 def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
@@ -71,8 +83,13 @@ def read_launch_env(environ: dict[str, str] | None = None) -> LaunchEnv:
             values[name] = int(raw)
         except ValueError:
             raise LaunchEnvError(f"{name}={raw!r} is not an integer") from None
+    raw = env.get("PYPTO_RANK")
+    try:
+        global_rank = int(raw) if raw is not None else None
+    except ValueError:
+        raise LaunchEnvError(f"PYPTO_RANK={raw!r} is not an integer") from None
     return LaunchEnv(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"],
-                     env.get("PYPTO_CONFIG"))
+                     env.get("PYPTO_CONFIG"), global_rank)
 
 
 def resolve_platform(platform: str) -> str:
@@ -191,38 +208,49 @@ def init_distributed(config: ServingConfig | None = None) -> ParallelContext:
                 "torchrun, export PYPTO_CONFIG=path/to/config.json")
         config = load_config(env.config_path)
     topology = resolve_topology(config)
-    if env.world_size != topology.world_size:
+    world = env.world_ranks
+    if env.global_rank is not None and world != range(topology.world_size):
+        if world not in topology.restart_domains():
+            raise LaunchEnvError(
+                f"this torch world holds ranks {world.start}..{world.stop - 1} (PYPTO_RANK, "
+                "RANK, WORLD_SIZE), which is neither the layout's world nor one of its "
+                "restart domains "
+                f"{[f'{d.start}..{d.stop - 1}' for d in topology.restart_domains()]}")
+    elif env.world_size != topology.world_size:
         p = config.parallel
         raise LaunchEnvError(
             f"WORLD_SIZE={env.world_size} but the config's layout DP {p.data_parallel_size} x "
             f"PP {p.pipeline_parallel_size} x TP {p.tensor_parallel_size} needs "
             f"{topology.world_size} ranks; launch it with `pypto launch` (which starts the "
             "right number) or fix the parallel sizes")
-    _check_coordinates(topology, env.rank, os.environ)
+    _check_coordinates(topology, world[env.rank], os.environ)
     platform = resolve_platform(config.cluster.platform)
     device = _device_for(platform, env.local_rank, os.environ)
     if not dist.is_initialized():
         dist.init_process_group(
             BACKENDS[platform], rank=env.rank, world_size=env.world_size, timeout=_timeout(),
         )
-    return init_model_parallel(topology, device=device, platform=platform)
+    return init_model_parallel(topology, device=device, platform=platform, world_ranks=world)
 
 
 def init_model_parallel(
-    topology: Topology, device: torch.device | None = None, platform: str | None = None
+    topology: Topology, device: torch.device | None = None, platform: str | None = None,
+    world_ranks: range | None = None,
 ) -> ParallelContext:
     """Create one process group per resolved group of `topology`; replaces earlier groups.
 
-    Needs torch.distributed initialized over `topology.world_size` ranks. Every rank must
-    call this with the same topology: all of them create every group, in core's order.
+    Needs torch.distributed initialized over `world_ranks` (default: the whole layout; a
+    service launch gives one restart domain). Every rank of the world must call this with
+    the same topology: all of them create every group inside the world, in core's order.
     """
     global _state
     if not dist.is_initialized():
         raise GroupsNotInitializedError("world")
-    rank = dist.get_rank()
-    if dist.get_world_size() != topology.world_size:
+    world = range(topology.world_size) if world_ranks is None else world_ranks
+    if dist.get_world_size() != len(world):
         raise LaunchEnvError(f"the world has {dist.get_world_size()} ranks but this layout "
-                             f"needs {topology.world_size}")
+                             f"needs {len(world)}")
+    rank = world[dist.get_rank()]
     if device is None or platform is None:
         old = _state
         device = device or (old.device if old else torch.device("cpu"))
@@ -230,21 +258,28 @@ def init_model_parallel(
     _destroy_groups()
     state = _State(topology=topology, rank=rank, device=device, platform=platform)
     timeout = _timeout()
+    whole = len(world) == topology.world_size
     for kind in topology.group_kinds:
         for info in topology.groups(kind):
-            group = _new_group(info, timeout)
+            if not whole:  # a group world: the part of this group inside it, if any
+                inside = tuple(r for r in info.ranks if r in world)
+                if not inside:
+                    continue
+                info = GroupInfo(info.kind, info.index, inside)
+            group = _new_group(info, world, timeout)
             if rank in info.ranks:
                 state.groups[kind] = GroupCoordinator(info, rank, group, device, timeout)
     _state = state
     return ParallelContext.build(topology, rank, state.groups, device)
 
 
-def _new_group(info: GroupInfo, timeout: timedelta):
-    """torch's group for `info`; every subgroup waits at most PYPTO_COMM_TIMEOUT_S, like the
-    world (new_group's default would be torch's own, 30 minutes on gloo)."""
+def _new_group(info: GroupInfo, world: range, timeout: timedelta):
+    """torch's group for `info` (its ranks made relative to this torch world); every
+    subgroup waits at most PYPTO_COMM_TIMEOUT_S, like the world (new_group's default
+    would be torch's own, 30 minutes on gloo)."""
     if info.kind == "world":
         return dist.group.WORLD
-    return dist.new_group(list(info.ranks), timeout=timeout)
+    return dist.new_group([r - world.start for r in info.ranks], timeout=timeout)
 
 
 def _destroy_groups() -> None:
