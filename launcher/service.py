@@ -1,0 +1,907 @@
+"""ServiceLaunch: a launch that hosts a service, one restart domain per worker group.
+
+Each restart domain of core's topology (`Topology.restart_domains()`: a DP replica without
+EP, else the world; the world without a config) is a worker group with its own torch world
+(its own MASTER_PORT; RANK/WORLD_SIZE group-local, PYPTO_RANK global). Groups are
+supervised apart: a worker that dies, exits 0, or stops heartbeating tears down and
+restarts its own group (up to `max_restarts`, with backoff) while the others run on; a
+group whose restarts ran out ends the launch (exit 1). The policy of a group lives in
+group_policy.py; this module does the mechanics (zygote forks, pipes, health socket,
+teardown) in one loop on its own thread and hands the caller LaunchEvents in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import secrets
+import selectors
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import psutil
+
+from . import rendezvous, tree
+from .devices import cpu_sets
+from .env import config_file, error_file, worker_env
+from .errors import LaunchError
+from .group_channel import GroupChannel
+from .group_policy import GroupPolicy, GroupState, LaunchEvent
+from .health import INTERVAL_ENV, RANK_ENV, SOCKET_ENV, TOKEN_ENV
+from .health_server import HealthServer
+from .logfile import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
+from .output import OutputRouter
+from .plan import LaunchSpec, Plan, make_plan, pick_free_port
+from .report import WorkerEnd, read_error_file
+from .supervisor import (
+    KILL_WAIT,
+    REPORT_WAIT,
+    RUN_DIR_PREFIX,
+    ZYGOTE_READY_TIMEOUT,
+    LaunchResult,
+    sweep_stale_run_dirs,
+)
+from .workers import Worker, ZygoteClient, fork_rule_allows, spawn_worker
+
+if TYPE_CHECKING:
+    from ..core.topology import Topology
+
+POLL = 0.05
+DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
+DEFAULT_RESTART_BACKOFF_S = 0.5
+
+
+def service_plan(spec: LaunchSpec) -> Plan:
+    """make_plan for a service launch: restarts are coordinated across nodes here, so
+    --max-restarts is allowed with --nnodes > 1."""
+    if spec.max_restarts < 0:
+        raise LaunchError(f"--max-restarts {spec.max_restarts} must be >= 0")
+    plan = make_plan(dataclasses.replace(spec, max_restarts=0))
+    return dataclasses.replace(plan, max_restarts=spec.max_restarts)
+
+
+class _Stop(BaseException):
+    """stop() was called while the launch was still starting: unwind at a safe point."""
+
+
+class ServiceOutput(OutputRouter):
+    """Worker output as a plain launch routes it, with size-rotated per-rank log files."""
+
+    def __init__(self, plan: Plan, stdout: TextIO | None, stderr: TextIO | None,
+                 max_log_bytes: int, log_backups: int):
+        super().__init__(plan, stdout, stderr)
+        self.max_log_bytes = max_log_bytes
+        self.log_backups = log_backups
+
+    def open_logs(self, restart_count: int = 0) -> None:
+        if self.plan.log_dir is None:
+            return
+        self.plan.log_dir.mkdir(parents=True, exist_ok=True)
+        for local in range(self.plan.nproc_per_node):
+            if local in self._files or not (self.plan.logged(local, 1)
+                                            or self.plan.logged(local, 2)):
+                continue
+            self._files[local] = RotatingLog(self.log_path(local), self.max_log_bytes,
+                                             self.log_backups)
+
+    def mark_restart(self, local_rank: int, attempt: int) -> None:
+        """A marker line before a restarted rank's output; its tail starts afresh."""
+        self.tails[local_rank].clear()
+        log = self._files.get(local_rank)
+        if log is not None:
+            log.write(f"# pypto launch: restart {attempt}\n".encode())
+            log.flush()
+
+
+@dataclass
+class _Group:
+    """One worker group's mechanics on this node (its policy holds the rest)."""
+
+    policy: GroupPolicy
+    locals: tuple[int, ...]  # this node's local ranks of the group
+    addr: str
+    port: int
+    workers: dict[int, Worker] = field(default_factory=dict)  # local rank -> worker
+    procs: list[psutil.Process] = field(default_factory=list)
+    tokens: dict[int, str] = field(default_factory=dict)  # local rank -> health token
+    beats: dict[int, float] = field(default_factory=dict)  # local rank -> last heartbeat
+    started: float = 0.0
+    kill_at: float | None = None
+    give_up_at: float | None = None
+    restart_at: float | None = None
+    ended: set[int] = field(default_factory=set)  # local ranks whose end was handled
+
+    @property
+    def index(self) -> int:
+        return self.policy.index
+
+    @property
+    def first(self) -> int:
+        return self.policy.ranks[0]
+
+    def alive(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.returncode is None]
+
+
+class ServiceLaunch:
+    """Run a plan as a service: groups supervised apart, events for the caller.
+
+    `start()` returns at once; `next_event(timeout)` yields LaunchEvents in order;
+    `stop(grace_s)` tears everything down; `wait()` returns when the launch has ended
+    (restarts exhausted, or stopped). Worker lines go to `stdout`/`stderr` as in a plain
+    launch.
+    """
+
+    def __init__(self, plan: Plan, *, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+                 restart_backoff_s: float = DEFAULT_RESTART_BACKOFF_S,
+                 ready_timeout_s: float | None = None, max_log_bytes: int = DEFAULT_MAX_BYTES,
+                 log_backups: int = DEFAULT_BACKUPS, stdout: TextIO | None = None,
+                 stderr: TextIO | None = None):
+        if heartbeat_timeout_s <= 0 or restart_backoff_s < 0:
+            raise LaunchError("--heartbeat-timeout must be > 0 and --restart-backoff >= 0 "
+                              "(seconds)")
+        if ready_timeout_s is not None and ready_timeout_s <= 0:
+            raise LaunchError("--ready-timeout must be > 0 seconds")
+        if max_log_bytes < 1024:
+            raise LaunchError(f"--max-log-bytes {max_log_bytes} is too small; give at "
+                              "least 1024")
+        self.plan = plan
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.heartbeat_interval_s = max(0.02, min(1.0, heartbeat_timeout_s / 5))
+        self.restart_backoff_s = restart_backoff_s
+        self.ready_timeout_s = ready_timeout_s
+        self.out = ServiceOutput(plan, stdout, stderr, max_log_bytes, log_backups)
+        self._events: queue.Queue[LaunchEvent | None] = queue.Queue()
+        self._ended = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="pypto-service", daemon=True)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop_grace: float | None = None
+        self._stopping = False
+        self._applied_grace = float("inf")
+        self._started = False
+        self.result = LaunchResult(exit_code=1, log_dir=plan.log_dir)
+        self.zygote: ZygoteClient | None = None
+        self.channel: GroupChannel | None = None
+        self.health: HealthServer | None = None
+        self.groups: list[_Group] = []
+        self._sel = selectors.DefaultSelector()
+        self._by_local: dict[int, _Group] = {}
+        self._conn_local: dict[int, int] = {}  # health connection fd -> local rank
+        self._zygote_procs: list[psutil.Process] = []
+        self.run_dir: Path | None = None
+
+    # --- the caller's side ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check what can fail at once (raises LaunchError), then supervise on a thread."""
+        if self._started:
+            raise RuntimeError("ServiceLaunch.start() was called twice")
+        self._started = True
+        try:
+            self._prepare()
+        except BaseException:
+            self._cleanup()
+            self._ended.set()
+            raise
+        self._thread.start()
+
+    def next_event(self, timeout: float | None = None) -> LaunchEvent | None:
+        """The next event, waiting up to `timeout` seconds; None when none came in time or
+        the launch has ended and every event was taken."""
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if event is None:  # the end marker: leave it for later callers
+            self._events.put(None)
+        return event
+
+    def stop(self, grace_s: float | None = None) -> LaunchResult:
+        """Stop every group (SIGTERM, `grace_s` (default the plan's grace period), then
+        SIGKILL), reap everything, and return the result."""
+        self.request_stop(grace_s)
+        return self.wait()
+
+    def request_stop(self, grace_s: float | None = None) -> None:
+        """stop() without waiting; a later call with a shorter grace shortens it."""
+        grace = self.plan.grace_period if grace_s is None else grace_s
+        if self._stop_grace is None or grace < self._stop_grace:
+            self._stop_grace = grace
+        self._wake()
+
+    def wait(self, timeout: float | None = None) -> LaunchResult:
+        """The result once the launch has ended; TimeoutError if it has not within
+        `timeout` seconds."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"the service launch did not end within {timeout}s")
+        return self.result
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        plan = self.plan
+        for warning in plan.warnings:
+            self.out.say(f"pypto launch: warning: {warning}")
+        sweep_stale_run_dirs()
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
+        self.topology = plan.topology()
+        if plan.config is not None:
+            config_file(self.run_dir).write_text(plan.config.model_dump_json())
+        if plan.nnodes == 1:
+            rendezvous.check_port_free(plan.master_port)
+        self.health = HealthServer(self.run_dir)
+        self._sel.register(self.health.fileno(), selectors.EVENT_READ, ("listen", None))
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self.groups = self._make_groups(self.topology)
+        for g in self.groups:
+            for local in g.locals:
+                self._by_local[local] = g
+        self.out.open_logs()
+
+    def _make_groups(self, topology: Topology | None) -> list[_Group]:
+        plan = self.plan
+        domains = topology.restart_domains() if topology is not None else (
+            range(plan.world_size),)
+        mine = range(plan.global_rank(0), plan.global_rank(plan.nproc_per_node))
+        groups = []
+        for index, ranks in enumerate(domains):
+            local = tuple(r - mine.start for r in ranks if r in mine)
+            if not local:
+                continue
+            policy = GroupPolicy(index, tuple(ranks), plan.max_restarts, self.restart_backoff_s)
+            if plan.nnodes > 1:  # every node derives the same port for a group
+                port = plan.master_port + index
+            else:
+                port = plan.master_port if 0 in ranks else 0
+            groups.append(_Group(policy, local, plan.master_addr, port))
+        return groups
+
+    # --- the supervision thread --------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except _Stop:
+            for g in self.groups:
+                self._emit(g.policy.stop())
+            self.result.exit_code = 0
+        except LaunchError as e:
+            self.result.exit_code, self.result.cause = e.code, str(e)
+            self.out.say(f"pypto launch: {e}")
+            if self.channel is not None:
+                self.channel.send_stop(str(e))
+        except BaseException as e:  # noqa: B036 - a launcher bug must still clean up
+            self.result.exit_code, self.result.cause = 1, f"{type(e).__name__}: {e}"
+            self.out.say(f"pypto launch: internal error: {type(e).__name__}: {e}")
+            raise
+        finally:
+            self._cleanup()
+            for g in self.groups:  # whatever ended the launch, every group ends stopped
+                if g.policy.state is not GroupState.STOPPED:
+                    self._emit(g.policy.stop())
+            self._ended.set()
+            self._events.put(None)
+
+    def _run(self) -> None:
+        plan = self.plan
+        start = time.monotonic()
+        allowed, why_not = fork_rule_allows(plan.start_method, plan.platform,
+                                            plan.nproc_per_node, dict(plan.base_env))
+        if allowed:
+            self.zygote = ZygoteClient(dict(plan.base_env), plan.cwd)
+            self._track_zygote()
+        if plan.nnodes > 1:
+            self._rendezvous()
+        if self.zygote is not None:
+            safe, why_not = self.zygote.wait_ready(ZYGOTE_READY_TIMEOUT, self._check_stop)
+            if not safe:
+                self.out.say(f"pypto launch: not forking workers ({why_not}); spawning them")
+                self._drop_zygote()
+        self.result.start_method = "fork" if self.zygote is not None else "spawn"
+        self.result.fork_refused = why_not
+        if self.zygote is not None:
+            self._sel.register(self.zygote.fileno(), selectors.EVENT_READ, ("zygote", None))
+        for g in self.groups:
+            self._start_group(g)
+        next_check = time.monotonic() + 1.0
+        while True:
+            self._check_stop_request()
+            for key, _ in self._sel.select(timeout=POLL):
+                self._handle(key)
+            now = time.monotonic()
+            self._poll_ends(now)
+            if now >= next_check:
+                self._find_unreported_ends(now)
+                self._close_stale_health(now)
+                next_check = now + 1.0
+            for g in self.groups:
+                self._advance(g, now)
+            if all(g.policy.state is GroupState.STOPPED and not g.alive()
+                   for g in self.groups):
+                break
+        self.result.wall_s = time.monotonic() - start
+        exhausted = [g for g in self.groups if g.policy.exhausted]
+        remote = self.channel.stopped if self.channel is not None else None
+        if exhausted:
+            f = exhausted[0].policy.failure
+            assert f is not None
+            self.result.exit_code = 1
+            self.result.cause = f"group {f.group}: {f.why()}; no restarts left"
+        elif remote is not None and self._stop_grace is None:
+            self.result.exit_code = 1
+            self.result.cause = f"node {remote.node} stopped: {remote.why}"
+        else:
+            self.result.exit_code = 0
+
+    def _check_stop(self) -> None:
+        """A safe point during start-up: unwind when stop() was called."""
+        if self._stop_grace is not None:
+            raise _Stop()
+
+    def _rendezvous(self) -> None:
+        import hashlib
+
+        plan = self.plan
+        digest = ""
+        if plan.config is not None:
+            digest = hashlib.sha256(plan.config.model_dump_json().encode()).hexdigest()[:16]
+        me = rendezvous.NodeHello(plan.node_rank, plan.nnodes, plan.nproc_per_node,
+                                  plan.run_id, digest)
+        if plan.node_rank == 0:
+            peers = rendezvous.host(plan.master_port, me, plan.rdzv_timeout, self._check_stop)
+        else:
+            peers = {0: rendezvous.join(plan.master_addr, plan.master_port, me,
+                                        plan.rdzv_timeout, self._check_stop)}
+        self.channel = GroupChannel(plan.node_rank, peers)
+        for node, sock in self.channel.sockets().items():
+            self._sel.register(sock.fileno(), selectors.EVENT_READ, ("control", node))
+
+    # --- starting a group -----------------------------------------------------------------
+
+    def _start_group(self, g: _Group) -> None:
+        policy = g.policy
+        attempt = policy.attempt
+        self._emit(policy.start())
+        plan = self.plan
+        port = g.port or pick_free_port()
+        cpus = cpu_sets(plan.nproc_per_node) if plan.cpu_bind else None
+        g.workers, g.procs, g.tokens, g.beats, g.ended = {}, [], {}, {}, set()
+        g.kill_at = g.give_up_at = g.restart_at = None
+        g.started = time.monotonic()
+        assert self.run_dir is not None and self.health is not None
+        for local in g.locals:
+            if attempt:
+                self.out.mark_restart(local, attempt)
+            rank = plan.global_rank(local)
+            token = secrets.token_hex(16)
+            env = worker_env(plan, local, attempt, self.run_dir, self.topology)
+            env.update({
+                "RANK": str(rank - g.first), "WORLD_SIZE": str(len(policy.ranks)),
+                "ROLE_RANK": str(rank - g.first), "ROLE_WORLD_SIZE": str(len(policy.ranks)),
+                "MASTER_ADDR": g.addr, "MASTER_PORT": str(port),
+                RANK_ENV: str(rank), "PYPTO_WORLD_SIZE": str(plan.world_size),
+                "PYPTO_GROUP": str(g.index),
+                SOCKET_ENV: self.health.address, TOKEN_ENV: token,
+                INTERVAL_ENV: f"{self.heartbeat_interval_s:g}",
+            })
+            error_file(self.run_dir, attempt, local).parent.mkdir(parents=True, exist_ok=True)
+            worker = self._start_one(local, rank, env, cpus[local] if cpus else None)
+            g.workers[local] = worker
+            g.tokens[local] = token
+            try:
+                g.procs.append(psutil.Process(worker.pid))
+            except psutil.Error:
+                pass
+
+    def _start_one(self, local: int, rank: int, env: dict[str, str],
+                   cpus: list[int] | None) -> Worker:
+        plan = self.plan
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            worker = None
+            if self.zygote is not None:
+                request = {"local_rank": local, "env": env, "cwd": plan.cwd,
+                           "target": plan.target.value, "is_module": plan.target.is_module,
+                           "args": list(plan.target.args), "cpus": cpus}
+                try:
+                    pid = self.zygote.fork(request, (out_w, err_w))
+                    worker = Worker(local, rank, pid, out_r, err_r, time.time())
+                except OSError as e:
+                    self.out.say(f"pypto launch: the zygote failed while starting rank {rank} "
+                                 f"({e}); spawning workers from now on")
+                    self._zygote_lost()
+            if worker is None:
+                try:
+                    popen = spawn_worker(plan.target, env, plan.cwd, (out_w, err_w), cpus)
+                except OSError as e:
+                    raise LaunchError(f"cannot start the worker of rank {rank}: {e}",
+                                      code=1) from None
+                worker = Worker(local, rank, popen.pid, out_r, err_r, time.time(), popen=popen)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        for fd, num in ((out_r, 1), (err_r, 2)):
+            os.set_blocking(fd, False)
+            self._sel.register(fd, selectors.EVENT_READ, ("out", (worker, num)))
+        return worker
+
+    # --- events from the selector --------------------------------------------------------
+
+    def _handle(self, key: selectors.SelectorKey) -> None:
+        kind, data = key.data
+        if kind == "out":
+            worker, num = data
+            self._read(worker, num, key.fd)
+        elif kind == "wake":
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        elif kind == "listen":
+            assert self.health is not None
+            for fd in self.health.accept():
+                self._sel.register(fd, selectors.EVENT_READ, ("health", None))
+        elif kind == "health":
+            self._health(key.fd)
+        elif kind == "zygote":
+            assert self.zygote is not None
+            self._note_exits(self.zygote.drain())
+            if self.zygote.closed:
+                self._zygote_lost()
+        elif kind == "control":
+            self._control(data, key.fd)
+
+    def _read(self, w: Worker, num: int, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.out.feed(w.local_rank, num, data)
+            return
+        self._close_pipe(w, fd, num)
+
+    def _close_pipe(self, w: Worker, fd: int, num: int) -> None:
+        if fd not in w.open_fds:
+            return
+        self._sel.unregister(fd)
+        os.close(fd)
+        w.open_fds.discard(fd)
+        self.out.close_stream(w.local_rank, num)
+
+    def _drain(self, w: Worker) -> None:
+        """Read what an ended worker left in its pipes, then close them."""
+        for fd, num in ((w.stdout_fd, 1), (w.stderr_fd, 2)):
+            for _ in range(64):
+                if fd not in w.open_fds:
+                    break
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                self.out.feed(w.local_rank, num, data)
+            self._close_pipe(w, fd, num)
+
+    def _health(self, fd: int) -> None:
+        assert self.health is not None
+        for note in self.health.read(fd):
+            if note.kind == "closed":
+                self._sel.unregister(fd)
+                self._conn_local.pop(fd, None)
+                return
+            if note.kind == "ready":
+                self._on_ready(fd, note.rank, note.token, note.payload or {})
+            elif note.kind == "beat":
+                local = self._conn_local.get(fd)
+                g = self._by_local.get(local) if local is not None else None
+                if g is not None and local in g.beats:
+                    g.beats[local] = time.monotonic()
+
+    def _on_ready(self, fd: int, rank: int | None, token: str, payload: dict) -> None:
+        assert self.health is not None
+        local = (rank - self.plan.global_rank(0)) if rank is not None else -1
+        g = self._by_local.get(local)
+        if g is None or not secrets.compare_digest(g.tokens.get(local, ""), token):
+            self._sel.unregister(fd)  # not a worker of this attempt (stale, or a stranger)
+            self.health.close(fd)
+            return
+        self._conn_local[fd] = local
+        g.beats[local] = time.monotonic()
+        self._emit(g.policy.worker_ready(rank, payload))
+        if self.channel is not None and self._spans_nodes(g):
+            self.channel.send_ready(g.index, g.policy.attempt, rank, payload)
+
+    def _control(self, node: int, fd: int) -> None:
+        assert self.channel is not None
+        messages = self.channel.read(node)
+        if node not in self.channel.sockets():
+            self._sel.unregister(fd)
+        for message in messages:
+            op = message.get("op")
+            g = next((g for g in self.groups if g.index == message.get("group")), None)
+            if op == "ready" and g is not None and message.get("attempt") == g.policy.attempt:
+                self._emit(g.policy.worker_ready(int(message["rank"]),
+                                                 dict(message.get("payload") or {})))
+            elif op == "failed" and g is not None and message.get(
+                    "attempt") == g.policy.attempt:
+                self._fail(g, int(message["rank"]), str(message["cause"]),
+                           exit_code=message.get("exit_code"), sig=message.get("signal"),
+                           tail=tuple(message.get("log_tail") or ()),
+                           node=int(message["node"]), tell=False)
+        if self.channel.stopped is not None and not self._stopping:
+            self._stop_all(self.plan.grace_period)
+
+    # --- worker ends ---------------------------------------------------------------------
+
+    def _all_workers(self) -> list[Worker]:
+        return [w for g in self.groups for w in g.workers.values()]
+
+    def _note_exits(self, exits: list[tuple[int, int]]) -> None:
+        by_pid = {w.pid: w for w in self._all_workers() if w.returncode is None}
+        for pid, status in exits:
+            if pid in by_pid:
+                by_pid[pid].set_status(status)
+
+    def _poll_ends(self, now: float) -> None:
+        if self.zygote is not None:
+            self._note_exits(self.zygote.take_queued())
+        for g in self.groups:
+            for w in g.workers.values():
+                if w.popen is not None and w.returncode is None:
+                    code = w.popen.poll()
+                    if code is not None:
+                        w.returncode, w.ended = code, time.time()
+                if w.returncode is not None and w.local_rank not in g.ended:
+                    g.ended.add(w.local_rank)
+                    self._drain(w)
+                    self._on_end(g, w)
+
+    def _on_end(self, g: _Group, w: Worker) -> None:
+        """A worker of `g` ended: a failure when its group was meant to be running."""
+        if self._stopping or not g.policy.running:
+            return
+        code = w.returncode
+        assert code is not None
+        cause = "exited-0" if code == 0 else ("signal" if code < 0 else "exit")
+        self._fail(g, w.rank, cause, exit_code=code if code >= 0 else None,
+                   sig=-code if code < 0 else None, tail=tuple(self.out.tails[w.local_rank]),
+                   end=self._end_of(g, w))
+
+    def _end_of(self, g: _Group, w: Worker) -> WorkerEnd:
+        assert w.returncode is not None and self.run_dir is not None
+        error = read_error_file(error_file(self.run_dir, g.policy.attempt, w.local_rank))
+        return WorkerEnd(rank=w.rank, local_rank=w.local_rank, node=self.plan.node_rank,
+                         returncode=w.returncode, time=w.ended or time.time(),
+                         restart_count=g.policy.attempt,
+                         tail=tuple(self.out.tails[w.local_rank]), error=error,
+                         status_unknown=w.status_unknown)
+
+    def _fail(self, g: _Group, rank: int, cause: str, *, exit_code: int | None = None,
+              sig: int | None = None, tail: tuple[str, ...] = (), node: int | None = None,
+              end: WorkerEnd | None = None, tell: bool = True) -> None:
+        """Record the group's failure (the first one counts), and tear the group down."""
+        attempt = g.policy.attempt
+        event = g.policy.worker_failed(rank, cause, exit_code=exit_code, signal=sig,
+                                       log_tail=tail, node=node if self.plan.nnodes > 1 else None)
+        if event is None:
+            return
+        if event.node is None and self.plan.nnodes > 1:
+            event = dataclasses.replace(event, node=self.plan.node_rank)
+        self._emit(event)
+        if end is not None:
+            self.result.failures.append(end)
+        if tell and self.channel is not None and self._spans_nodes(g):
+            self.channel.send_failed(g.index, attempt, rank, cause, exit_code, sig, tail)
+        self._teardown(g, hung=rank if cause == "hung" else None)
+
+    def _teardown(self, g: _Group, hung: int | None = None) -> None:
+        """SIGTERM the group's live workers (SIGKILL a hung one at once); SIGKILL the rest
+        after the grace period (see _advance)."""
+        for w in g.alive():
+            tree.signal_group_once(w.pid, signal.SIGKILL if w.rank == hung else signal.SIGTERM)
+        g.kill_at = time.monotonic() + self.plan.grace_period
+        g.give_up_at = None
+
+    # --- timers: heartbeats, teardown, restarts ----------------------------------------------
+
+    def _advance(self, g: _Group, now: float) -> None:
+        policy = g.policy
+        if policy.running and not self._stopping:
+            for local, beat in g.beats.items():
+                if now - beat > self.heartbeat_timeout_s and g.workers[local].returncode is None:
+                    w = g.workers[local]
+                    self._fail(g, w.rank, "hung", tail=tuple(self.out.tails[local]))
+                    return
+            if (policy.state is GroupState.STARTING and self.ready_timeout_s is not None
+                    and now - g.started > self.ready_timeout_s):
+                late = next(w for w in g.workers.values() if w.local_rank not in g.beats)
+                self._fail(g, late.rank, "hung", tail=tuple(self.out.tails[late.local_rank]))
+                return
+        alive = g.alive()
+        if alive and g.kill_at is not None and now >= g.kill_at:
+            for w in alive:
+                tree.signal_group_once(w.pid, signal.SIGKILL)
+            g.kill_at, g.give_up_at = None, now + KILL_WAIT
+        elif alive and g.give_up_at is not None and now >= g.give_up_at:
+            for w in alive:  # still running after SIGKILL: name it and stop waiting
+                if _running(w.pid):
+                    self.result.unkillable.append(f"rank {w.rank} (pid {w.pid})")
+                w.returncode, w.ended, w.status_unknown = -signal.SIGKILL, time.time(), True
+            alive = []
+        if alive or any(w.open_fds for w in g.workers.values()):
+            return
+        if policy.state is GroupState.FAILED or (self._stopping and policy.state
+                                                 is not GroupState.STOPPED):
+            self._finish_teardown(g)
+            if self._stopping:
+                self._emit(policy.stop())
+                return
+            self._emit(policy.torn_down())
+            if policy.state is GroupState.RESTARTING:
+                self.result.restarts += 1
+                g.restart_at = now + policy.backoff_s()
+            elif policy.exhausted:
+                self._stop_all(self.plan.grace_period)
+                if self.channel is not None:
+                    self.channel.send_stop(f"group {g.index}: {policy.failure.why()}; "
+                                           "no restarts left")
+        elif policy.state is GroupState.RESTARTING and g.restart_at is not None \
+                and now >= g.restart_at and not self._stopping:
+            self._start_group(g)
+
+    def _finish_teardown(self, g: _Group) -> None:
+        """Every worker of `g` has ended: kill what they left (children, daemons), reap."""
+        left = tree.kill_tree(g.procs, [w.pid for w in g.workers.values()])
+        for proc in left:
+            self.result.unkillable.append(f"pid {proc.pid}")
+        for w in g.workers.values():
+            if w.popen is not None:
+                try:
+                    w.popen.wait(0)
+                except Exception:  # noqa: BLE001 - already reaped or unkillable
+                    pass
+        for fd, local in list(self._conn_local.items()):
+            if local in g.locals:
+                self._sel.unregister(fd)
+                del self._conn_local[fd]
+                assert self.health is not None
+                self.health.close(fd)
+        g.procs = []
+        g.beats = {}
+
+    def _find_unreported_ends(self, now: float) -> None:
+        """A forked worker dead for REPORT_WAIT s without the zygote's report has ended."""
+        for w in self._all_workers():
+            if w.popen is not None or w.returncode is not None or _running(w.pid):
+                continue
+            w.dead_since = w.dead_since or now
+            if now - w.dead_since >= REPORT_WAIT:
+                w.returncode, w.ended, w.status_unknown = 1, time.time(), True
+
+    def _close_stale_health(self, now: float) -> None:
+        assert self.health is not None
+        for fd in self.health.stale(now):
+            self._sel.unregister(fd)
+            self.health.close(fd)
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def _check_stop_request(self) -> None:
+        grace = self._stop_grace
+        if grace is not None and not self._stopping:
+            self._stop_all(grace)
+        elif grace is not None and grace < self._applied_grace:  # asked again, sooner
+            self._applied_grace = grace
+            deadline = time.monotonic() + grace
+            for g in self.groups:
+                if g.kill_at is not None:
+                    g.kill_at = min(g.kill_at, deadline)
+        if self.channel is not None and self.channel.stopped is not None and not self._stopping:
+            self._stop_all(self.plan.grace_period)
+
+    def _stop_all(self, grace: float) -> None:
+        """Stop every group: SIGTERM now, SIGKILL after `grace`; groups without workers
+        are stopped at once."""
+        self._stopping = True
+        self._applied_grace = grace
+        now = time.monotonic()
+        for g in self.groups:
+            if g.policy.state is GroupState.STOPPED:
+                continue
+            for w in g.alive():
+                tree.signal_group_once(w.pid, signal.SIGTERM)
+            g.kill_at, g.give_up_at = now + grace, None
+        if self.channel is not None and self.channel.stopped is None:
+            self.channel.send_stop("its service launch stopped")
+
+    def _zygote_lost(self) -> None:
+        """The zygote died, and its forked workers with it: they ended by SIGKILL; later
+        starts spawn."""
+        if self.zygote is None:
+            return
+        try:
+            self._sel.unregister(self.zygote.fileno())
+        except (KeyError, ValueError):
+            pass
+        for w in self._all_workers():
+            if w.popen is None and w.returncode is None:
+                w.returncode, w.ended = -signal.SIGKILL, time.time()
+        self.out.say(f"pypto launch: the zygote (pid {self.zygote.pid}) is gone; the workers "
+                     "forked from it died with it; restarts spawn their workers")
+        self._drop_zygote()
+
+    def _drop_zygote(self) -> None:
+        assert self.zygote is not None
+        self.zygote.close()
+        self.zygote = None
+
+    def _track_zygote(self) -> None:
+        assert self.zygote is not None
+        try:
+            self._zygote_procs.append(psutil.Process(self.zygote.pid))
+        except psutil.Error:
+            pass
+
+    def _spans_nodes(self, g: _Group) -> bool:
+        return len(g.locals) < len(g.policy.ranks)
+
+    def _emit(self, event: LaunchEvent | None) -> None:
+        if event is not None:
+            self._events.put(event)
+
+    def _cleanup(self) -> None:
+        """Kill and reap the whole tree, close every fd, remove the run directory."""
+        try:
+            roots: list[psutil.Process] = [p for g in self.groups for p in g.procs]
+            if self.zygote is not None:
+                try:
+                    roots += psutil.Process(self.zygote.pid).children()
+                except psutil.Error:
+                    pass
+            pids = [w.pid for w in self._all_workers()]
+            left = tree.kill_tree(roots, pids)
+            if self.zygote is not None:
+                self.zygote.close()
+                self.zygote = None
+            left += tree.kill_tree(self._zygote_procs, pids)
+            self.result.unkillable += [f"pid {p.pid}" for p in left]
+        finally:
+            for w in self._all_workers():
+                for fd in list(w.open_fds):
+                    try:
+                        self._sel.unregister(fd)
+                    except (KeyError, ValueError):
+                        pass
+                    os.close(fd)
+                w.open_fds.clear()
+                if w.popen is not None:
+                    try:
+                        w.popen.wait(0)
+                    except Exception:  # noqa: BLE001
+                        pass
+            if self.health is not None:
+                self.health.shutdown()
+            if self.channel is not None:
+                self.channel.close()
+            self._sel.close()
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.out.close()
+            if self.run_dir is not None:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def run_service(spec: LaunchSpec, *, stdout: TextIO | None = None,
+                stderr: TextIO | None = None, own_process: bool = False,
+                **options: float | int | None) -> LaunchResult:
+    """The CLI's service launch: start it, print every event on stderr as it happens,
+    forward SIGINT/SIGTERM/SIGHUP/SIGQUIT as a stop (a second one kills at once).
+
+    `options` are ServiceLaunch's keyword arguments. Raises LaunchError for bad input
+    before anything starts.
+    """
+    import sys
+
+    from .prctl import become_subreaper
+    from .supervisor import HANDLED_SIGNALS
+
+    plan = service_plan(spec)
+    err = sys.stderr if stderr is None else stderr
+    launch = ServiceLaunch(plan, stdout=stdout, stderr=stderr, **options)  # type: ignore[arg-type]
+    if own_process:
+        become_subreaper()
+    received: list[int] = []
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in HANDLED_SIGNALS:
+            old[sig] = signal.signal(sig, lambda signum, _frame: received.append(signum))
+    try:
+        launch.start()
+        asked = 0
+        while True:
+            event = launch.next_event(timeout=0.1)
+            if event is not None:
+                _print_event(event, err)
+            elif launch.ended:
+                break
+            if len(received) > asked:
+                launch.request_stop(plan.grace_period if asked == 0 else 0.0)
+                asked = len(received)
+        result = launch.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if received:
+        result.exit_code = 128 + received[0]
+        result.signal = signal.Signals(received[0]).name
+    if result.cause:
+        _say(err, f"pypto launch: {result.cause}")
+    for what in result.unkillable:
+        _say(err, f"pypto launch: could not kill (still running after SIGKILL): {what}")
+    return result
+
+
+def _print_event(event: LaunchEvent, err: TextIO) -> None:
+    lines = [f"pypto launch: {event.describe()}"]
+    if event.kind == "ready" and any(event.payloads.values()):
+        import json
+
+        lines.append("  payloads: " + json.dumps({str(k): v for k, v in
+                                                   event.payloads.items()}, default=str))
+    if event.kind == "failed" and event.log_tail:
+        lines.append(f"  last {len(event.log_tail)} line(s) of rank {event.rank}'s output:")
+        lines += [f"    [rank{event.rank}]:{line}" for line in event.log_tail]
+    _say(err, "\n".join(lines))
+
+
+def _say(err: TextIO, text: str) -> None:
+    try:
+        err.write(text + "\n")
+        err.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+__all__ = ["LaunchEvent", "ServiceLaunch", "service_plan"]
