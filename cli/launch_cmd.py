@@ -22,6 +22,7 @@ PYPTO_DP/TP/PP/EP_RANK."""
 
 TORCHRUN = "torchrun flags"
 PYPTO = "pypto flags"
+SERVICE = "service flags (--service)"
 
 
 @config_options(flags=PARALLEL_FLAGS, with_profile=False)
@@ -103,6 +104,23 @@ def launch(
     rdzv_timeout: Annotated[float, typer.Option("--rdzv-timeout", help="Seconds to wait for "
                                                 "the other nodes / the master.",
                                                 rich_help_panel=PYPTO)] = 60.0,
+    service: Annotated[bool, typer.Option("--service", help="Host a service: each restart "
+                                          "domain (a DP replica without EP) is its own group, "
+                                          "restarted alone; workers call launcher.health."
+                                          "report_ready; events are printed as they happen.",
+                                          rich_help_panel=SERVICE)] = False,
+    heartbeat_timeout: Annotated[float, typer.Option(
+        "--heartbeat-timeout", help="Seconds without a heartbeat before a ready worker counts "
+        "as hung.", rich_help_panel=SERVICE)] = 10.0,
+    restart_backoff: Annotated[float, typer.Option(
+        "--restart-backoff", help="Seconds before a group's first restart; doubles per "
+        "restart (at most 30).", rich_help_panel=SERVICE)] = 0.5,
+    ready_timeout: Annotated[float | None, typer.Option(
+        "--ready-timeout", help="Seconds a group may take to become ready (default: no "
+        "limit).", rich_help_panel=SERVICE)] = None,
+    max_log_bytes: Annotated[int, typer.Option(
+        "--max-log-bytes", help="Rotate a rank's --log-dir file past this size (keeps 3).",
+        rich_help_panel=SERVICE)] = 64 << 20,
     source: ConfigSource = None,
 ) -> None:
     from ..launcher import LaunchError, LaunchSpec
@@ -122,7 +140,15 @@ def launch(
     )
     with user_errors():
         try:
-            result = run_launch(spec, own_process=True)
+            if service:
+                from ..launcher.service import run_service
+
+                result = run_service(spec, own_process=True,
+                                     heartbeat_timeout_s=heartbeat_timeout,
+                                     restart_backoff_s=restart_backoff,
+                                     ready_timeout_s=ready_timeout, max_log_bytes=max_log_bytes)
+            else:
+                result = run_launch(spec, own_process=True)
         except LaunchError as e:
             raise fail(str(e), e.code) from None
     raise typer.Exit(result.exit_code)
