@@ -1,22 +1,27 @@
 """The service launchers' channel between nodes: the rendezvous sockets, kept open.
 
 Node 0 is the hub (as in control.py, which plain launches use); what one node sends, node
-0 relays to the others. A group that spans nodes fails, becomes ready and restarts on every
-node together: the node that sees one of its workers fail sends `failed` (group, attempt,
-rank, cause); every node holding that group tears its share down and restarts the same
-attempt number after the same backoff, so nodes agree without a leader. Each node sends
-`ready` for its own ranks, so every node's group policy sees the whole group. `stop` ends
-every node's launch; a connection that closes without `done` counts as a stop.
+0 relays to the others. Node 0 first sends every node's address (`nodes`). A group that
+spans nodes fails, becomes ready and restarts on every node together: the node that sees
+one of its workers fail sends `failed` (group, attempt, rank, cause); every node holding
+that group tears its share down and restarts the same attempt number after the same
+backoff, so nodes agree without a leader. Each node sends `ready` for its own ranks, so
+every node's group policy sees the whole group. `stop` ends every node's launch; a
+connection that closes without `done` counts as a stop.
 JSON lines, each at most MAX_LINE bytes (a longer one closes the connection).
 """
 
 from __future__ import annotations
 
 import json
+import select
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 from .control import RemoteStop
+from .errors import LaunchError
 
 MAX_LINE = 1 << 20
 SEND_TIMEOUT = 2.0
@@ -32,6 +37,9 @@ class GroupChannel:
         self._buffers: dict[int, bytes] = {node: b"" for node in peers}
         self._done: set[int] = set()
         self.stopped: RemoteStop | None = None
+        self._addrs: dict[int, str] | None = None
+        self._early: list[dict[str, Any]] = []
+        self._asked: set[int] = set()
         for sock in self._peers.values():
             sock.setblocking(False)
 
@@ -53,6 +61,45 @@ class GroupChannel:
 
     def send_done(self) -> None:
         self._send({"op": "done"})
+
+    def share_addresses(self, master_addr: str, timeout: float,
+                        check: Callable[[], None] = lambda: None) -> dict[int, str]:
+        """Every node's address, as node 0 sees it (node 0's own: `master_addr`), so a
+        group whose first rank is on node k > 0 can name node k as its MASTER_ADDR.
+
+        Each other node asks (`nodes?`) once the rendezvous is over, and node 0 answers
+        (`nodes`) when all have asked: an answer sent unasked could reach a node inside
+        the rendezvous reply and be lost. LaunchError after `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        if self.node_rank != 0:
+            self._send({"op": "nodes?"})
+        while time.monotonic() < deadline:
+            check()
+            if self.node_rank == 0 and self._asked >= set(self._peers):
+                addrs = {0: master_addr}
+                for node, sock in self._peers.items():
+                    try:
+                        addrs[node] = sock.getpeername()[0]
+                    except OSError:
+                        addrs[node] = master_addr
+                self._send({"op": "nodes", "addrs": {str(k): v for k, v in addrs.items()}})
+                return addrs
+            if self._addrs is not None:
+                return self._addrs
+            if self.stopped is not None or not self._peers:
+                break
+            ready, _, _ = select.select(list(self._peers.values()), [], [], 0.2)
+            for node, sock in list(self._peers.items()):
+                if sock in ready:
+                    self._early += self.read(node)
+        raise LaunchError(f"the node addresses were not exchanged within {timeout:g}s "
+                          f"({self.stopped.why if self.stopped else 'no answer'})", code=1)
+
+    def take_early(self) -> list[dict[str, Any]]:
+        """Group messages that arrived while waiting for the addresses."""
+        early, self._early = self._early, []
+        return early
 
     def read(self, node: int) -> list[dict[str, Any]]:
         """The group messages that arrived from `node` (relayed on when this is node 0).
@@ -99,6 +146,10 @@ class GroupChannel:
                     self.stopped = RemoteStop(int(origin), str(message.get("why", "")))
             elif op in ("ready", "failed"):
                 found.append(message)
+            elif op == "nodes?":
+                self._asked.add(node)
+            elif op == "nodes" and isinstance(message.get("addrs"), dict):
+                self._addrs = {int(k): str(v) for k, v in message["addrs"].items()}
         return found
 
     def close(self) -> None:

@@ -176,6 +176,7 @@ class ServiceLaunch:
         self._sel = selectors.DefaultSelector()
         self._by_local: dict[int, _Group] = {}
         self._conn_local: dict[int, int] = {}  # health connection fd -> local rank
+        self._pending: dict[tuple[int, int], list[dict]] = {}  # (group, attempt) -> messages
         self._zygote_procs: list[psutil.Process] = []
         self.run_dir: Path | None = None
 
@@ -374,6 +375,12 @@ class ServiceLaunch:
             peers = {0: rendezvous.join(plan.master_addr, plan.master_port, me,
                                         plan.rdzv_timeout, self._check_stop)}
         self.channel = GroupChannel(plan.node_rank, peers)
+        addrs = self.channel.share_addresses(plan.master_addr, plan.rdzv_timeout,
+                                             self._check_stop)
+        for g in self.groups:
+            g.addr = addrs.get(g.first // plan.nproc_per_node, plan.master_addr)
+        for message in self.channel.take_early():
+            self._remote(message)
         for node, sock in self.channel.sockets().items():
             self._sel.register(sock.fileno(), selectors.EVENT_READ, ("control", node))
 
@@ -413,6 +420,8 @@ class ServiceLaunch:
                 g.procs.append(psutil.Process(worker.pid))
             except psutil.Error:
                 pass
+        for message in self._pending.pop((g.index, attempt), []):
+            self._remote(message)
 
     def _start_one(self, local: int, rank: int, env: dict[str, str],
                    cpus: list[int] | None) -> Worker:
@@ -549,19 +558,29 @@ class ServiceLaunch:
         if node not in self.channel.sockets():
             self._sel.unregister(fd)
         for message in messages:
-            op = message.get("op")
-            g = next((g for g in self.groups if g.index == message.get("group")), None)
-            if op == "ready" and g is not None and message.get("attempt") == g.policy.attempt:
-                self._emit(g.policy.worker_ready(int(message["rank"]),
-                                                 dict(message.get("payload") or {})))
-            elif op == "failed" and g is not None and message.get(
-                    "attempt") == g.policy.attempt:
-                self._fail(g, int(message["rank"]), str(message["cause"]),
-                           exit_code=message.get("exit_code"), sig=message.get("signal"),
-                           tail=tuple(message.get("log_tail") or ()),
-                           node=int(message["node"]), tell=False)
+            self._remote(message)
         if self.channel.stopped is not None and not self._stopping:
             self._stop_all(self.plan.grace_period)
+
+    def _remote(self, message: dict) -> None:
+        """Another node's word on a group that spans nodes: for the current attempt it
+        applies now; for a later one (this node is still tearing down) once it starts."""
+        g = next((g for g in self.groups if g.index == message.get("group")), None)
+        attempt = message.get("attempt")
+        if g is None or not isinstance(attempt, int) or attempt < g.policy.attempt:
+            return
+        if attempt > g.policy.attempt or not g.policy.running:
+            if attempt > g.policy.attempt or g.policy.state is not GroupState.FAILED:
+                self._pending.setdefault((g.index, attempt), []).append(message)
+            return
+        if message.get("op") == "ready":
+            self._emit(g.policy.worker_ready(int(message["rank"]),
+                                             dict(message.get("payload") or {})))
+        elif message.get("op") == "failed":
+            self._fail(g, int(message["rank"]), str(message["cause"]),
+                       exit_code=message.get("exit_code"), sig=message.get("signal"),
+                       tail=tuple(message.get("log_tail") or ()),
+                       node=int(message["node"]), tell=False)
 
     # --- worker ends ---------------------------------------------------------------------
 
