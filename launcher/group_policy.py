@@ -121,6 +121,7 @@ class GroupPolicy:
         self.attempt = 0
         self.failure: LaunchEvent | None = None
         self.exhausted = False  # stopped because its restarts ran out
+        self.unready_restarts = 0  # restarts in a row that never reached ready
         self._ready: dict[int, dict[str, Any]] = {}
 
     @property
@@ -152,6 +153,7 @@ class GroupPolicy:
         if len(self._ready) < len(self.ranks):
             return None
         self._move(GroupState.READY)
+        self.unready_restarts = 0
         return self._event("ready", payloads=MappingProxyType(dict(sorted(self._ready.items()))))
 
     def worker_failed(self, rank: int, cause: str, *, exit_code: int | None = None,
@@ -173,8 +175,11 @@ class GroupPolicy:
         return self.max_restarts - self.attempt
 
     def backoff_s(self) -> float:
-        """How long to wait before the next start: doubling per restart, capped."""
-        return min(self.base_backoff_s * (2 ** max(0, self.attempt - 1)), MAX_BACKOFF_S)
+        """How long to wait before the next start: the base, doubled for each restart in
+        a row that did not reach ready (a group that was ready starts from the base
+        again), at most MAX_BACKOFF_S."""
+        return min(self.base_backoff_s * (2 ** max(0, self.unready_restarts - 1)),
+                   MAX_BACKOFF_S)
 
     def torn_down(self) -> LaunchEvent:
         """Every worker of the failed group is gone: RESTARTING (next attempt) when
@@ -185,6 +190,7 @@ class GroupPolicy:
         if self.restarts_left > 0:
             self._move(GroupState.RESTARTING)
             self.attempt += 1
+            self.unready_restarts += 1
             return self._event("restarting")
         self._move(GroupState.STOPPED)
         self.exhausted = True

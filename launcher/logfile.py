@@ -24,7 +24,19 @@ class RotatingLog:
         self._size = 0
 
     def write(self, data: bytes) -> None:
-        if self._size and self._size + len(data) > self.max_bytes:
+        """Append `data`, rotating at line ends so no file exceeds max_bytes (a single
+        line longer than that gets a file of its own)."""
+        while self._size + len(data) > self.max_bytes:
+            room = max(0, self.max_bytes - self._size)
+            cut = data.rfind(b"\n", 0, room) + 1
+            if cut == 0 and self._size == 0:  # one over-long line: it fills a file alone
+                cut = data.find(b"\n") + 1 or len(data)
+            if cut:
+                self._file.write(data[:cut])
+                self._size += cut
+                data = data[cut:]
+            if not data:
+                return
             self._rotate()
         self._file.write(data)
         self._size += len(data)
