@@ -55,8 +55,12 @@ def test_stop_from_any_live_state_and_refused_transitions():
     for steps in ([], ["start"], ["start", "fail"], ["start", "fail", "down"]):
         p = policy()
         for step in steps:
-            {"start": p.start, "fail": lambda: p.worker_failed(2, "exit", exit_code=1),
-             "down": p.torn_down}[step]()
+            if step == "start":
+                p.start()
+            elif step == "fail":
+                p.worker_failed(2, "exit", exit_code=1)
+            else:
+                p.torn_down()
         assert p.stop().kind == "stopped" and not p.exhausted
     p = policy()
     with pytest.raises(TransitionError):
