@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["LaunchError", "LaunchResult", "LaunchSpec", "WorkerEnd", "launch"]
+__all__ = ["LaunchError", "LaunchEvent", "LaunchResult", "LaunchSpec", "ServiceLaunch",
+           "WorkerEnd", "launch", "service_plan"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import launch
     from .errors import LaunchError
+    from .group_policy import LaunchEvent
     from .plan import LaunchSpec
+    from .service import ServiceLaunch, service_plan
     from .supervisor import LaunchResult, WorkerEnd
 
 _HOME = {
@@ -22,6 +25,9 @@ _HOME = {
     "LaunchSpec": "plan",
     "LaunchResult": "supervisor",
     "WorkerEnd": "supervisor",
+    "ServiceLaunch": "service",
+    "service_plan": "service",
+    "LaunchEvent": "group_policy",
 }
 
 

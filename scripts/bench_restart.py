@@ -5,11 +5,11 @@ A `ServiceLaunch` runs DP 2 x TP 2 replicas of the reference model on CPU (gloo)
 worker joins its replica's torch world through `init_distributed()`, builds its shard of
 the reference decoder (`ReferenceModelRunner.load_weights`), runs a warm-up step and calls
 `report_ready`. The bench then kills one worker of replica 1, times death -> "ready" of
-that replica, and repeats. Rows: workers forked from the zygote that holds torch imported
-(the default on CPU) against workers spawned as fresh interpreters (the baseline: each
-restart imports torch again), and forked workers whose zygote also preloaded the executor
-modules the worker imports (PYPTO_ZYGOTE_PRELOAD). Cycles of the rows are interleaved;
-medians shown. Usage:
+that replica, and repeats. Rows: workers forked from a zygote that holds torch and the
+executor imported (a service launch's default on CPU), forked from one that holds torch
+only (a plain launch's preload, PYPTO_ZYGOTE_PRELOAD=torch,torch.distributed), and spawned
+as fresh interpreters (the baseline: each restart imports torch again). Cycles of the rows
+are interleaved; medians shown. Usage:
 
     .venv/bin/python scripts/bench_restart.py [--cycles 7] [--model small-dense]
 """
@@ -45,9 +45,8 @@ while not stop:
     signal.pause()
 """
 
-# PYPTO_ZYGOTE_PRELOAD for the second row: what the worker imports, imported once in the zygote
-EXECUTOR_PRELOAD = ("torch,torch.distributed,pypto_serving.executor.distributed,"
-                    "pypto_serving.executor.runner,pypto_serving.launcher.health")
+# PYPTO_ZYGOTE_PRELOAD of the second row: a plain launch's preload, without the executor
+TORCH_ONLY = "torch,torch.distributed"
 
 
 def config(model: str) -> dict:
@@ -108,8 +107,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=7, help="timed restarts per row")
     parser.add_argument("--model", default="small-dense", help="model profile")
     opts = parser.parse_args()
-    rows = {"fork, zygote preloads torch (default)": ("fork", None),
-            "fork, zygote preloads the executor too": ("fork", EXECUTOR_PRELOAD),
+    rows = {"fork, zygote preloads torch + executor (default)": ("fork", None),
+            "fork, zygote preloads torch only": ("fork", TORCH_ONLY),
             "spawn (fresh interpreter)": ("spawn", None)}
     times: dict[str, list[float]] = {name: [] for name in rows}
     with tempfile.TemporaryDirectory() as tmp:
