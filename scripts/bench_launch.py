@@ -6,6 +6,7 @@ commands are interleaved round-robin (so load drifts hit all of them alike) and 
 shows medians over --runs, with the ratio to torchrun. Usage:
 
     .venv/bin/python scripts/bench_launch.py [--runs 7] [--nproc 4]
+    .venv/bin/python scripts/bench_launch.py --restart [--cycles 7]   # bench_restart.py
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def time_once(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def main() -> None:
+    if "--restart" in sys.argv[1:]:  # a service replica's restart time: bench_restart.py
+        from bench_restart import main as restart_main
+
+        restart_main([a for a in sys.argv[1:] if a != "--restart"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per command")
     parser.add_argument("--nproc", type=int, default=4, help="workers per launch")

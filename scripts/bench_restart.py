@@ -102,11 +102,11 @@ class Launch:
         self.launch.stop(2.0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=7, help="timed restarts per row")
     parser.add_argument("--model", default="small-dense", help="model profile")
-    opts = parser.parse_args()
+    opts = parser.parse_args(argv)
     rows = {"fork, zygote preloads torch + executor (default)": ("fork", None),
             "fork, zygote preloads torch only": ("fork", TORCH_ONLY),
             "spawn (fresh interpreter)": ("spawn", None)}
