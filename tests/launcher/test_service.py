@@ -72,6 +72,7 @@ def test_a_hung_worker_is_detected_within_the_deadline_and_restarted(service):
     service.assert_gone([hung_pid])
     assert pids(again)[1] != hung_pid
     assert service.running(pids(first[0])[0])
+    assert run.history(0) == [("starting", 0), ("ready", 0)]  # heartbeats kept it alive
     assert run.history(1) == [("starting", 0), ("ready", 0), ("failed", 0),
                               ("restarting", 1), ("starting", 1), ("ready", 1)]
 

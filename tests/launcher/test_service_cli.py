@@ -71,3 +71,14 @@ def test_plain_launch_still_counts_exit_0_as_success(lt):
     assert r.returncode == 0, r.stderr
     assert "group" not in r.stderr
     assert {rank: j["sum"] for rank, j in lt.rank_json(r.stdout).items()} == {0: 3.0, 1: 3.0}
+
+
+@pytest.mark.parametrize("flag,value,says", [
+    ("--heartbeat-timeout", "0", "--heartbeat-timeout must be > 0"),
+    ("--max-log-bytes", "10", "--max-log-bytes 10 is too small"),
+])
+def test_bad_service_flags_are_usage_errors_naming_the_flag(lt, flag, value, says):
+    r = lt.run(["--service", "--standalone", flag, value, str(lt.workers / "allreduce.py")],
+               timeout=60)
+    assert r.returncode == 2
+    assert says in r.stderr and "Traceback" not in r.stderr
