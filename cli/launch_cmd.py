@@ -141,7 +141,7 @@ def launch(
     with user_errors():
         try:
             if service:
-                from ..launcher.service import run_service
+                from ..launcher.service_cli import run_service
 
                 result = run_service(spec, own_process=True,
                                      heartbeat_timeout_s=heartbeat_timeout,

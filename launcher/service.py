@@ -34,21 +34,21 @@ from .env import config_file, error_file, worker_env
 from .errors import LaunchError
 from .group_channel import GroupChannel
 from .group_policy import GroupPolicy, GroupState, LaunchEvent
+from .group_workers import GroupWorkers, running
 from .health import INTERVAL_ENV, RANK_ENV, SOCKET_ENV, TOKEN_ENV
 from .health_server import HealthServer
-from .logfile import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
-from .output import OutputRouter
+from .logfile import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
 from .plan import LaunchSpec, Plan, make_plan, pick_free_port
 from .report import WorkerEnd, read_error_file
+from .service_output import ServiceOutput
 from .supervisor import (
-    KILL_WAIT,
     REPORT_WAIT,
     RUN_DIR_PREFIX,
     ZYGOTE_READY_TIMEOUT,
     LaunchResult,
     sweep_stale_run_dirs,
 )
-from .workers import Worker, ZygoteClient, fork_rule_allows, spawn_worker
+from .workers import Worker, ZygoteClient, fork_rule_allows
 from .zygote import DEFAULT_PRELOAD, PRELOAD_ENV
 
 if TYPE_CHECKING:
@@ -77,52 +77,19 @@ class _Stop(BaseException):
     """stop() was called while the launch was still starting: unwind at a safe point."""
 
 
-class ServiceOutput(OutputRouter):
-    """Worker output as a plain launch routes it, with size-rotated per-rank log files."""
-
-    def __init__(self, plan: Plan, stdout: TextIO | None, stderr: TextIO | None,
-                 max_log_bytes: int, log_backups: int):
-        super().__init__(plan, stdout, stderr)
-        self.max_log_bytes = max_log_bytes
-        self.log_backups = log_backups
-
-    def open_logs(self, restart_count: int = 0) -> None:
-        if self.plan.log_dir is None:
-            return
-        self.plan.log_dir.mkdir(parents=True, exist_ok=True)
-        for local in range(self.plan.nproc_per_node):
-            if local in self._files or not (self.plan.logged(local, 1)
-                                            or self.plan.logged(local, 2)):
-                continue
-            self._files[local] = RotatingLog(self.log_path(local), self.max_log_bytes,
-                                             self.log_backups)
-
-    def mark_restart(self, local_rank: int, attempt: int) -> None:
-        """A marker line before a restarted rank's output; its tail starts afresh."""
-        self.tails[local_rank].clear()
-        log = self._files.get(local_rank)
-        if log is not None:
-            log.write(f"# pypto launch: restart {attempt}\n".encode())
-            log.flush()
-
-
 @dataclass
 class _Group:
-    """One worker group's mechanics on this node (its policy holds the rest)."""
+    """One worker group on this node: its policy, its processes, its health bookkeeping."""
 
     policy: GroupPolicy
+    procs: GroupWorkers
     locals: tuple[int, ...]  # this node's local ranks of the group
     addr: str
     port: int
-    workers: dict[int, Worker] = field(default_factory=dict)  # local rank -> worker
-    procs: list[psutil.Process] = field(default_factory=list)
     tokens: dict[int, str] = field(default_factory=dict)  # local rank -> health token
     beats: dict[int, float] = field(default_factory=dict)  # local rank -> last heartbeat
     started: float = 0.0
-    kill_at: float | None = None
-    give_up_at: float | None = None
     restart_at: float | None = None
-    ended: set[int] = field(default_factory=set)  # local ranks whose end was handled
 
     @property
     def index(self) -> int:
@@ -132,8 +99,9 @@ class _Group:
     def first(self) -> int:
         return self.policy.ranks[0]
 
-    def alive(self) -> list[Worker]:
-        return [w for w in self.workers.values() if w.returncode is None]
+    @property
+    def spans_nodes(self) -> bool:
+        return len(self.locals) < len(self.policy.ranks)
 
 
 class ServiceLaunch:
@@ -281,7 +249,8 @@ class ServiceLaunch:
                 port = plan.master_port + index
             else:
                 port = plan.master_port if 0 in ranks else 0
-            groups.append(_Group(policy, local, plan.master_addr, port))
+            procs = GroupWorkers(plan, self.out, self._sel, self._zygote_failed)
+            groups.append(_Group(policy, procs, local, plan.master_addr, port))
         return groups
 
     # --- the supervision thread --------------------------------------------------------------
@@ -339,14 +308,14 @@ class ServiceLaunch:
             for key, _ in self._sel.select(timeout=POLL):
                 self._handle(key)
             now = time.monotonic()
-            self._poll_ends(now)
+            self._poll_ends()
             if now >= next_check:
                 self._find_unreported_ends(now)
                 self._close_stale_health(now)
                 next_check = now + 1.0
             for g in self.groups:
                 self._advance(g, now)
-            if all(g.policy.state is GroupState.STOPPED and not g.alive()
+            if all(g.policy.state is GroupState.STOPPED and not g.procs.alive()
                    for g in self.groups):
                 break
         self.result.wall_s = time.monotonic() - start
@@ -401,8 +370,8 @@ class ServiceLaunch:
         plan = self.plan
         port = g.port or pick_free_port()
         cpus = cpu_sets(plan.nproc_per_node) if plan.cpu_bind else None
-        g.workers, g.procs, g.tokens, g.beats, g.ended = {}, [], {}, {}, set()
-        g.kill_at = g.give_up_at = g.restart_at = None
+        g.procs.reset()
+        g.tokens, g.beats, g.restart_at = {}, {}, None
         g.started = time.monotonic()
         assert self.run_dir is not None and self.health is not None
         for local in g.locals:
@@ -421,52 +390,10 @@ class ServiceLaunch:
                 INTERVAL_ENV: f"{self.heartbeat_interval_s:g}",
             })
             error_file(self.run_dir, attempt, local).parent.mkdir(parents=True, exist_ok=True)
-            worker = self._start_one(local, rank, env, cpus[local] if cpus else None)
-            g.workers[local] = worker
+            g.procs.start(local, rank, env, cpus[local] if cpus else None, self.zygote)
             g.tokens[local] = token
-            try:
-                g.procs.append(psutil.Process(worker.pid))
-            except psutil.Error:
-                pass
         for message in self._pending.pop((g.index, attempt), []):
             self._remote(message)
-
-    def _start_one(self, local: int, rank: int, env: dict[str, str],
-                   cpus: list[int] | None) -> Worker:
-        plan = self.plan
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            worker = None
-            if self.zygote is not None:
-                request = {"local_rank": local, "env": env, "cwd": plan.cwd,
-                           "target": plan.target.value, "is_module": plan.target.is_module,
-                           "args": list(plan.target.args), "cpus": cpus}
-                try:
-                    pid = self.zygote.fork(request, (out_w, err_w))
-                    worker = Worker(local, rank, pid, out_r, err_r, time.time())
-                except OSError as e:
-                    self.out.say(f"pypto launch: the zygote failed while starting rank {rank} "
-                                 f"({e}); spawning workers from now on")
-                    self._zygote_lost()
-            if worker is None:
-                try:
-                    popen = spawn_worker(plan.target, env, plan.cwd, (out_w, err_w), cpus)
-                except OSError as e:
-                    raise LaunchError(f"cannot start the worker of rank {rank}: {e}",
-                                      code=1) from None
-                worker = Worker(local, rank, popen.pid, out_r, err_r, time.time(), popen=popen)
-        except BaseException:
-            os.close(out_r)
-            os.close(err_r)
-            raise
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        for fd, num in ((out_r, 1), (err_r, 2)):
-            os.set_blocking(fd, False)
-            self._sel.register(fd, selectors.EVENT_READ, ("out", (worker, num)))
-        return worker
 
     # --- events from the selector --------------------------------------------------------
 
@@ -474,7 +401,7 @@ class ServiceLaunch:
         kind, data = key.data
         if kind == "out":
             worker, num = data
-            self._read(worker, num, key.fd)
+            self._by_local[worker.local_rank].procs.read(worker, num, key.fd)
         elif kind == "wake":
             try:
                 os.read(self._wake_r, 4096)
@@ -493,43 +420,6 @@ class ServiceLaunch:
                 self._zygote_lost()
         elif kind == "control":
             self._control(data, key.fd)
-
-    def _read(self, w: Worker, num: int, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.out.feed(w.local_rank, num, data)
-            return
-        self._close_pipe(w, fd, num)
-
-    def _close_pipe(self, w: Worker, fd: int, num: int) -> None:
-        if fd not in w.open_fds:
-            return
-        self._sel.unregister(fd)
-        os.close(fd)
-        w.open_fds.discard(fd)
-        self.out.close_stream(w.local_rank, num)
-
-    def _drain(self, w: Worker) -> None:
-        """Read what an ended worker left in its pipes, then close them."""
-        for fd, num in ((w.stdout_fd, 1), (w.stderr_fd, 2)):
-            for _ in range(64):
-                if fd not in w.open_fds:
-                    break
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    data = b""
-                if not data:
-                    break
-                self.out.feed(w.local_rank, num, data)
-            self._close_pipe(w, fd, num)
 
     def _health(self, fd: int) -> None:
         assert self.health is not None
@@ -557,7 +447,7 @@ class ServiceLaunch:
         self._conn_local[fd] = local
         g.beats[local] = time.monotonic()
         self._emit(g.policy.worker_ready(rank, payload))
-        if self.channel is not None and self._spans_nodes(g):
+        if self.channel is not None and g.spans_nodes:
             self.channel.send_ready(g.index, g.policy.attempt, rank, payload)
 
     def _control(self, node: int, fd: int) -> None:
@@ -593,7 +483,7 @@ class ServiceLaunch:
     # --- worker ends ---------------------------------------------------------------------
 
     def _all_workers(self) -> list[Worker]:
-        return [w for g in self.groups for w in g.workers.values()]
+        return [w for g in self.groups for w in g.procs.workers.values()]
 
     def _note_exits(self, exits: list[tuple[int, int]]) -> None:
         by_pid = {w.pid: w for w in self._all_workers() if w.returncode is None}
@@ -601,19 +491,12 @@ class ServiceLaunch:
             if pid in by_pid:
                 by_pid[pid].set_status(status)
 
-    def _poll_ends(self, now: float) -> None:
+    def _poll_ends(self) -> None:
         if self.zygote is not None:
             self._note_exits(self.zygote.take_queued())
         for g in self.groups:
-            for w in g.workers.values():
-                if w.popen is not None and w.returncode is None:
-                    code = w.popen.poll()
-                    if code is not None:
-                        w.returncode, w.ended = code, time.time()
-                if w.returncode is not None and w.local_rank not in g.ended:
-                    g.ended.add(w.local_rank)
-                    self._drain(w)
-                    self._on_end(g, w)
+            for w in g.procs.newly_ended():
+                self._on_end(g, w)
 
     def _on_end(self, g: _Group, w: Worker) -> None:
         """A worker of `g` ended: a failure when its group was meant to be running."""
@@ -649,45 +532,28 @@ class ServiceLaunch:
         self._emit(event)
         if end is not None:
             self.result.failures.append(end)
-        if tell and self.channel is not None and self._spans_nodes(g):
+        if tell and self.channel is not None and g.spans_nodes:
             self.channel.send_failed(g.index, attempt, rank, cause, exit_code, sig, tail)
-        self._teardown(g, hung=rank if cause == "hung" else None)
-
-    def _teardown(self, g: _Group, hung: int | None = None) -> None:
-        """SIGTERM the group's live workers (SIGKILL a hung one at once); SIGKILL the rest
-        after the grace period (see _advance)."""
-        for w in g.alive():
-            tree.signal_group_once(w.pid, signal.SIGKILL if w.rank == hung else signal.SIGTERM)
-        g.kill_at = time.monotonic() + self.plan.grace_period
-        g.give_up_at = None
+        g.procs.stop(self.plan.grace_period, now_kill_rank=rank if cause == "hung" else None)
 
     # --- timers: heartbeats, teardown, restarts ----------------------------------------------
 
     def _advance(self, g: _Group, now: float) -> None:
+        """One group's timers: heartbeat and ready deadlines, teardown, the restart."""
         policy = g.policy
         if policy.running and not self._stopping:
             for local, beat in g.beats.items():
-                if now - beat > self.heartbeat_timeout_s and g.workers[local].returncode is None:
-                    w = g.workers[local]
+                w = g.procs.workers[local]
+                if now - beat > self.heartbeat_timeout_s and w.returncode is None:
                     self._fail(g, w.rank, "hung", tail=tuple(self.out.tails[local]))
                     return
             if (policy.state is GroupState.STARTING and self.ready_timeout_s is not None
                     and now - g.started > self.ready_timeout_s):
-                late = next(w for w in g.workers.values() if w.local_rank not in g.beats)
+                late = next(w for w in g.procs.workers.values() if w.local_rank not in g.beats)
                 self._fail(g, late.rank, "hung", tail=tuple(self.out.tails[late.local_rank]))
                 return
-        alive = g.alive()
-        if alive and g.kill_at is not None and now >= g.kill_at:
-            for w in alive:
-                tree.signal_group_once(w.pid, signal.SIGKILL)
-            g.kill_at, g.give_up_at = None, now + KILL_WAIT
-        elif alive and g.give_up_at is not None and now >= g.give_up_at:
-            for w in alive:  # still running after SIGKILL: name it and stop waiting
-                if _running(w.pid):
-                    self.result.unkillable.append(f"rank {w.rank} (pid {w.pid})")
-                w.returncode, w.ended, w.status_unknown = -signal.SIGKILL, time.time(), True
-            alive = []
-        if alive or any(w.open_fds for w in g.workers.values()):
+        g.procs.advance(now)
+        if not g.procs.done:
             return
         if policy.state is GroupState.FAILED or (self._stopping and policy.state
                                                  is not GroupState.STOPPED):
@@ -702,36 +568,28 @@ class ServiceLaunch:
             elif policy.exhausted:
                 self._stop_all(self.plan.grace_period)
                 if self.channel is not None:
+                    assert policy.failure is not None
                     self.channel.send_stop(f"group {g.index}: {policy.failure.why()}; "
                                            "no restarts left")
-        elif policy.state is GroupState.RESTARTING and g.restart_at is not None \
-                and now >= g.restart_at and not self._stopping:
+        elif (policy.state is GroupState.RESTARTING and g.restart_at is not None
+              and now >= g.restart_at and not self._stopping):
             self._start_group(g)
 
     def _finish_teardown(self, g: _Group) -> None:
-        """Every worker of `g` has ended: kill what they left (children, daemons), reap."""
-        left = tree.kill_tree(g.procs, [w.pid for w in g.workers.values()])
-        for proc in left:
-            self.result.unkillable.append(f"pid {proc.pid}")
-        for w in g.workers.values():
-            if w.popen is not None:
-                try:
-                    w.popen.wait(0)
-                except Exception:  # noqa: BLE001 - already reaped or unkillable
-                    pass
+        """Every worker of `g` has ended: kill what they left, drop their connections."""
+        g.procs.finish()
         for fd, local in list(self._conn_local.items()):
             if local in g.locals:
                 self._sel.unregister(fd)
                 del self._conn_local[fd]
                 assert self.health is not None
                 self.health.close(fd)
-        g.procs = []
         g.beats = {}
 
     def _find_unreported_ends(self, now: float) -> None:
         """A forked worker dead for REPORT_WAIT s without the zygote's report has ended."""
         for w in self._all_workers():
-            if w.popen is not None or w.returncode is not None or _running(w.pid):
+            if w.popen is not None or w.returncode is not None or running(w.pid):
                 continue
             w.dead_since = w.dead_since or now
             if now - w.dead_since >= REPORT_WAIT:
@@ -751,10 +609,9 @@ class ServiceLaunch:
             self._stop_all(grace)
         elif grace is not None and grace < self._applied_grace:  # asked again, sooner
             self._applied_grace = grace
-            deadline = time.monotonic() + grace
             for g in self.groups:
-                if g.kill_at is not None:
-                    g.kill_at = min(g.kill_at, deadline)
+                if g.procs.kill_at is not None:
+                    g.procs.stop(grace)
         if self.channel is not None and self.channel.stopped is not None and not self._stopping:
             self._stop_all(self.plan.grace_period)
 
@@ -763,15 +620,17 @@ class ServiceLaunch:
         are stopped at once."""
         self._stopping = True
         self._applied_grace = grace
-        now = time.monotonic()
         for g in self.groups:
-            if g.policy.state is GroupState.STOPPED:
-                continue
-            for w in g.alive():
-                tree.signal_group_once(w.pid, signal.SIGTERM)
-            g.kill_at, g.give_up_at = now + grace, None
+            if g.policy.state is not GroupState.STOPPED:
+                g.procs.stop(grace)
         if self.channel is not None and self.channel.stopped is None:
             self.channel.send_stop("its service launch stopped")
+
+    def _zygote_failed(self, error: OSError) -> None:
+        """A fork request failed (the zygote is gone or wedged): spawn from now on."""
+        self.out.say(f"pypto launch: the zygote failed to fork a worker ({error}); spawning "
+                     "workers from now on")
+        self._zygote_lost()
 
     def _zygote_lost(self) -> None:
         """The zygote died, and its forked workers with it: they ended by SIGKILL; later
@@ -801,9 +660,6 @@ class ServiceLaunch:
         except psutil.Error:
             pass
 
-    def _spans_nodes(self, g: _Group) -> bool:
-        return len(g.locals) < len(g.policy.ranks)
-
     def _emit(self, event: LaunchEvent | None) -> None:
         if event is not None:
             self._events.put(event)
@@ -811,7 +667,7 @@ class ServiceLaunch:
     def _cleanup(self) -> None:
         """Kill and reap the whole tree, close every fd, remove the run directory."""
         try:
-            roots: list[psutil.Process] = [p for g in self.groups for p in g.procs]
+            roots: list[psutil.Process] = [p for g in self.groups for p in g.procs.procs]
             if self.zygote is not None:
                 try:
                     roots += psutil.Process(self.zygote.pid).children()
@@ -825,19 +681,9 @@ class ServiceLaunch:
             left += tree.kill_tree(self._zygote_procs, pids)
             self.result.unkillable += [f"pid {p.pid}" for p in left]
         finally:
-            for w in self._all_workers():
-                for fd in list(w.open_fds):
-                    try:
-                        self._sel.unregister(fd)
-                    except (KeyError, ValueError):
-                        pass
-                    os.close(fd)
-                w.open_fds.clear()
-                if w.popen is not None:
-                    try:
-                        w.popen.wait(0)
-                    except Exception:  # noqa: BLE001
-                        pass
+            for g in self.groups:
+                g.procs.close()
+                self.result.unkillable += g.procs.unkillable
             if self.health is not None:
                 self.health.shutdown()
             if self.channel is not None:
@@ -851,84 +697,6 @@ class ServiceLaunch:
             self.out.close()
             if self.run_dir is not None:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def run_service(spec: LaunchSpec, *, stdout: TextIO | None = None,
-                stderr: TextIO | None = None, own_process: bool = False,
-                **options: float | int | None) -> LaunchResult:
-    """The CLI's service launch: start it, print every event on stderr as it happens,
-    forward SIGINT/SIGTERM/SIGHUP/SIGQUIT as a stop (a second one kills at once).
-
-    `options` are ServiceLaunch's keyword arguments. Raises LaunchError for bad input
-    before anything starts.
-    """
-    import sys
-
-    from .prctl import become_subreaper
-    from .supervisor import HANDLED_SIGNALS
-
-    plan = service_plan(spec)
-    err = sys.stderr if stderr is None else stderr
-    launch = ServiceLaunch(plan, stdout=stdout, stderr=stderr, **options)  # type: ignore[arg-type]
-    if own_process:
-        become_subreaper()
-    received: list[int] = []
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in HANDLED_SIGNALS:
-            old[sig] = signal.signal(sig, lambda signum, _frame: received.append(signum))
-    try:
-        launch.start()
-        asked = 0
-        while True:
-            event = launch.next_event(timeout=0.1)
-            if event is not None:
-                _print_event(event, err)
-            elif launch.ended:
-                break
-            if len(received) > asked:
-                launch.request_stop(plan.grace_period if asked == 0 else 0.0)
-                asked = len(received)
-        result = launch.wait()
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    if received:
-        result.exit_code = 128 + received[0]
-        result.signal = signal.Signals(received[0]).name
-    if result.cause:
-        _say(err, f"pypto launch: {result.cause}")
-    for what in result.unkillable:
-        _say(err, f"pypto launch: could not kill (still running after SIGKILL): {what}")
-    return result
-
-
-def _print_event(event: LaunchEvent, err: TextIO) -> None:
-    lines = [f"pypto launch: {event.describe()}"]
-    if event.kind == "ready" and any(event.payloads.values()):
-        import json
-
-        lines.append("  payloads: " + json.dumps({str(k): v for k, v in
-                                                   event.payloads.items()}, default=str))
-    if event.kind == "failed" and event.log_tail:
-        lines.append(f"  last {len(event.log_tail)} line(s) of rank {event.rank}'s output:")
-        lines += [f"    [rank{event.rank}]:{line}" for line in event.log_tail]
-    _say(err, "\n".join(lines))
-
-
-def _say(err: TextIO, text: str) -> None:
-    try:
-        err.write(text + "\n")
-        err.flush()
-    except (BrokenPipeError, ValueError):
-        pass
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 __all__ = ["LaunchEvent", "ServiceLaunch", "service_plan"]
