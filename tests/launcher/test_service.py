@@ -115,3 +115,23 @@ def test_events_of_a_never_ready_group_and_ready_timeout(service):
     failed = next(e for e in run.events if e.kind == "failed")
     assert (failed.rank, failed.cause) == (1, "hung")
     assert run.history(0) == [("starting", 0), ("ready", 0), ("stopped", 0)]
+
+
+def test_a_dead_zygote_restarts_every_group_with_spawned_workers(service):
+    run = service.start(service.config(dp=2))
+    first = {}
+    for _ in range(2):
+        e = run.until(lambda e: e.kind == "ready")
+        first[e.group] = e
+    os.kill(run.launch.zygote.pid, signal.SIGKILL)  # its forked workers die with it
+    again = {}
+    for _ in range(2):
+        e = run.until(lambda e: e.kind == "ready" and e.attempt == 1, timeout=120)
+        again[e.group] = e
+    for group in (0, 1):
+        failed = next(e for e in run.events if e.kind == "failed" and e.group == group)
+        assert (failed.rank, failed.cause, failed.signal) == (group, "signal", signal.SIGKILL)
+        service.assert_gone(pids(first[group]).values())
+        child = psutil.Process(pids(again[group])[group])
+        assert child.ppid() == os.getpid()  # spawned by the launcher, not forked
+    assert "the zygote" in run.err.getvalue() and "is gone" in run.err.getvalue()
