@@ -13,6 +13,7 @@ loop (service.py) does the mechanics and feeds the facts in.
 
 from __future__ import annotations
 
+import signal as signals
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -92,8 +93,6 @@ class LaunchEvent:
         if self.cause == "exited-0":
             return f"{rank} exited with code 0 while the service should run"
         if self.cause == "signal" and self.signal is not None:
-            import signal as signals
-
             try:
                 name = signals.Signals(self.signal).name
             except ValueError:
