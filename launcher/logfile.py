@@ -4,7 +4,9 @@ amount of log: `rank3.log` is the newest, `rank3.log.1` the one before, up to `b
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_BACKUPS = 3
@@ -14,13 +16,17 @@ class RotatingLog:
     """A binary append-only file that moves itself aside once it exceeds `max_bytes`."""
 
     def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES,
-                 backups: int = DEFAULT_BACKUPS):
+                 backups: int = DEFAULT_BACKUPS,
+                 opener: Callable[[Path], BinaryIO] = lambda p: open(p, "wb")):  # noqa: SIM115
+        """`opener` creates (truncates) the file at a path: at start and after each
+        rotation (output.open_log, which follows no symlink, in a launch)."""
         if max_bytes < 1 or backups < 0:
             raise ValueError("max_bytes must be >= 1 and backups >= 0")
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._open = opener
+        self._file = opener(path)
         self._size = 0
 
     def write(self, data: bytes) -> None:
@@ -57,5 +63,5 @@ class RotatingLog:
                 if older.exists():
                     os.replace(older, f"{self.path}.{n + 1}")
             os.replace(self.path, f"{self.path}.1")
-        self._file = open(self.path, "wb")  # noqa: SIM115
+        self._file = self._open(self.path)
         self._size = 0

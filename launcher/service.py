@@ -45,7 +45,6 @@ from .supervisor import (
     REPORT_WAIT,
     RUN_DIR_PREFIX,
     ZYGOTE_READY_TIMEOUT,
-    LaunchResult,
     sweep_stale_run_dirs,
 )
 from .workers import Worker, ZygoteClient, fork_rule_allows
@@ -62,6 +61,23 @@ SERVICE_PRELOAD = (f"{DEFAULT_PRELOAD},pypto_serving.executor.distributed,"
                    "pypto_serving.executor.runner,pypto_serving.launcher.health")
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
 DEFAULT_RESTART_BACKOFF_S = 0.5
+
+
+@dataclass
+class ServiceResult:
+    """How a service launch ended: exit_code 0 when stopped by its caller, 1 when a group's
+    restarts ran out (or another node stopped it, or the launch could not go on), 128+N on
+    signal N (CLI); `cause` says why in one line, naming the group and rank."""
+
+    exit_code: int
+    restarts: int = 0
+    failures: list[WorkerEnd] = field(default_factory=list)
+    start_method: str = "spawn"
+    fork_refused: str = ""
+    cause: str | None = None
+    signal: str | None = None
+    wall_s: float = 0.0
+    unkillable: list[str] = field(default_factory=list)
 
 
 def service_plan(spec: LaunchSpec) -> Plan:
@@ -142,7 +158,7 @@ class ServiceLaunch:
         self._stopping = False
         self._applied_grace = float("inf")
         self._started = False
-        self.result = LaunchResult(exit_code=1, log_dir=plan.log_dir)
+        self.result = ServiceResult(exit_code=1)
         self.zygote: ZygoteClient | None = None
         self.channel: GroupChannel | None = None
         self.health: HealthServer | None = None
@@ -180,7 +196,7 @@ class ServiceLaunch:
             self._events.put(None)
         return event
 
-    def stop(self, grace_s: float | None = None) -> LaunchResult:
+    def stop(self, grace_s: float | None = None) -> ServiceResult:
         """Stop every group (SIGTERM, `grace_s` (default the plan's grace period), then
         SIGKILL), reap everything, and return the result."""
         self.request_stop(grace_s)
@@ -193,7 +209,7 @@ class ServiceLaunch:
             self._stop_grace = grace
         self._wake()
 
-    def wait(self, timeout: float | None = None) -> LaunchResult:
+    def wait(self, timeout: float | None = None) -> ServiceResult:
         """The result once the launch has ended; TimeoutError if it has not within
         `timeout` seconds."""
         if self._thread.is_alive():
@@ -699,4 +715,4 @@ class ServiceLaunch:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-__all__ = ["LaunchEvent", "ServiceLaunch", "service_plan"]
+__all__ = ["LaunchEvent", "ServiceLaunch", "ServiceResult", "service_plan"]

@@ -12,13 +12,13 @@ from typing import TextIO
 from .group_policy import LaunchEvent
 from .plan import LaunchSpec
 from .prctl import become_subreaper
-from .service import ServiceLaunch, service_plan
-from .supervisor import HANDLED_SIGNALS, LaunchResult
+from .service import ServiceLaunch, ServiceResult, service_plan
+from .supervisor import HANDLED_SIGNALS
 
 
 def run_service(spec: LaunchSpec, *, stdout: TextIO | None = None,
                 stderr: TextIO | None = None, own_process: bool = False,
-                **options: float | int | None) -> LaunchResult:
+                **options: float | int | None) -> ServiceResult:
     """The CLI's service launch: start it, print every event on stderr as it happens,
     forward SIGINT/SIGTERM/SIGHUP/SIGQUIT as a stop (a second one kills at once).
 
