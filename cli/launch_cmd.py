@@ -113,8 +113,8 @@ def launch(
         "--heartbeat-timeout", help="Seconds without a heartbeat before a ready worker counts "
         "as hung.", rich_help_panel=SERVICE)] = 10.0,
     restart_backoff: Annotated[float, typer.Option(
-        "--restart-backoff", help="Seconds before a group's first restart; doubles per "
-        "restart (at most 30).", rich_help_panel=SERVICE)] = 0.5,
+        "--restart-backoff", help="Seconds before a group restarts; doubles for each "
+        "restart in a row that never got ready (at most 30).", rich_help_panel=SERVICE)] = 0.5,
     ready_timeout: Annotated[float | None, typer.Option(
         "--ready-timeout", help="Seconds a group may take to become ready (default: no "
         "limit).", rich_help_panel=SERVICE)] = None,
