@@ -61,6 +61,7 @@ SERVICE_PRELOAD = (f"{DEFAULT_PRELOAD},pypto_serving.executor.distributed,"
                    "pypto_serving.executor.runner,pypto_serving.launcher.health")
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
 DEFAULT_RESTART_BACKOFF_S = 0.5
+MAX_ZYGOTES = 4  # zygotes one launch starts at most (the first and three replacements)
 
 
 @dataclass
@@ -167,7 +168,8 @@ class ServiceLaunch:
         self._by_local: dict[int, _Group] = {}
         self._conn_local: dict[int, int] = {}  # health connection fd -> local rank
         self._pending: dict[tuple[int, int], list[dict]] = {}  # (group, attempt) -> messages
-        self._zygote_procs: list[psutil.Process] = []
+        self._zygote_procs: list[psutil.Process] = []  # every zygote started, for cleanup
+        self._next_zygote: ZygoteClient | None = None  # a replacement, still preloading
         self.run_dir: Path | None = None
 
     # --- the caller's side ---------------------------------------------------------------
@@ -301,10 +303,7 @@ class ServiceLaunch:
         allowed, why_not = fork_rule_allows(plan.start_method, plan.platform,
                                             plan.nproc_per_node, dict(plan.base_env))
         if allowed:
-            zenv = dict(plan.base_env)
-            zenv.setdefault(PRELOAD_ENV, SERVICE_PRELOAD)
-            self.zygote = ZygoteClient(zenv, plan.cwd)
-            self._track_zygote()
+            self.zygote = self._new_zygote()
         if plan.nnodes > 1:
             self._rendezvous()
         if self.zygote is not None:
@@ -386,6 +385,7 @@ class ServiceLaunch:
         plan = self.plan
         port = g.port or pick_free_port()
         cpus = cpu_sets(plan.nproc_per_node) if plan.cpu_bind else None
+        self._ensure_zygote()
         g.procs.reset()
         g.tokens, g.beats, g.restart_at = {}, {}, None
         g.started = time.monotonic()
@@ -643,14 +643,43 @@ class ServiceLaunch:
             self.channel.send_stop("its service launch stopped")
 
     def _zygote_failed(self, error: OSError) -> None:
-        """A fork request failed (the zygote is gone or wedged): spawn from now on."""
-        self.out.say(f"pypto launch: the zygote failed to fork a worker ({error}); spawning "
-                     "workers from now on")
+        """A fork request failed (the zygote is gone or wedged): this worker is spawned."""
+        self.out.say(f"pypto launch: the zygote failed to fork a worker ({error}); "
+                     "spawning it")
         self._zygote_lost()
 
+    def _new_zygote(self) -> ZygoteClient:
+        """Start a zygote (it preloads on its own; `wait_ready` collects its verdict)."""
+        zenv = dict(self.plan.base_env)
+        zenv.setdefault(PRELOAD_ENV, SERVICE_PRELOAD)
+        zygote = ZygoteClient(zenv, self.plan.cwd)
+        try:
+            self._zygote_procs.append(psutil.Process(zygote.pid))
+        except psutil.Error:
+            pass
+        return zygote
+
+    def _ensure_zygote(self) -> None:
+        """Before a start: adopt the replacement zygote once it is ready (waiting for its
+        preload, bounded, costs less than spawning), or give it up and spawn."""
+        fresh, self._next_zygote = self._next_zygote, None
+        if fresh is None:
+            return
+        safe, why_not = fresh.wait_ready(ZYGOTE_READY_TIMEOUT)
+        if not safe:
+            self.out.say(f"pypto launch: the new zygote is not usable ({why_not}); spawning "
+                         "workers from now on")
+            fresh.close()
+            return
+        self.zygote = fresh
+        self._sel.register(fresh.fileno(), selectors.EVENT_READ, ("zygote", None))
+        self.out.say(f"pypto launch: a new zygote (pid {fresh.pid}) is ready; workers are "
+                     "forked again")
+
     def _zygote_lost(self) -> None:
-        """The zygote died, and its forked workers with it: they ended by SIGKILL; later
-        starts spawn."""
+        """The zygote died, and its forked workers with it: they ended by SIGKILL. A new
+        zygote is started at once (up to MAX_ZYGOTES in a launch); restarts fork from it
+        once it is ready, and spawn when there is none."""
         if self.zygote is None:
             return
         try:
@@ -661,20 +690,17 @@ class ServiceLaunch:
             if w.popen is None and w.returncode is None:
                 w.returncode, w.ended = -signal.SIGKILL, time.time()
         self.out.say(f"pypto launch: the zygote (pid {self.zygote.pid}) is gone; the workers "
-                     "forked from it died with it; restarts spawn their workers")
+                     "forked from it died with it")
         self._drop_zygote()
+        if len(self._zygote_procs) < MAX_ZYGOTES and not self._stopping:
+            self._next_zygote = self._new_zygote()
+        else:
+            self.out.say("pypto launch: spawning workers from now on")
 
     def _drop_zygote(self) -> None:
         assert self.zygote is not None
         self.zygote.close()
         self.zygote = None
-
-    def _track_zygote(self) -> None:
-        assert self.zygote is not None
-        try:
-            self._zygote_procs.append(psutil.Process(self.zygote.pid))
-        except psutil.Error:
-            pass
 
     def _emit(self, event: LaunchEvent | None) -> None:
         if event is not None:
@@ -691,9 +717,10 @@ class ServiceLaunch:
                     pass
             pids = [w.pid for w in self._all_workers()]
             left = tree.kill_tree(roots, pids)
-            if self.zygote is not None:
-                self.zygote.close()
-                self.zygote = None
+            for zygote in (self.zygote, self._next_zygote):
+                if zygote is not None:
+                    zygote.close()
+            self.zygote = self._next_zygote = None
             left += tree.kill_tree(self._zygote_procs, pids)
             self.result.unkillable += [f"pid {p.pid}" for p in left]
         finally:

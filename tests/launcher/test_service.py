@@ -117,21 +117,24 @@ def test_events_of_a_never_ready_group_and_ready_timeout(service):
     assert run.history(0) == [("starting", 0), ("ready", 0), ("stopped", 0)]
 
 
-def test_a_dead_zygote_restarts_every_group_with_spawned_workers(service):
+def test_a_dead_zygote_restarts_every_group_from_a_new_zygote(service):
     run = service.start(service.config(dp=2))
     first = {}
     for _ in range(2):
         e = run.until(lambda e: e.kind == "ready")
         first[e.group] = e
-    os.kill(run.launch.zygote.pid, signal.SIGKILL)  # its forked workers die with it
+    old_zygote = run.launch.zygote.pid
+    os.kill(old_zygote, signal.SIGKILL)  # its forked workers die with it
     again = {}
     for _ in range(2):
         e = run.until(lambda e: e.kind == "ready" and e.attempt == 1, timeout=120)
         again[e.group] = e
+    new_zygote = run.launch.zygote.pid
+    assert new_zygote != old_zygote
     for group in (0, 1):
         failed = next(e for e in run.events if e.kind == "failed" and e.group == group)
         assert (failed.rank, failed.cause, failed.signal) == (group, "signal", signal.SIGKILL)
         service.assert_gone(pids(first[group]).values())
-        child = psutil.Process(pids(again[group])[group])
-        assert child.ppid() == os.getpid()  # spawned by the launcher, not forked
-    assert "the zygote" in run.err.getvalue() and "is gone" in run.err.getvalue()
+        assert psutil.Process(pids(again[group])[group]).ppid() == new_zygote  # forked again
+    service.assert_gone([old_zygote])
+    assert f"a new zygote (pid {new_zygote}) is ready" in run.err.getvalue()
