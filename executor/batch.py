@@ -7,16 +7,17 @@ paged attention. `PrefillBatch` / `DecodeBatch` (PyPTO Serving's separate calls)
 that become such a list. Every rank of a replica receives the same chunks; block ids are the
 replica's and valid on every one of its ranks.
 
-Building a step is vectorised: a few Python passes over the chunks (lengths, starts, the
-block tables concatenated), then index arithmetic on tensors on the device, with every
-output size known on the host so nothing waits on the device.
+Building a step is cheap on the host: one pass over the chunks with C-speed list operations
+(a decode's (query, block) pairs are a slice of its block table), each flat list packed with
+struct and copied to the device once; nothing waits on the device.
 """
 
 from __future__ import annotations
 
-from array import array
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import islice, repeat
 from typing import Protocol
 
 import torch
@@ -134,72 +135,68 @@ def build_step(
         if isinstance(batch, PrefillBatch | DecodeBatch):
             raise ValueError("a batch needs at least one sequence and one token per sequence")
         return dummy_step(device)
-    lens, starts, table_lens, need, last_rows = [], [], [], [], []
-    pairs = 0
-    tokens, tables = array("q"), array("q")
-    for c in chunks:
-        n, start = len(c.token_ids), c.start_pos
+    return _index_step(chunks, block_size, device, max_seq_len)
+
+
+def _tensor(values: list[int], device: torch.device) -> torch.Tensor:
+    """int64 tensor of a flat list of ints: struct packs it at C speed (torch.tensor on a
+    list of Python ints is several times slower)."""
+    buf = bytearray(8 * len(values))
+    struct.pack_into(f"<{len(values)}q", buf, 0, *values)
+    return torch.frombuffer(buf, dtype=torch.long).to(device, non_blocking=True) if values \
+        else torch.zeros(0, dtype=torch.long, device=device)
+
+
+def _index_step(chunks: Sequence[ChunkLike], block_size: int, device: torch.device,
+                max_seq_len: int | None) -> StepInput:
+    """Tokens, positions, slots and the (query, block) pairs of a step as flat lists built
+    with C-speed list operations (a decode's pairs are its block table's first blocks, a
+    prefill token's pairs the blocks up to its own), then one copy each to the device."""
+    tokens: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    pair_query: list[int] = []
+    pair_block: list[int] = []
+    last_pair: list[int] = []
+    last_offset: list[int] = []
+    last_rows: list[int] = []
+    if max_seq_len is not None:
+        check_max_seq_len([c.start_pos + len(c.token_ids) for c in chunks], max_seq_len,
+                          "shorten the sequence")
+    for i, c in enumerate(chunks):
+        n, start, table = len(c.token_ids), c.start_pos, c.block_table
         if n == 0:
             raise ValueError("a batch needs at least one sequence and one token per sequence")
         end = start + n
-        lens.append(n)
-        starts.append(start)
-        table_lens.append(len(c.block_table))
-        need.append(-(-end // block_size))
-        if c.sample:
-            last_rows.append(len(tokens) + n - 1)
-        pairs += _blocks_seen(end, block_size) - _blocks_seen(start, block_size)
+        need = -(-end // block_size)
+        if need > len(table):
+            raise IndexError(f"sequence {i} reaches position {end - 1}, which needs {need} "
+                             f"blocks, but its block table has {len(table)}")
+        row = len(tokens)
         tokens.extend(c.token_ids)
-        tables.extend(c.block_table)
-    ends = [s + n for s, n in zip(starts, lens, strict=True)]
-    if max_seq_len is not None:
-        check_max_seq_len(ends, max_seq_len, "shorten the sequence")
-    for i, (got, want) in enumerate(zip(table_lens, need, strict=True)):
-        if want > got:
-            raise IndexError(f"sequence {i} reaches position {ends[i] - 1}, which needs {want} "
-                             f"blocks, but its block table has {got}")
-    return _index_step(tokens, tables, lens, starts, table_lens, last_rows, pairs, block_size,
-                       device)
-
-
-def _blocks_seen(length: int, block_size: int) -> int:
-    """Sum over positions p < length of (p // block_size + 1): the (query, block) pairs of a
-    sequence's first `length` tokens."""
-    q, r = divmod(length, block_size)
-    return block_size * q * (q + 1) // 2 + r * (q + 1)
-
-
-def _tensor(values: array | list, device: torch.device) -> torch.Tensor:
-    t = torch.frombuffer(values, dtype=torch.long) if isinstance(values, array) and values \
-        else torch.tensor(list(values), dtype=torch.long)
-    return t.to(device, non_blocking=True)
-
-
-def _index_step(tokens, tables, lens, starts, table_lens, last_rows, pairs: int,
-                block_size: int, device: torch.device) -> StepInput:
-    """The index arithmetic of a step, on the device, with every size known up front."""
-    n_tok, n_seq = len(tokens), len(lens)
-    tok = _tensor(tokens, device)
-    flat_tables = _tensor(tables, device)
-    lens_t = _tensor(lens, device)
-    starts_t = _tensor(starts, device)
-    table_lens_t = _tensor(table_lens, device)
-    table_off = torch.cumsum(table_lens_t, 0) - table_lens_t
-    first_row = torch.cumsum(lens_t, 0) - lens_t
-    seq_of = torch.repeat_interleave(torch.arange(n_seq, device=device), lens_t,
-                                     output_size=n_tok)
-    positions = torch.arange(n_tok, device=device) - first_row[seq_of] + starts_t[seq_of]
-    block_of = positions // block_size
-    token_table = table_off[seq_of]
-    slots = flat_tables[token_table + block_of] * block_size + positions % block_size
-    per_query = block_of + 1
-    pair_query = torch.repeat_interleave(torch.arange(n_tok, device=device), per_query,
-                                         output_size=pairs)
-    pair_index = torch.arange(pairs, device=device) - (
-        torch.cumsum(per_query, 0) - per_query)[pair_query]
-    pair_block = flat_tables[token_table[pair_query] + pair_index]
-    limit = positions[pair_query] - pair_index * block_size       # last valid offset
-    pair_valid = torch.arange(block_size, device=device)[None, :] <= limit[:, None]
-    meta = PagedAttentionMetadata(positions=positions, slots=slots, pair_query=pair_query,
-                                  pair_block=pair_block, pair_valid=pair_valid)
-    return StepInput(tokens=tok, meta=meta, last_rows=_tensor(last_rows, device))
+        if n == 1:  # a decode (or a one-token chunk): its pairs are the first `need` blocks
+            positions.append(start)
+            slots.append(table[start // block_size] * block_size + start % block_size)
+            pair_query.extend(repeat(row, need))
+            pair_block.extend(table if need == len(table) else islice(table, need))
+            last_pair.append(len(pair_block) - 1)
+            last_offset.append(start % block_size)
+        else:
+            for t, p in enumerate(range(start, end), start=row):
+                j = p // block_size
+                positions.append(p)
+                slots.append(table[j] * block_size + p % block_size)
+                pair_query.extend(repeat(t, j + 1))
+                pair_block.extend(islice(table, j + 1))
+                last_pair.append(len(pair_block) - 1)
+                last_offset.append(p % block_size)
+        if c.sample:
+            last_rows.append(len(tokens) - 1)
+    offsets = _tensor(last_offset, device)
+    meta = PagedAttentionMetadata(
+        positions=_tensor(positions, device), slots=_tensor(slots, device),
+        pair_query=_tensor(pair_query, device), pair_block=_tensor(pair_block, device),
+        last_pair=_tensor(last_pair, device),
+        last_hidden=torch.arange(block_size, device=device)[None, :] > offsets[:, None])
+    return StepInput(tokens=_tensor(tokens, device), meta=meta,
+                     last_rows=_tensor(last_rows, device))

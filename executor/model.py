@@ -42,17 +42,18 @@ class PagedAttentionMetadata:
     token), token t at `positions[t]`; its key/value is written at cache slot `slots[t]`
     (block * block_size + offset). Token t attends to every cached position of its sequence
     up to its own: the blocks 0..positions[t] // block_size of its block table. Each (query,
-    block) pair is one entry: `pair_query[p]` the query row, `pair_block[p]` the cache block,
-    `pair_valid[p, j]` whether offset j of that block is at or before the query's position.
-    No padding to the longest sequence: the work is exactly the causal (query, key) pairs,
-    rounded up to whole blocks.
+    block) pair is one entry: `pair_query[p]` the query row, `pair_block[p]` the cache block.
+    Only a query's last pair (`last_pair[t]`) holds positions after the query's own: offsets
+    where `last_hidden[t]` is True are masked. No padding to the longest sequence: the work is
+    exactly the causal (query, key) pairs, rounded up to whole blocks.
     """
 
     positions: torch.Tensor
     slots: torch.Tensor
     pair_query: torch.Tensor
     pair_block: torch.Tensor
-    pair_valid: torch.Tensor
+    last_pair: torch.Tensor
+    last_hidden: torch.Tensor
 
     @property
     def num_tokens(self) -> int:
@@ -116,10 +117,12 @@ class Attention(nn.Module):
         """For each held query head, the position of its KV head among the held KV heads."""
         key = (self.head_ids, self.kv_head_ids, device)
         if getattr(self, "_kv_index_key", None) != key:
-            self._kv_index = torch.tensor(
-                [h // self.queries_per_kv - self.kv_head_ids.start for h in self.head_ids],
-                device=device,
-            )
+            index = [h // self.queries_per_kv - self.kv_head_ids.start for h in self.head_ids]
+            self._kv_index = torch.tensor(index, device=device)
+            per = len(index) // len(self.kv_head_ids)
+            # held query heads in runs of `per` per held KV head: attention can group them
+            self._grouped = per * len(self.kv_head_ids) == len(index) and index == [
+                i // per for i in range(len(index))]
             self._kv_index_key = key
         return self._kv_index
 
@@ -132,7 +135,8 @@ class Attention(nn.Module):
         kv_index = self.kv_index(x.device)
         if isinstance(meta, PagedAttentionMetadata):
             cache.write(meta.slots, k, v)
-            out = paged_attention(q, cache.k, cache.v, meta, kv_index)
+            out = paged_attention(q, cache.k, cache.v, meta,
+                                  None if self._grouped else kv_index)
         else:
             out = causal_attention(q, k, v, meta.lengths, kv_index)
         return self.wo(out.reshape(n, len(self.head_ids) * d))
@@ -153,29 +157,33 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths:
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    meta: PagedAttentionMetadata, kv_index: torch.Tensor) -> torch.Tensor:
+                    meta: PagedAttentionMetadata, kv_index: torch.Tensor | None = None
+                    ) -> torch.Tensor:
     """Varlen causal attention over the paged cache: q [tokens, heads, d]; k/v_cache
     [blocks, block_size, kv_heads, d]. Scores per (query, block) pair, a softmax over all
-    pairs of a query (max and sum reduced by query row), values summed back per query."""
+    pairs of a query (max and sum reduced by query row), values summed back per query.
+    `kv_index` maps query heads to KV heads when they are not in equal runs (None: runs of
+    heads / kv_heads query heads per KV head, grouped without copying keys)."""
     n, heads, d = q.shape
+    if kv_index is not None:
+        k_cache, v_cache = k_cache[:, :, kv_index], v_cache[:, :, kv_index]
     kv_heads = k_cache.shape[2]
-    if heads % kv_heads or not torch.equal(
-            kv_index, torch.arange(kv_heads, device=q.device).repeat_interleave(
-                heads // kv_heads)):
-        k_cache, v_cache, kv_heads = k_cache[:, :, kv_index], v_cache[:, :, kv_index], heads
     groups = heads // kv_heads
     pq, pairs = meta.pair_query, meta.pair_query.shape[0]
-    kb, vb = k_cache[meta.pair_block], v_cache[meta.pair_block]   # [P, B, kv_heads, d]
-    qp = q[pq].view(pairs, kv_heads, groups, d)
-    scores = torch.einsum("pkgd,pbkd->pkgb", qp, kb) / math.sqrt(d)
-    scores = scores.masked_fill(~meta.pair_valid[:, None, None, :], float("-inf"))
+    # tiny per-pair products: broadcast multiply + sum beats batched GEMMs of [groups, d]
+    kb = k_cache[meta.pair_block].transpose(1, 2).unsqueeze(2)   # [P, kv_heads, 1, B, d]
+    vb = v_cache[meta.pair_block].transpose(1, 2).unsqueeze(2)   # [P, kv_heads, 1, B, d]
+    qp = q[pq].view(pairs, kv_heads, groups, 1, d)
+    scores = (qp * kb).sum(-1) / math.sqrt(d)                    # [P, kv_heads, groups, B]
+    last = meta.last_pair
+    scores[last] = scores[last].masked_fill(meta.last_hidden[:, None, None, :], float("-inf"))
     row = pq[:, None, None].expand(pairs, kv_heads, groups)
     top = scores.new_full((n, kv_heads, groups), float("-inf")).scatter_reduce(
         0, row, scores.amax(-1), "amax")
     weights = torch.exp(scores - top[pq][..., None])
     total = scores.new_zeros((n, kv_heads, groups)).index_add_(0, pq, weights.sum(-1))
     out = q.new_zeros((n, kv_heads, groups, d)).index_add_(
-        0, pq, torch.einsum("pkgb,pbkd->pkgd", weights, vb))
+        0, pq, (weights.unsqueeze(-1) * vb).sum(-2))
     return (out / total[..., None]).view(n, heads, d)
 
 
