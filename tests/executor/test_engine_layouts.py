@@ -12,7 +12,7 @@ import executor_cases as cases
 import executor_jobs as jobs
 import pytest
 
-pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 SERVE = {"kv_block_size": 4, "max_num_seqs": 4, "max_num_batched_tokens": 8}
 
@@ -49,25 +49,27 @@ WORLD2 = [
 BY_NAME = {c["name"]: c for c in WORLD1 + WORLD2}
 
 
-def _run(world_cases: list[dict], work) -> dict[int, dict]:
+def _run(world_cases: list[dict], work, env) -> dict[int, dict]:
     (work / "cases.json").write_text(json.dumps(world_cases))
     out = work / "out"
     out.mkdir()
     proc = jobs.launch(world_cases[0]["config"], jobs.HERE / "engine_worker.py",
-                       [str(work / "cases.json"), str(out)], work)
+                       [str(work / "cases.json"), str(out)], work, env=env)
     assert proc.returncode == 0, f"job failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
     return {int(p.stem[4:]): json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))}
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[str, dict[int, dict]]:
-    """results[case][rank], from one job of world 1 and one of world 2."""
+def results() -> dict[str, dict[int, dict]]:
+    """results[case][rank], from one job of world 1 and one of world 2 (each run once per
+    session)."""
     out: dict[str, dict[int, dict]] = {}
-    for world_cases in (WORLD1, WORLD2):
-        by_rank = _run(world_cases, tmp_path_factory.mktemp("engine"))
+    for world, world_cases in ((1, WORLD1), (2, WORLD2)):
+        by_rank = jobs.run_once(f"engine-world{world}",
+                                lambda work, env, c=world_cases: _run(c, work, env))
         for rank, per_case in by_rank.items():
             for name, res in per_case.items():
-                out.setdefault(name, {})[rank] = res
+                out.setdefault(name, {})[int(rank)] = res
     return out
 
 

@@ -19,7 +19,7 @@ from pypto_serving.engine.sampling_params import SamplingParams
 from pypto_serving.executor.generate import reference_generate
 from pypto_serving.executor.model import build_reference_model
 
-pytestmark = [pytest.mark.xdist_group("executor"), pytest.mark.timeout(180)]
+pytestmark = pytest.mark.timeout(180)
 
 PROMPTS = {0: [[5, 9, 2, 7, 1, 3, 3], [4, 4]], 1: [[8, 1, 6]]}
 MAX_TOKENS = 5
