@@ -36,8 +36,7 @@ class PlanChannel:
     """Step plans, as bytes, from the replica leader to every other rank of the replica."""
 
     def __init__(self, group: GroupCoordinator):
-        self.group = group
-        self.leader = group.first_rank
+        self.group = group  # the leader is its first member (position 0)
 
     def send(self, data: bytes) -> None:
         """Leader side: one broadcast for a plan that fits the first frame, two otherwise."""
@@ -47,21 +46,21 @@ class PlanChannel:
         frame = bytearray(FIRST_FRAME_BYTES)
         frame[:8] = len(data).to_bytes(8, "little")
         frame[8:8 + min(len(data), head)] = data[:head]
-        self.group.broadcast(torch.frombuffer(frame, dtype=torch.uint8), src=self.leader)
+        self.group.broadcast(torch.frombuffer(frame, dtype=torch.uint8), src=0)
         if len(data) > head:
             rest = bytearray(data[head:])
-            self.group.broadcast(torch.frombuffer(rest, dtype=torch.uint8), src=self.leader)
+            self.group.broadcast(torch.frombuffer(rest, dtype=torch.uint8), src=0)
 
     def receive(self) -> bytes:
         """Other ranks: the next plan's bytes (blocks until the leader sends one)."""
         head = FIRST_FRAME_BYTES - 8
         frame = bytearray(FIRST_FRAME_BYTES)
-        self.group.broadcast(torch.frombuffer(frame, dtype=torch.uint8), src=self.leader)
+        self.group.broadcast(torch.frombuffer(frame, dtype=torch.uint8), src=0)
         size = int.from_bytes(frame[:8], "little")
         if size <= head:
             return bytes(frame[8:8 + size])
         rest = bytearray(size - head)
-        self.group.broadcast(torch.frombuffer(rest, dtype=torch.uint8), src=self.leader)
+        self.group.broadcast(torch.frombuffer(rest, dtype=torch.uint8), src=0)
         return bytes(frame[8:]) + bytes(rest)
 
 
