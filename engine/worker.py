@@ -20,7 +20,9 @@ import signal
 import sys
 import threading
 
+from ..core.errors import USAGE_ERROR
 from ..executor import distributed
+from ..executor.errors import ExecutorError
 from ..executor.kv_budget import KVPool, replica_kv_pool
 from ..executor.replica import ReplicaExecutor, follow
 from ..executor.runner import ReferenceModelRunner
@@ -81,10 +83,14 @@ def serve_leader(ctx, runner: ReferenceModelRunner, pool: KVPool) -> None:
 
 
 def main() -> int:
-    ctx = distributed.init_distributed()
-    runner = ReferenceModelRunner(ctx)
-    runner.load_weights()
-    pool = replica_kv_pool(ctx, distributed.get_cpu_group("replica"))
+    try:
+        ctx = distributed.init_distributed()
+        runner = ReferenceModelRunner(ctx)
+        runner.load_weights()
+        pool = replica_kv_pool(ctx, distributed.get_cpu_group("replica"))
+    except ExecutorError as e:  # a config or launch mistake: say what to fix, no traceback
+        print(f"pypto_serving.engine.worker: {e}", file=sys.stderr)
+        return USAGE_ERROR
     runner.init_kv_cache(pool.num_blocks)
     runner.warmup()
     if ctx.is_replica_leader:
