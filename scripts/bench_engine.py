@@ -20,7 +20,8 @@ time of the same work is printed too.
    decoded to the longest output of its batch, useful tokens counted) through the runner's
    run_prefill/run_decode views. Also the engine's own time per step, scheduling + plan
    hand-over, as a fraction of the step (median over steps), the hand-over alone in µs, and
-   the DP lock-step vote (must_step).
+   the DP lock-step vote (must_step). On a shared machine the ratios are also given per CPU
+   second of the leader process (time.process_time), which other processes do not inflate.
 
 Usage: .venv/bin/python scripts/bench_engine.py [--seqs 256] [--context 4096]
        [--block-size 16] [--steps 50] [--rounds 3] [--baseline-steps 50] [--no-baseline]
@@ -220,7 +221,7 @@ def worker(spec_path: str) -> None:
             engine.add_request(r["rid"], r["prompt"],
                                SamplingParams(max_tokens=r["max_tokens"], ignore_eos=True))
         tokens, fractions, handover, vote, steps = 0, [], [], [], 0
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         while True:
             v0 = time.perf_counter()
             go = executor.must_step(engine.has_work)
@@ -236,7 +237,8 @@ def worker(spec_path: str) -> None:
             handover.append(h)
             tokens += sum(len(o.token_ids) for o in outs)
             steps += 1
-        return {"seconds": time.perf_counter() - start, "tokens": tokens, "steps": steps,
+        return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+                "tokens": tokens, "steps": steps,
                 "overhead": fractions, "handover_s": handover, "vote_s": vote}
 
     out: dict = {"dp": dp, "rank": ctx.rank, "rounds": []}
@@ -248,6 +250,7 @@ def worker(spec_path: str) -> None:
             out["rounds"].append({
                 "engine": batched,
                 "one_at_a_time": {"seconds": sum(s["seconds"] for s in single),
+                                  "cpu": sum(s["cpu"] for s in single),
                                   "tokens": sum(s["tokens"] for s in single)}})
         executor.close()
     else:
@@ -256,14 +259,14 @@ def worker(spec_path: str) -> None:
     batches = [mine[i:i + serve.max_num_seqs] for i in range(0, len(mine), serve.max_num_seqs)]
     useful = sum(r["max_tokens"] for r in mine)
     for i in range(spec["rounds"]):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for batch in batches:
             longest = max(len(r["prompt"]) for r in batch)
             padded = [r["prompt"] + [1] * (longest - len(r["prompt"])) for r in batch]
             greedy_generate(runner, padded, max(r["max_tokens"] for r in batch))
         if ctx.is_replica_leader:
             out["rounds"][i]["static"] = {"seconds": time.perf_counter() - start,
-                                          "tokens": useful}
+                                          "cpu": time.process_time() - cpu, "tokens": useful}
     if ctx.is_replica_leader:
         print(json.dumps(out), flush=True)
     distributed.destroy_distributed()
@@ -292,10 +295,10 @@ def summarize(name: str, leaders: list[dict]) -> dict:
     """Per mode: tokens/s summed over replicas (they run side by side), median over rounds."""
     rounds = len(leaders[0]["rounds"])
 
-    def rate(mode: str) -> float:
+    def rate(mode: str, clock: str = "seconds") -> float:
         per_round = []
         for i in range(rounds):
-            per_round.append(sum(r["rounds"][i][mode]["tokens"] / r["rounds"][i][mode]["seconds"]
+            per_round.append(sum(r["rounds"][i][mode]["tokens"] / r["rounds"][i][mode][clock]
                                  for r in leaders))
         return statistics.median(per_round)
 
@@ -306,6 +309,8 @@ def summarize(name: str, leaders: list[dict]) -> dict:
     steps = [run["steps"] for run in engine_runs]
     return {"layout": name, "replicas": len(leaders), "engine": rate("engine"),
             "one_at_a_time": rate("one_at_a_time"), "static": rate("static"),
+            "engine_cpu": rate("engine", "cpu"), "one_at_a_time_cpu": rate("one_at_a_time", "cpu"),
+            "static_cpu": rate("static", "cpu"),
             "overhead": statistics.median(overhead), "handover_us": statistics.median(handover)
             * 1e6, "vote_us": statistics.median(vote) * 1e6, "steps": statistics.median(steps)}
 
@@ -384,15 +389,17 @@ def main() -> None:
                         f"max_num_batched_tokens {SERVE['max_num_batched_tokens']}; medians "
                         f"of {args.rounds} rounds; {args.threads} thread(s) per rank")
     head = ["layout", "replicas", "engine tok/s", "one-at-a-time tok/s", "static batch tok/s",
-            "engine / one-at-a-time", "engine / static", "sched+handover / step",
-            "handover µs", "must_step µs"]
+            "engine / one-at-a-time", "engine / static", "same, per leader CPU second",
+            "sched+handover / step", "handover µs", "must_step µs"]
     for h in head:
         table.add_column(h, justify="left" if h == "layout" else "right")
     for r in rows:
         table.add_row(r["layout"], str(r["replicas"]), f"{r['engine']:.0f}",
                       f"{r['one_at_a_time']:.0f}", f"{r['static']:.0f}",
                       f"{r['engine'] / r['one_at_a_time']:.2f}x",
-                      f"{r['engine'] / r['static']:.2f}x", f"{100 * r['overhead']:.1f}%",
+                      f"{r['engine'] / r['static']:.2f}x",
+                      f"{r['engine_cpu'] / r['one_at_a_time_cpu']:.2f}x / "
+                      f"{r['engine_cpu'] / r['static_cpu']:.2f}x", f"{100 * r['overhead']:.1f}%",
                       f"{r['handover_us']:.0f}", f"{r['vote_us']:.0f}")
     console.print(table)
     if args.json:
