@@ -350,7 +350,7 @@ def main() -> None:
     baseline = None if args.no_baseline else bench_baseline_build_step(
         args.seqs, args.context, args.block_size, args.baseline_steps)
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     title = (f"one decode step of {args.seqs} sequences at {args.context} tokens, block "
              f"{args.block_size} ({platform.node()}, {platform.processor() or platform.machine()})")
     table = Table(title=title)
