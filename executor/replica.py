@@ -30,6 +30,9 @@ from .runner import ModelRunner
 FIRST_FRAME_BYTES = 4096
 """The first broadcast of a plan: 8 bytes of length, then the plan's first bytes. A plan
 longer than that (long prompts, long block tables) takes one more broadcast of the rest."""
+MAX_KEEPALIVE_S = 30.0
+"""An idle leader tells its ranks it is alive at least this often (and at least 4 times per
+communication timeout), so a follower waiting for the next plan never times out."""
 
 
 class PlanChannel:
@@ -51,12 +54,20 @@ class PlanChannel:
             rest = bytearray(data[head:])
             self.group.broadcast(torch.frombuffer(rest, dtype=torch.uint8), src=0)
 
+    def keepalive(self) -> None:
+        """Leader side, while idle: a frame of length 0, which a follower skips."""
+        if self.group.world_size > 1:
+            frame = bytearray(FIRST_FRAME_BYTES)
+            self.group.broadcast(torch.frombuffer(frame, dtype=torch.uint8), src=0)
+
     def receive(self) -> bytes:
         """Other ranks: the next plan's bytes (blocks until the leader sends one)."""
         head = FIRST_FRAME_BYTES - 8
         frame = bytearray(FIRST_FRAME_BYTES)
-        self.group.broadcast(torch.frombuffer(frame, dtype=torch.uint8), src=0)
-        size = int.from_bytes(frame[:8], "little")
+        size = 0
+        while size == 0:  # keepalive frames: the leader is idle, wait on
+            self.group.broadcast(torch.frombuffer(frame, dtype=torch.uint8), src=0)
+            size = int.from_bytes(frame[:8], "little")
         if size <= head:
             return bytes(frame[8:8 + size])
         rest = bytearray(size - head)
@@ -120,6 +131,9 @@ class ReplicaExecutor:
         self.dp = distributed.get_cpu_group("dp")
         self.lock_step = ctx.expert_parallel and ctx.dp.world_size > 1
         self.handover = HandoverStats()
+        timeout = self.group.timeout.total_seconds() if self.group.timeout else MAX_KEEPALIVE_S
+        self.keepalive_s = min(MAX_KEEPALIVE_S, timeout / 4)
+        self._last_sent = time.monotonic()
         self.stop = stop if stop is not None else threading.Event()
         self.stop_requested = threading.Event()
         self._closed = False
@@ -135,6 +149,7 @@ class ReplicaExecutor:
         start = time.perf_counter()
         data = plan.encode()
         self.channel.send(data)
+        self._last_sent = time.monotonic()
         self.handover.seconds += time.perf_counter() - start
         self.handover.bytes += len(data)
         self.handover.steps += 1
@@ -143,16 +158,20 @@ class ReplicaExecutor:
     def must_step(self, has_work: bool) -> bool:
         """Under DP + EP: whether any replica has work (a CPU all_reduce over the leaders of
         a busy flag and a stop flag; a stop anywhere sets `stop` everywhere and answers
-        False); otherwise `has_work`."""
-        if not self.lock_step:
-            return has_work
-        flags = torch.tensor([int(has_work), int(self.stop_requested.is_set())],
-                             dtype=torch.long)
-        busy, stopping = self.dp.all_reduce(flags).tolist()
-        if stopping:
-            self.stop.set()
-            return False
-        return busy > 0
+        False); otherwise `has_work`. A turn without a step may send the replica's ranks a
+        keepalive (see MAX_KEEPALIVE_S)."""
+        go = has_work
+        if self.lock_step:
+            flags = torch.tensor([int(has_work), int(self.stop_requested.is_set())],
+                                 dtype=torch.long)
+            busy, stopping = self.dp.all_reduce(flags).tolist()
+            if stopping:
+                self.stop.set()
+            go = busy > 0 and not stopping
+        if not go and time.monotonic() - self._last_sent > self.keepalive_s:
+            self.channel.keepalive()
+            self._last_sent = time.monotonic()
+        return go
 
     def close(self) -> None:
         """Tell the other ranks to leave their loop (once)."""

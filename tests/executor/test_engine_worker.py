@@ -1,12 +1,15 @@
 """The replica worker program end to end: `pypto launch -m pypto_serving.engine.worker` on the
-CPU demo layout (DP 2 x TP 2 + EP), requests over ZMQ to both leaders, tokens equal to the
-reference, and SIGTERM ends every process cleanly.
+CPU demo layout (DP 2 x TP 2 + EP), idle for longer than the communication timeout (the
+leaders' keepalives hold the followers), then requests over ZMQ to both leaders, tokens equal
+to the reference, and SIGTERM ends every process cleanly.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import time
 
 import executor_cases as cases
 import psutil
@@ -23,6 +26,7 @@ pytestmark = pytest.mark.timeout(180)
 
 PROMPTS = {0: [[5, 9, 2, 7, 1, 3, 3], [4, 4]], 1: [[8, 1, 6]]}
 MAX_TOKENS = 5
+COMM_TIMEOUT_S = 6
 
 
 def _collect(sock: zmq.Socket, rids: set[str], timeout_s: float) -> dict[str, list[int]]:
@@ -46,8 +50,11 @@ def test_worker_serves_every_replica_and_leaves_on_sigterm(tmp_path, launch_proc
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     lp = launch_process(["--config", str(path), "--standalone", "-m",
-                         "pypto_serving.engine.worker"])
+                         "pypto_serving.engine.worker"],
+                        env={**os.environ, "PYPTO_COMM_TIMEOUT_S": str(COMM_TIMEOUT_S)})
     ready = lp.wait_for_json(2, timeout=120)  # the two leaders print their endpoint
+    time.sleep(COMM_TIMEOUT_S + 2)  # idle past the timeout: followers must still be there
+    assert lp.proc.poll() is None, "the launch ended while idle"
     assert {r["replica"] for r in ready.values()} == {0, 1}
     capacity = [line for line in lp.lines if "KV pool" in line]
     assert len(capacity) == 2 and "64 blocks x 4 tokens = 256 tokens" in capacity[0]
