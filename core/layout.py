@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-# Which dimensions each group kind spans. EP spans DP x TP within one pipeline stage.
+# Which dimensions each group kind spans. EP spans DP x TP within one pipeline stage; a
+# replica (the ranks of one DP index: its engine's leader and followers) spans PP x TP.
 GROUP_KINDS: dict[str, tuple[str, ...]] = {
     "tp": ("tp",),
     "pp": ("pp",),
     "dp": ("dp",),
     "ep": ("dp", "tp"),
+    "replica": ("pp", "tp"),
     "world": ("dp", "pp", "tp"),
 }
 

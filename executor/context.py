@@ -28,6 +28,8 @@ class ParallelContext:
     pp: GroupCoordinator
     dp: GroupCoordinator
     world: GroupCoordinator
+    replica: GroupCoordinator
+    """The ranks of this DP replica (PP x TP); its first rank is the leader (the engine)."""
     ep: GroupCoordinator | None
     expert_placement: ExpertPlacement | None
     tp_vocab_shards: tuple[range, ...]
@@ -48,6 +50,7 @@ class ParallelContext:
             pp=groups["pp"],
             dp=groups["dp"],
             world=groups["world"],
+            replica=groups["replica"],
             ep=groups.get("ep"),
             expert_placement=topology.expert_placement,
             tp_vocab_shards=tuple(topology.rank_info(r).vocab for r in tp.ranks),
@@ -97,6 +100,10 @@ class ParallelContext:
     @property
     def is_last_stage(self) -> bool:
         return self.rank_info.is_last_stage
+
+    @property
+    def is_replica_leader(self) -> bool:
+        return self.replica.is_first_rank
 
     @property
     def expert_parallel(self) -> bool:

@@ -33,6 +33,9 @@ from .context import ParallelContext
 from .errors import GroupsNotInitializedError, LaunchEnvError, PlatformUnavailableError
 
 BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+CPU_TWIN_KINDS = ("replica", "dp")
+"""Groups that also get a CPU (gloo) twin: the replica's step plan and the DP lock-step flag
+cross them without a device sync."""
 DEFAULT_TIMEOUT_S = 300.0
 """How long a collective waits for a peer before failing (PYPTO_COMM_TIMEOUT_S overrides)."""
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
@@ -45,6 +48,7 @@ class _State:
     device: torch.device
     platform: str
     groups: dict[str, GroupCoordinator] = field(default_factory=dict)
+    cpu_groups: dict[str, GroupCoordinator] = field(default_factory=dict)
 
 
 _state: _State | None = None
@@ -267,8 +271,13 @@ def init_model_parallel(
                     continue
                 info = GroupInfo(info.kind, info.index, inside)
             group = _new_group(info, world, timeout)
+            twin = (_new_cpu_twin(info, group, world, timeout) if kind in CPU_TWIN_KINDS
+                    else None)
             if rank in info.ranks:
                 state.groups[kind] = GroupCoordinator(info, rank, group, device, timeout)
+                if twin is not None:
+                    state.cpu_groups[kind] = GroupCoordinator(info, rank, twin,
+                                                              torch.device("cpu"), timeout)
     _state = state
     return ParallelContext.build(topology, rank, state.groups, device)
 
@@ -282,11 +291,21 @@ def _new_group(info: GroupInfo, world: range, timeout: timedelta):
     return dist.new_group([r - world.start for r in info.ranks], timeout=timeout)
 
 
+def _new_cpu_twin(info: GroupInfo, group, world: range, timeout: timedelta):
+    """A gloo group over the same ranks (the group itself when the world is gloo already)."""
+    if dist.get_backend() == "gloo":
+        return group
+    return dist.new_group([r - world.start for r in info.ranks], timeout=timeout,
+                          backend="gloo")
+
+
 def _destroy_groups() -> None:
     global _state
     if _state is None:
         return
-    for coordinator in _state.groups.values():
+    twins = [c for k, c in _state.cpu_groups.items()
+             if c.process_group is not _state.groups[k].process_group]
+    for coordinator in (*_state.groups.values(), *twins):
         pg = coordinator.process_group
         if pg is not None and pg is not dist.group.WORLD and coordinator.rank in coordinator.ranks:
             dist.destroy_process_group(pg)
@@ -332,6 +351,15 @@ def get_ep_group() -> GroupCoordinator:
 
 def get_world_group() -> GroupCoordinator:
     return get_group("world")
+
+
+def get_cpu_group(kind: str) -> GroupCoordinator:
+    """The CPU (gloo) twin of this rank's group of `kind` (one of CPU_TWIN_KINDS)."""
+    if _state is None:
+        raise GroupsNotInitializedError(kind)
+    if kind not in _state.cpu_groups:
+        raise KeyError(f"no CPU twin of the {kind} group; twins exist for {CPU_TWIN_KINDS}")
+    return _state.cpu_groups[kind]
 
 
 def comm_stats() -> dict[str, dict]:

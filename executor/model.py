@@ -26,51 +26,41 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 @dataclass
-class AttentionMetadata:
-    """Where each sequence's tokens are, as padded [seqs, width] index tables.
+class SequenceMetadata:
+    """Whole sequences from position 0 with no KV cache (the reference path, the dummy step):
+    `lengths[i]` tokens of sequence i, one after another in the flat batch."""
 
-    The flat batch holds each sequence's new tokens in turn. `query_index[s, j]` is the flat
-    row of sequence s's j-th new token (`query_valid` marks real entries, and selecting with
-    it gives back the flat order); `key_index[s, p]` is where the key/value of position p of
-    sequence s is read: a flat KV-cache slot, or with no cache a flat row of this batch.
-    `slots` are the cache slots the new tokens are written to (None without a cache). All
-    built once per step (batch.build_step, sequence_metadata), shared by every layer.
+    lengths: list[int]
+    positions: torch.Tensor
+
+
+@dataclass
+class PagedAttentionMetadata:
+    """One ragged step over the paged KV cache, built once per step and shared by every layer.
+
+    The flat batch holds each sequence's new tokens in turn (a prefill chunk or one decode
+    token), token t at `positions[t]`; its key/value is written at cache slot `slots[t]`
+    (block * block_size + offset). Token t attends to every cached position of its sequence
+    up to its own: the blocks 0..positions[t] // block_size of its block table. Each (query,
+    block) pair is one entry: `pair_query[p]` the query row, `pair_block[p]` the cache block.
+    Only a query's last pair (`last_pair[t]`) holds positions after the query's own: offsets
+    where `last_hidden[t]` is True are masked. No padding to the longest sequence: the work is
+    exactly the causal (query, key) pairs, rounded up to whole blocks.
     """
 
     positions: torch.Tensor
-    query_index: torch.Tensor
-    query_valid: torch.Tensor
-    key_index: torch.Tensor
-    key_valid: torch.Tensor
-    slots: torch.Tensor | None = None
+    slots: torch.Tensor
+    pair_query: torch.Tensor
+    pair_block: torch.Tensor
+    last_pair: torch.Tensor
+    last_hidden: torch.Tensor
 
-    @classmethod
-    def build(
-        cls, new_tokens: list[int], context_lens: list[int], key_rows: list[list[int]],
-        slots: list[int] | None, device: torch.device | str,
-    ) -> AttentionMetadata:
-        """From per-sequence counts of new tokens, context lengths and key locations."""
-        n_seq = len(new_tokens)
-        width_q, width_k = max(new_tokens), max(context_lens)
-        query_index = torch.zeros(n_seq, width_q, dtype=torch.long)
-        query_valid = torch.zeros(n_seq, width_q, dtype=torch.bool)
-        key_index = torch.zeros(n_seq, width_k, dtype=torch.long)
-        key_valid = torch.zeros(n_seq, width_k, dtype=torch.bool)
-        positions, offset = [], 0
-        for s, (n, length, rows) in enumerate(zip(new_tokens, context_lens, key_rows,
-                                                  strict=True)):
-            query_index[s, :n] = torch.arange(offset, offset + n)
-            query_valid[s, :n] = True
-            key_index[s, :length] = torch.tensor(rows, dtype=torch.long)
-            key_valid[s, :length] = True
-            positions.extend(range(length - n, length))
-            offset += n
-        return cls(
-            positions=torch.tensor(positions, dtype=torch.long).to(device),
-            query_index=query_index.to(device), query_valid=query_valid.to(device),
-            key_index=key_index.to(device), key_valid=key_valid.to(device),
-            slots=None if slots is None else torch.tensor(slots, dtype=torch.long).to(device),
-        )
+    @property
+    def num_tokens(self) -> int:
+        return self.positions.shape[0]
+
+
+AttentionMetadata = SequenceMetadata | PagedAttentionMetadata
 
 
 class RMSNorm(nn.Module):
@@ -127,10 +117,12 @@ class Attention(nn.Module):
         """For each held query head, the position of its KV head among the held KV heads."""
         key = (self.head_ids, self.kv_head_ids, device)
         if getattr(self, "_kv_index_key", None) != key:
-            self._kv_index = torch.tensor(
-                [h // self.queries_per_kv - self.kv_head_ids.start for h in self.head_ids],
-                device=device,
-            )
+            index = [h // self.queries_per_kv - self.kv_head_ids.start for h in self.head_ids]
+            self._kv_index = torch.tensor(index, device=device)
+            per = len(index) // len(self.kv_head_ids)
+            # held query heads in runs of `per` per held KV head: attention can group them
+            self._grouped = per * len(self.kv_head_ids) == len(index) and index == [
+                i // per for i in range(len(index))]
             self._kv_index_key = key
         return self._kv_index
 
@@ -140,20 +132,59 @@ class Attention(nn.Module):
         q = rotary(self.wq(x).view(n, len(self.head_ids), d), meta.positions)
         k = rotary(self.wk(x).view(n, len(self.kv_head_ids), d), meta.positions)
         v = self.wv(x).view(n, len(self.kv_head_ids), d)
-        if cache is not None:
-            cache.write(meta.slots, k, v)
-            k, v = cache.flat()
         kv_index = self.kv_index(x.device)
-        keys = k[meta.key_index][:, :, kv_index]            # [seqs, ctx, heads, d]
-        values = v[meta.key_index][:, :, kv_index]
-        queries = q[meta.query_index]                        # [seqs, new, heads, d]
-        scores = torch.einsum("sthd,schd->shtc", queries, keys) / math.sqrt(d)
-        query_pos = meta.positions[meta.query_index]         # [seqs, new]
-        key_pos = torch.arange(keys.shape[1], device=x.device)
-        hidden = (key_pos[None, None, :] > query_pos[:, :, None]) | ~meta.key_valid[:, None, :]
-        scores = scores.masked_fill(hidden[:, None], float("-inf"))
-        out = torch.einsum("shtc,schd->sthd", scores.softmax(-1), values)[meta.query_valid]
+        if isinstance(meta, PagedAttentionMetadata):
+            cache.write(meta.slots, k, v)
+            out = paged_attention(q, cache.k, cache.v, meta,
+                                  None if self._grouped else kv_index)
+        else:
+            out = causal_attention(q, k, v, meta.lengths, kv_index)
         return self.wo(out.reshape(n, len(self.head_ids) * d))
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int],
+                     kv_index: torch.Tensor) -> torch.Tensor:
+    """Plain causal attention of each whole sequence over itself (no cache): the truth the
+    paged path is checked against. q [tokens, heads, d]; k, v [tokens, kv_heads, d]."""
+    outs, start = [], 0
+    for n in lengths:
+        qs = q[start:start + n].transpose(0, 1)
+        ks = k[start:start + n][:, kv_index].transpose(0, 1)
+        vs = v[start:start + n][:, kv_index].transpose(0, 1)
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1))
+        start += n
+    return torch.cat(outs)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: PagedAttentionMetadata, kv_index: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Varlen causal attention over the paged cache: q [tokens, heads, d]; k/v_cache
+    [blocks, block_size, kv_heads, d]. Scores per (query, block) pair, a softmax over all
+    pairs of a query (max and sum reduced by query row), values summed back per query.
+    `kv_index` maps query heads to KV heads when they are not in equal runs (None: runs of
+    heads / kv_heads query heads per KV head, grouped without copying keys)."""
+    n, heads, d = q.shape
+    if kv_index is not None:
+        k_cache, v_cache = k_cache[:, :, kv_index], v_cache[:, :, kv_index]
+    kv_heads = k_cache.shape[2]
+    groups = heads // kv_heads
+    pq, pairs = meta.pair_query, meta.pair_query.shape[0]
+    # tiny per-pair products: broadcast multiply + sum beats batched GEMMs of [groups, d]
+    kb = k_cache[meta.pair_block].transpose(1, 2).unsqueeze(2)   # [P, kv_heads, 1, B, d]
+    vb = v_cache[meta.pair_block].transpose(1, 2).unsqueeze(2)   # [P, kv_heads, 1, B, d]
+    qp = q[pq].view(pairs, kv_heads, groups, 1, d)
+    scores = (qp * kb).sum(-1) / math.sqrt(d)                    # [P, kv_heads, groups, B]
+    last = meta.last_pair
+    scores[last] = scores[last].masked_fill(meta.last_hidden[:, None, None, :], float("-inf"))
+    row = pq[:, None, None].expand(pairs, kv_heads, groups)
+    top = scores.new_full((n, kv_heads, groups), float("-inf")).scatter_reduce(
+        0, row, scores.amax(-1), "amax")
+    weights = torch.exp(scores - top[pq][..., None])
+    total = scores.new_zeros((n, kv_heads, groups)).index_add_(0, pq, weights.sum(-1))
+    out = q.new_zeros((n, kv_heads, groups, d)).index_add_(
+        0, pq, (weights.unsqueeze(-1) * vb).sum(-2))
+    return (out / total[..., None]).view(n, heads, d)
 
 
 class FeedForward(nn.Module):
@@ -285,10 +316,7 @@ def build_reference_model(
     return model.to(device=device, dtype=DTYPES[spec.dtype]).eval()
 
 
-def sequence_metadata(lengths: list[int], device: torch.device | str = "cpu") -> AttentionMetadata:
+def sequence_metadata(lengths: list[int], device: torch.device | str = "cpu") -> SequenceMetadata:
     """Metadata for whole sequences run from position 0 with no cache (the reference path)."""
-    rows, offset = [], 0
-    for n in lengths:
-        rows.append(list(range(offset, offset + n)))
-        offset += n
-    return AttentionMetadata.build(list(lengths), list(lengths), rows, None, device)
+    positions = torch.cat([torch.arange(n) for n in lengths]) if lengths else torch.zeros(0)
+    return SequenceMetadata(lengths=list(lengths), positions=positions.long().to(device))

@@ -8,17 +8,26 @@ hands it batches and block tables. Method names follow PyPTO Serving's runners
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from .batch import DecodeBatch, PrefillBatch, StepOutput, build_step
+from .batch import (
+    ChunkLike,
+    DecodeBatch,
+    PrefillBatch,
+    StepInput,
+    StepOutput,
+    build_step,
+    dummy_step,
+)
 from .context import ParallelContext
 from .ep import apply_ep
 from .kv_cache import PagedKVCache, blocks_needed
 from .model import DTYPES, Transformer, init_weights
 from .pp import apply_pp, receive_activations, send_activations, share_tokens
+from .sampler import Sampler, SamplingLike
 from .tp import apply_tp
 
 
@@ -38,9 +47,16 @@ class ModelRunner(Protocol):
     def warmup(self) -> None:
         """Run one throwaway step so the first real one pays no start-up cost."""
 
-    def run_prefill(self, batch: PrefillBatch) -> StepOutput: ...
+    def run_step(self, chunks: Sequence[ChunkLike],
+                 sampling: Sequence[SamplingLike | None] | None = None) -> StepOutput:
+        """One forward over a ragged step (prefill chunks and decodes mixed); the last stage
+        samples each sampling chunk (`sampling[i]` for the i-th; None: greedy)."""
 
-    def run_decode(self, batch: DecodeBatch) -> StepOutput: ...
+    def run_prefill(self, batch: PrefillBatch) -> StepOutput:
+        """A step of prefill chunks (a view of run_step); greedy tokens on every rank."""
+
+    def run_decode(self, batch: DecodeBatch) -> StepOutput:
+        """A step of decodes (a view of run_step); greedy tokens on every rank."""
 
     def run_dummy(self) -> None:
         """An idle replica's step: joins every collective (MoE all2all) with a dummy token."""
@@ -58,6 +74,7 @@ class ReferenceModelRunner:
         self.dtype = DTYPES[ctx.model.dtype]
         self.model: Transformer | None = None
         self.kv_cache: PagedKVCache | None = None
+        self.sampler = Sampler()
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | None = None) -> None:
         """Build the full model (seeded, or from a full state dict), then keep our share."""
@@ -89,6 +106,17 @@ class ReferenceModelRunner:
     def warmup(self) -> None:
         self.run_dummy()
 
+    def run_step(self, chunks: Sequence[ChunkLike],
+                 sampling: Sequence[SamplingLike | None] | None = None) -> StepOutput:
+        """One forward over every chunk; tokens come back on the last PP stage only."""
+        if not chunks:
+            self.run_dummy()
+            return StepOutput(logits=None)
+        step = build_step(chunks, self.ctx.kv_block_size, self.ctx.device,
+                          max_seq_len=self.ctx.model.max_seq_len)
+        indices = [getattr(c, "output_index", 0) for c in chunks if c.sample]
+        return self._run(step, self._cache(), sampling, indices)
+
     def run_prefill(self, batch: PrefillBatch) -> StepOutput:
         return self.forward(batch, self._cache())
 
@@ -96,31 +124,47 @@ class ReferenceModelRunner:
         return self.forward(batch, self._cache())
 
     def run_dummy(self) -> None:
-        self.forward(None, None)
+        self._run(dummy_step(self.ctx.device), None, None, [])
 
-    @torch.inference_mode()
     def forward(self, batch: PrefillBatch | DecodeBatch | None,
                 kv_cache: PagedKVCache | None) -> StepOutput:
-        """One step of this rank's stage; `batch=None` is the dummy step."""
+        """One greedy step of this rank's stage, tokens shared with every stage over PP;
+        `batch=None` is the dummy step."""
+        if batch is None:
+            self.run_dummy()
+            return StepOutput(logits=None)
+        step = build_step(batch, self.ctx.kv_block_size, self.ctx.device,
+                          max_seq_len=self.ctx.model.max_seq_len)
+        out = self._run(step, kv_cache, None, [])
+        tokens = (torch.tensor(out.next_tokens, dtype=torch.long, device=self.ctx.device)
+                  if self.ctx.is_last_stage
+                  else torch.empty(step.num_seqs, dtype=torch.long, device=self.ctx.device))
+        out.next_tokens = share_tokens(self.ctx, tokens).tolist()
+        return out
+
+    @torch.inference_mode()
+    def _run(self, step: StepInput, kv_cache: PagedKVCache | None,
+             sampling: Sequence[SamplingLike | None] | None, output_indices: list[int]
+             ) -> StepOutput:
+        """This rank's stage of one step: embed or receive, its layers, then send on or (last
+        stage) the LM head of the sampled rows and the sampler."""
         if self.model is None:
             raise RuntimeError("call load_weights() before running the model")
         ctx, model = self.ctx, self.model
-        step = build_step(batch, ctx.kv_block_size, ctx.device, use_cache=kv_cache is not None,
-                          max_seq_len=ctx.model.max_seq_len)
         if ctx.is_first_stage:
             h = model.embed(step.tokens)
         else:
             h = receive_activations(ctx, step.num_tokens, self.dtype)
         h = model.run_layers(h, step.meta, kv_cache)
-        logits = None
-        if ctx.is_last_stage:
-            logits = model.head(h[step.last_rows]).float()
-            next_tokens = logits.argmax(-1)
-        else:
+        if not ctx.is_last_stage:
             send_activations(ctx, h)
-            next_tokens = torch.empty(step.num_seqs, dtype=torch.long, device=ctx.device)
-        next_tokens = share_tokens(ctx, next_tokens)
-        return StepOutput(logits=logits, next_tokens=next_tokens.tolist())
+            return StepOutput(logits=None)
+        if step.num_seqs == 0:
+            return StepOutput(logits=None)
+        logits = model.head(h[step.last_rows]).float()
+        params = list(sampling) if sampling is not None else [None] * step.num_seqs
+        return StepOutput(logits=logits,
+                          next_tokens=self.sampler.sample(logits, params, output_indices))
 
     def _cache(self) -> PagedKVCache:
         if self.kv_cache is None:

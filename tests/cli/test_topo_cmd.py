@@ -41,7 +41,7 @@ def test_json_matches_core_and_is_stable(cli):
                             | {"experts_truncated": False, "num_experts_held": 2}
                             for i in range(4)]
     assert doc["groups"]["ep"]["groups"][0]["ranks"] == [0, 1, 2, 3]
-    assert set(doc["groups"]) == {"tp", "pp", "dp", "ep", "world"}
+    assert set(doc["groups"]) == {"tp", "pp", "dp", "ep", "replica", "world"}
     assert doc["ranks_truncated"] is False
 
 

@@ -44,6 +44,7 @@ def t8():
     ("pp", [(0, 2), (1, 3), (4, 6), (5, 7)]),
     ("dp", [(0, 4), (1, 5), (2, 6), (3, 7)]),
     ("ep", [(0, 1, 4, 5), (2, 3, 6, 7)]),
+    ("replica", [(0, 1, 2, 3), (4, 5, 6, 7)]),
     ("world", [tuple(range(8))]),
 ])
 def test_groups_of_each_kind(t8, kind, groups):
@@ -53,7 +54,7 @@ def test_groups_of_each_kind(t8, kind, groups):
 
 
 def test_group_kinds_in_creation_order(t8):
-    assert t8.group_kinds == ("tp", "pp", "dp", "ep", "world")
+    assert t8.group_kinds == ("tp", "pp", "dp", "ep", "replica", "world")
     assert "ep" not in topo(dp=2, tp=2).group_kinds
 
 

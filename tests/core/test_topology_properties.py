@@ -65,7 +65,7 @@ def reference(topo: Topology):
     coords = list(product(range(lay.dp), range(lay.pp), range(lay.tp)))  # index = rank
     keys = {"tp": lambda d, p, t: (d, p), "pp": lambda d, p, t: (d, t),
             "dp": lambda d, p, t: (p, t), "ep": lambda d, p, t: p,
-            "world": lambda d, p, t: 0}
+            "replica": lambda d, p, t: d, "world": lambda d, p, t: 0}
     groups = {}
     for kind, key in keys.items():
         buckets = defaultdict(list)
