@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -48,11 +49,15 @@ def from_validation(e: ValidationError) -> APIError:
                            code="invalid_json")
     loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int) or p >= 0]
     # union branches add the type tried as a location part (e.g. "str", "list[int]"): drop it
-    path = ".".join(p for p in loc if not p.startswith(("list[", "str", "int", "function-")))
+    path = ".".join(p for p in loc if not _TYPE_PART.match(p))
     value = err.get("input")
     shown = "" if kind == "missing" else f" (got {_short(value)})"
     msg = f"{path}: {err.get('msg', 'invalid value')}{shown}" if path else err.get("msg", "")
     return bad_request(msg, param=path or None, code=kind or None)
+
+
+_TYPE_PART = re.compile(r"^(str|int|float|bool|bytes|none|list\[.*\]|dict\[.*\]|"
+                        r"function-\w+|nullable\[.*\]|constrained-\w+|json-or-python\[.*\])$")
 
 
 def _short(value: Any) -> str:
