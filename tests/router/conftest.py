@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -60,8 +61,14 @@ class RunningRouter:
         return self.router.pool.ready_ids
 
     def wait(self, predicate, timeout: float = 10.0) -> None:
+        """Until `predicate()` holds: re-checked when a replica comes or goes, and every
+        10 ms for the router's other state (no event for it)."""
+        deadline = time.monotonic() + timeout
         with self._changed:
-            assert self._changed.wait_for(predicate, timeout), "router state never came"
+            while not predicate():
+                left = deadline - time.monotonic()
+                assert left > 0, "router state never came"
+                self._changed.wait(min(left, 0.01))
 
     def add(self, peer: EnginePeer, group: int | None = None) -> None:
         self.router.loop.call_soon_threadsafe(self.router.add_replica, peer.replica,

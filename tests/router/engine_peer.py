@@ -46,6 +46,7 @@ class EnginePeer:
         self.aborted: list[str] = []
         self.known: set[bytes] = set()
         self.stored: set[int] = set()
+        self._changed = threading.Condition()
         self._stop = threading.Event()
         self._killed = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -53,6 +54,11 @@ class EnginePeer:
 
     def adds(self) -> list[dict]:
         return [m for m in self.received if m["op"] == "add"]
+
+    def wait(self, predicate, timeout: float = 10.0) -> None:
+        """Until `predicate()` holds (re-checked after every message the peer handles)."""
+        with self._changed:
+            assert self._changed.wait_for(predicate, timeout), "the peer never got there"
 
     def kill(self) -> None:
         """Close the socket at once (the router sees the connection drop)."""
@@ -79,6 +85,8 @@ class EnginePeer:
                         except zmq.Again:
                             break
                         self._on_message(identity, protocol.decode(frame, protocol.ROUTER_OPS))
+                    with self._changed:
+                        self._changed.notify_all()
                 if self.requests:
                     if self.step_s:
                         time.sleep(self.step_s)

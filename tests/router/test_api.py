@@ -228,7 +228,7 @@ def test_a_replica_killed_during_a_burst_loses_no_request(peers, make_router):
     threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
     for t in threads:
         t.start()
-    r.wait(lambda: len(peers[0].requests) >= 4)  # the kill lands mid-burst
+    peers[0].wait(lambda: len(peers[0].requests) >= 4)  # the kill lands mid-burst
     peers[0].kill()
     for t in threads:
         t.join(30)
@@ -288,12 +288,12 @@ def test_a_client_that_leaves_aborts_its_request_on_the_replica(peers, make_rout
     with httpx.stream("POST", r.url + "/v1/completions", json={
             "model": MODEL, "prompt": PROMPT, "max_tokens": 100, "stream": True}) as s:
         next(s.iter_lines())
-    r.wait(lambda: len(peers[0].aborted) == 1)
+    peers[0].wait(lambda: len(peers[0].aborted) == 1)
     # non-streaming: the client times out and closes its connection
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(r.url + "/v1/completions", json={"model": MODEL, "prompt": PROMPT,
                                                     "max_tokens": 100}, timeout=0.3)
-    r.wait(lambda: len(peers[0].aborted) == 2)
+    peers[0].wait(lambda: len(peers[0].aborted) == 2)
     assert not peers[0].requests
 
 
