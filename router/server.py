@@ -99,6 +99,10 @@ class Router:
     def url(self) -> str:
         return self.endpoints[0].url
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop_requested.is_set()
+
     # -- control from other threads -----------------------------------------------------
 
     def stop(self, hard: bool = False) -> None:
