@@ -32,7 +32,7 @@ log = logging.getLogger("pypto.router")
 REPLICA_DOWN = {"op": "replica_down"}
 """Put on a request's queue when its replica goes away before the request finished."""
 
-STATS_INTERVAL_S = 0.05
+STATS_INTERVAL_S = 0.25
 
 
 class ReplicaDown(RuntimeError):
@@ -89,7 +89,8 @@ class ReplicaClient:
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                                      | zmq.EVENT_DISCONNECTED)
         self._sock.connect(endpoint)
         self._tasks: list[asyncio.Task] = []
 
@@ -97,8 +98,7 @@ class ReplicaClient:
 
     def start(self) -> None:
         self._tasks = [asyncio.ensure_future(self._recv_loop()),
-                       asyncio.ensure_future(self._watch()),
-                       asyncio.ensure_future(self._poll_stats())]
+                       asyncio.ensure_future(self._watch())]
 
     def close(self) -> None:
         """Stop talking to the replica (it stopped, or was replaced by a restarted one)."""
@@ -218,19 +218,19 @@ class ReplicaClient:
                 self._on_ready(self)
 
     async def _poll_stats(self) -> None:
-        """Ask for stats now (the first message also makes the server say hello), then
-        every STATS_INTERVAL_S."""
-        first = protocol.encode({"op": "stats"})
-        await self._sock.send(first)  # waits for the connection (IMMEDIATE)
+        """Ask for stats now (the first frame also makes the server say hello), then every
+        STATS_INTERVAL_S (the server also sends them when they change)."""
         while not self.down:
-            await asyncio.sleep(STATS_INTERVAL_S)
             with contextlib.suppress(ReplicaDown):
                 self._send({"op": "stats"})
+            await asyncio.sleep(STATS_INTERVAL_S)
 
     async def _watch(self) -> None:
-        """The connection dropping takes the replica out (once it had said hello)."""
+        """The connection coming up starts the talk; it dropping takes the replica out."""
         while True:
             event = parse_monitor_message(await self._monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_DISCONNECTED and self.ready:
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and len(self._tasks) == 2:
+                self._tasks.append(asyncio.ensure_future(self._poll_stats()))
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.mark_down("connection lost")
                 return
