@@ -111,13 +111,15 @@ class Router:
         self._hard_stop = hard or self._stop_requested.is_set()
         self._stop_requested.set()
         if self.loop is not None and self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
+            with contextlib.suppress(RuntimeError):  # already closed: nothing to stop
+                self.loop.call_soon_threadsafe(self._stop.set)
 
     def on_launch_event(self, event: Any) -> None:
         """A launcher LaunchEvent (from any thread): replicas join at "ready", leave at
         "failed"/"restarting"/"stopped"."""
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.apply_launch_event, event)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                self.loop.call_soon_threadsafe(self.apply_launch_event, event)
 
     def apply_launch_event(self, event: Any) -> None:
         pool = self.pool
