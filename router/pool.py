@@ -68,7 +68,7 @@ class ReplicaPool:
         self._idle.set()
         self._ids = itertools.count()
         self.on_change: list = []
-        """Callbacks (replica, ready: bool) when a replica comes or goes (metrics, logs)."""
+        """Callbacks (replica, ready: bool, reason) when a replica comes or goes."""
 
     # -- membership (driven by the launcher's events) -----------------------------------
 
@@ -102,12 +102,12 @@ class ReplicaPool:
             self.block_size = bs
         self._ready_changed.set()
         for cb in self.on_change:
-            cb(client.replica, True)
+            cb(client.replica, True, "ready")
 
     def _client_down(self, client: ReplicaClient, reason: str) -> None:
         self.index.forget(client.replica)
         for cb in self.on_change:
-            cb(client.replica, False)
+            cb(client.replica, False, reason)
 
     @property
     def ready_ids(self) -> list[int]:

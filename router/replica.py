@@ -115,7 +115,7 @@ class ReplicaClient:
         if self.down:
             return
         self.down, self.ready = True, False
-        log.warning("replica %d (%s) is out: %s", self.replica, self.endpoint, reason)
+        log.info("replica %d (%s) is out: %s", self.replica, self.endpoint, reason)
         self._fail_all(reason)
         self._on_down(self, reason)
 

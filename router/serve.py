@@ -105,8 +105,15 @@ def serve(cfg: ServingConfig, options: ServeOptions, *,
             router.stop(hard=True)
             launch.request_stop(0.0)
 
+    def on_change(replica: int, ready: bool, reason: str) -> None:
+        client = router.pool.replicas.get(replica) if router.pool else None
+        where = f" at {client.endpoint}" if client else ""
+        say(f"replica {replica} in rotation{where}" if ready else
+            f"replica {replica} out of rotation: {reason}")
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        router.on_pool = lambda pool: pool.on_change.append(on_change)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
         threading.Thread(target=pump, name="pypto-serve-events", daemon=True).start()

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,8 @@ class Router:
         self._stop_requested = threading.Event()
         self._hard_stop = False
         self.started = threading.Event()
+        self.on_pool: Callable[[ReplicaPool], None] = lambda pool: None
+        """Called with the pool as serve() creates it (to subscribe to its changes)."""
 
     @property
     def url(self) -> str:
@@ -150,6 +152,7 @@ class Router:
         if self._stop_requested.is_set():
             self._stop.set()
         self.pool = ReplicaPool(self.policy, hold_timeout_s=self.hold_timeout_s)
+        self.on_pool(self.pool)
         servers = []
         for ep in self.endpoints:
             pool_view = self.pool if ep.replica is None else _PinnedPool(self.pool, ep.replica)

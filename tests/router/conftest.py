@@ -53,7 +53,7 @@ class RunningRouter:
         except BaseException as e:  # surfaced by close()
             self.error = e
 
-    def _on_change(self, replica: int, ready: bool) -> None:
+    def _on_change(self, replica: int, ready: bool, reason: str) -> None:
         with self._changed:
             self._changed.notify_all()
 
