@@ -11,9 +11,9 @@ import threading
 import httpx
 import openai
 import pytest
-from conftest import MODEL
 from engine_peer import EnginePeer, expected_text
 from prometheus_client.parser import text_string_to_metric_families
+from router_harness import MODEL
 
 PROMPT = "hello"
 IDS = list(PROMPT.encode())
