@@ -115,6 +115,7 @@ def test_a_replica_killed_during_a_burst_loses_no_request_and_rejoins(dp2):
         assert results[p] == text
     assert all(len(t) > 0 for t in results.values())
     assert out_at
+    assert _retries(dp2.url) >= 1  # requests were in flight on the killed replica
 
     ready = dp2.expect(r"group 0 .*ready \(attempt 1\)", timeout=120)
     ready_at = dp2.times[-1]
@@ -137,3 +138,10 @@ def _running_on(url: str, replica: str) -> bool:
         if fam.name == "pypto:num_requests_running":
             return any(s.labels["replica"] == replica and s.value > 0 for s in fam.samples)
     return False
+
+
+def _retries(url: str) -> float:
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    return sum(s.value for fam in text_string_to_metric_families(text)
+               if fam.name == "pypto:request_retries" for s in fam.samples
+               if s.name.endswith("_total"))
