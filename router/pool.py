@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import zmq.asyncio
+import zmq
 
 from ..engine.hashing import block_hashes
 from ..engine.sampling_params import SamplingParams
@@ -62,7 +62,7 @@ class ReplicaPool:
         self.index = PrefixIndex()
         self.closed = False
         self.in_flight = 0
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         self._ready_changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from ..engine import protocol
@@ -69,7 +68,7 @@ class ReplicaState:
 class ReplicaClient:
     """The router's connection to one replica leader."""
 
-    def __init__(self, replica: int, endpoint: str, ctx: zmq.asyncio.Context, *,
+    def __init__(self, replica: int, endpoint: str, ctx: zmq.Context, *,
                  on_ready: Callable[[ReplicaClient], None],
                  on_down: Callable[[ReplicaClient, str], None],
                  on_kv_events: Callable[[int, list[int], list[int]], None],
@@ -93,18 +92,29 @@ class ReplicaClient:
                                                       | zmq.EVENT_DISCONNECTED)
         self._sock.connect(endpoint)
         self._tasks: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._talking = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._recv_loop()),
-                       asyncio.ensure_future(self._watch())]
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.FD, self._drain)
+        self._loop.add_reader(self._monitor.FD, self._drain_monitor)
+        self._loop.call_soon(self._drain)
+        self._loop.call_soon(self._drain_monitor)
 
     def close(self) -> None:
         """Stop talking to the replica (it stopped, or was replaced by a restarted one)."""
         self._fail_all("closed")
         for t in self._tasks:
             t.cancel()
+        if self._loop is not None and not self._sock.closed:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock.FD)
+                self._loop.remove_reader(self._monitor.FD)
+        if self._sock.closed:
+            return
         with contextlib.suppress(zmq.ZMQError):
             self._sock.disable_monitor()
         self._monitor.close(linger=0)
@@ -162,6 +172,9 @@ class ReplicaClient:
         except zmq.ZMQError as e:  # Again: no peer connected (it died); others: closed
             self.mark_down(f"send failed ({e})")
             raise ReplicaDown(f"replica {self.replica} is gone") from None
+        # ZMQ's FD is edge-triggered and a send may consume the edge of a pending input
+        if self._loop is not None:
+            self._loop.call_soon(self._drain)
 
     # -- load ----------------------------------------------------------------------------
 
@@ -179,9 +192,14 @@ class ReplicaClient:
 
     # -- receiving -----------------------------------------------------------------------
 
-    async def _recv_loop(self) -> None:
-        while True:
-            frames = await self._sock.recv_multipart(copy=True)
+    def _drain(self) -> None:
+        """Every frame waiting on the socket (its FD only signals an edge)."""
+        sock = self._sock
+        while not sock.closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
             try:
                 msg = protocol.decode(frames[-1], protocol.ENGINE_OPS)
             except protocol.ProtocolError as e:
@@ -225,11 +243,16 @@ class ReplicaClient:
                 self._send({"op": "stats"})
             await asyncio.sleep(STATS_INTERVAL_S)
 
-    async def _watch(self) -> None:
+    def _drain_monitor(self) -> None:
         """The connection coming up starts the talk; it dropping takes the replica out."""
-        while True:
-            event = parse_monitor_message(await self._monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and len(self._tasks) == 2:
+        mon = self._monitor
+        while not mon.closed and mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                event = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._talking:
+                self._talking = True
                 self._tasks.append(asyncio.ensure_future(self._poll_stats()))
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.mark_down("connection lost")
