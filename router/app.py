@@ -330,6 +330,32 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
                 "replicas_ready": ready, "replicas": sorted(pool.replicas)}
         return _json(body, 200 if ready and not state.draining else 503)
 
+    # What SGLang's router asks of the workers it fronts, so a user's own sglang-router can
+    # balance the per-replica ports of `data_parallel_load_balance: external`. Never a
+    # model_path or tokenizer_path here: that router would try to download them.
+    @app.get("/server_info")
+    async def server_info(request: Request) -> Response:
+        check_auth(request)
+        return _json({"served_model_name": settings.model,
+                      "max_model_len": settings.max_model_len,
+                      "replicas": pool.ready_ids})
+
+    @app.get("/model_info")
+    async def model_info(request: Request) -> Response:
+        check_auth(request)
+        return _json({"model_name": settings.model, "is_generation": True})
+
+    @app.get("/get_load")
+    async def get_load(request: Request) -> Response:
+        check_auth(request)
+        loads = []
+        for r in pool.ready_ids:
+            c = pool.replicas[r]
+            loads.append({"dp_rank": r, "num_reqs": c.pending_requests(),
+                          "num_waiting_reqs": int(c.state.stats.get("waiting", 0)),
+                          "num_tokens": c.pending_tokens()})
+        return _json(loads)
+
     @app.get("/metrics")
     async def metrics_route(request: Request) -> Response:
         check_auth(request)
