@@ -21,7 +21,7 @@ from typing import TextIO
 from ..core.config import ServingConfig
 from .app import AppSettings
 from .policies import make_policy
-from .server import Router
+from .server import Router, run_loop
 
 WORKER_MODULE = "pypto_serving.engine.worker"
 """The replica worker program the launcher runs on every rank."""
@@ -120,7 +120,7 @@ def serve(cfg: ServingConfig, options: ServeOptions, *,
         await router.serve()
 
     try:
-        asyncio.run(main())
+        run_loop(main())
     finally:
         grace = 0.0 if len(signals) > 1 else None
         result = launch.stop(grace)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,15 @@ from .policies import Policy
 from .pool import ReplicaPool
 
 log = logging.getLogger("pypto.router")
+
+
+def run_loop(main: Coroutine[Any, Any, Any]) -> Any:
+    """Run `main` on uvloop where it is installed (uvicorn's own choice), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -7,7 +7,7 @@ added latency, each beside sglang-router (the `bench` extra) in the same run.
    ours:  client -HTTP-> our router -ZMQ-> engine      vs  client -ZMQ-> engine
    sglang: client -HTTP-> sglang-router -HTTP-> our per-replica front -ZMQ-> engine
            vs client -HTTP-> that front directly
-   Non-streaming completions, max_tokens 1, at concurrency 1 and 32 (httpx client).
+   Non-streaming completions, max_tokens 1, at concurrency 1 and 32 (aiohttp client).
 2. Policies. Real replica workers (`python -m pypto_serving.engine.worker` under the
    launcher's ServiceLaunch, as `pypto serve` starts them) with a small KV pool, and two
    workloads: requests sharing a few long system prompts, and unique prompts. Every policy of
@@ -75,7 +75,7 @@ def run_router(endpoints: list[str], policy: str, external: bool) -> None:
     from pypto_serving.engine.tokenizer import ByteTokenizer
     from pypto_serving.router.app import AppSettings
     from pypto_serving.router.policies import make_policy
-    from pypto_serving.router.server import Router
+    from pypto_serving.router.server import Router, run_loop
 
     settings = AppSettings(MODEL, 512, max_concurrent_requests=4096)
     router = Router(make_policy(policy), ByteTokenizer(), settings,
@@ -100,7 +100,7 @@ def run_router(endpoints: list[str], policy: str, external: bool) -> None:
         print("READY", flush=True)
         await task
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 class Helper:
@@ -288,9 +288,28 @@ async def zmq_latency(endpoint: str, n: int, concurrency: int) -> list[float]:
 
 
 def http_latency(url: str, n: int, concurrency: int) -> list[float]:
-    samples, _ = asyncio.run(run_load(url, ["hello world"] * n, concurrency, 1, None,
-                                      stream=False))
-    return [s.e2e for s in samples]
+    """Non-streaming completions (max_tokens 1) through `url` with aiohttp (the lighter
+    client: at concurrency 32 on 2 cores httpx's own cost hides the routers')."""
+    import aiohttp
+
+    async def main() -> list[float]:
+        out: list[float] = []
+        sem = asyncio.Semaphore(concurrency)
+        body = {"model": MODEL, "prompt": "hello world", "max_tokens": 1}
+        conn = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=conn) as session:
+            async def one() -> None:
+                async with sem:
+                    t0 = time.perf_counter()
+                    async with session.post(url + "/v1/completions", json=body) as r:
+                        assert r.status == 200, await r.text()
+                        await r.read()
+                    out.append(time.perf_counter() - t0)
+
+            await asyncio.gather(*(one() for _ in range(n)))
+        return out
+
+    return asyncio.run(main())
 
 
 # --- the two parts ---------------------------------------------------------------------------
@@ -434,13 +453,13 @@ def render(latency: list[dict], policies: list[dict], args) -> None:
     console = Console(width=160)
     if latency:
         t = Table(title="router added latency (non-streaming, max_tokens 1, instant engine; "
-                  f"httpx client; medians of {args.runs} runs)", title_justify="left")
+                  f"aiohttp client; medians of {args.runs} runs)", title_justify="left")
         for col in ("conc", "direct ZMQ p50", "ours p50", "ours p99", "ours added p50",
                     "ours added p99", "front p50", "sglang p50", "sglang p99",
                     "sglang added p50", "sglang added p99"):
             t.add_column(col, justify="right")
         for r in latency:
-            def f(k: str) -> str:
+            def f(k: str, r: dict = r) -> str:
                 return f"{r[k]:.2f} ms" if k in r else "-"
             t.add_row(str(r["concurrency"]), f("direct_zmq_p50_ms"), f("ours_p50_ms"),
                       f("ours_p99_ms"), f("ours_added_p50_ms"), f("ours_added_p99_ms"),
