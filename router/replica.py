@@ -168,7 +168,7 @@ class ReplicaClient:
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
-            self._sock.send(protocol.encode(message), flags=zmq.NOBLOCK, copy=False)
+            self._sock.send(protocol.encode(message), flags=zmq.NOBLOCK)  # copied: small
         except zmq.ZMQError as e:  # Again: no peer connected (it died); others: closed
             self.mark_down(f"send failed ({e})")
             raise ReplicaDown(f"replica {self.replica} is gone") from None
