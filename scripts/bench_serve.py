@@ -141,15 +141,19 @@ def our_router(endpoints: list[str], policy: str, external: bool = False
     return h, urls
 
 
-def sglang_router(worker_urls: list[str], policy: str) -> tuple[Helper, str]:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def sglang_router(worker_urls: list[str], policy: str) -> tuple[Helper, str]:
+    port = free_port()
     h = Helper([sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
                 "--port", str(port), "--worker-urls", *worker_urls, "--policy", policy,
-                "--log-level", "warn"])
+                "--prometheus-port", str(free_port()), "--log-level", "warn"])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # it prints nothing at warn level: ask it
