@@ -9,20 +9,12 @@ import time
 
 from engine_peer import EnginePeer
 
+from pypto_serving.engine.tokenizer import ByteTokenizer
 from pypto_serving.router.app import AppSettings
 from pypto_serving.router.policies import make_policy
 from pypto_serving.router.server import Router
 
 MODEL = "tiny"
-
-
-class Bytes:
-    """One token per UTF-8 byte (the reference model's tokenizer)."""
-
-    vocab_size = 256
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode())
 
 
 class RunningRouter:
@@ -34,7 +26,7 @@ class RunningRouter:
                  external: int | None = None, **policy_args) -> None:
         settings = AppSettings(MODEL, max_model_len, api_key, max_request_bytes,
                                max_concurrent_requests)
-        self.router = Router(make_policy(policy, **policy_args), Bytes(), settings,
+        self.router = Router(make_policy(policy, **policy_args), ByteTokenizer(), settings,
                              external=external, hold_timeout_s=hold_timeout_s,
                              drain_timeout_s=5.0)
         self.url = self.router.url
