@@ -96,6 +96,47 @@ def test_metrics_parse_and_name_every_replica(demo):
     assert sum(s.value for s in e2e) >= 1
 
 
+def test_a_rank_killed_restarts_the_world_and_held_requests_complete(demo):
+    """DP + EP is one world: a dead rank restarts every replica; requests in flight are
+    held while no replica is ready and answered once the world is back."""
+    import os
+    import signal
+    import threading
+
+    c = client(demo.url)
+    args = {"model": MODEL, "max_tokens": 24, "temperature": 0,
+            "extra_body": {"ignore_eos": True}}
+    want = c.completions.create(prompt="held request", **args).choices[0].text
+    victim = next(p for p in demo.ps.children(recursive=True)
+                  if _environ(p).get("PYPTO_RANK") == "1")  # not a leader: no socket drops
+    results, errors = [], []
+
+    def one() -> None:
+        try:
+            results.append(c.completions.create(prompt="held request", **args)
+                           .choices[0].text)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    os.kill(victim.pid, signal.SIGKILL)
+    demo.expect(r"group 0 .*failed", timeout=30)
+    demo.expect(r"group 0 .*ready \(attempt 1\)", timeout=120)
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert results == [want] * 4
+
+
+def _environ(p: psutil.Process) -> dict:
+    try:
+        return p.environ()
+    except psutil.Error:
+        return {}
+
+
 def test_ctrl_c_drains_the_stream_in_flight_and_leaves_no_process(demo):
     tree = demo.tree()
     assert len(tree) >= 5  # pypto serve + 4 ranks (and the launcher's helpers)
