@@ -88,6 +88,14 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
     app.state.pool = pool
     api_key = settings.api_key.encode() if settings.api_key else None
 
+    def route(path: str, method: str) -> Callable:
+        """A plain Starlette route: the handlers read the request themselves, so FastAPI's
+        dependency solving (a quarter of a millisecond a request) is skipped."""
+        def add(endpoint: Callable) -> Callable:
+            app.router.add_route(path, endpoint, methods=[method], include_in_schema=False)
+            return endpoint
+        return add
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> Response:
         metrics.errors.labels(settings.model, str(e.status)).inc()
@@ -178,7 +186,7 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
         check_model(req.model)
         return req
 
-    @app.post("/v1/completions")
+    @route("/v1/completions", "POST")
     async def completions(request: Request) -> Response:
         req: CompletionRequest = await parse(request, CompletionRequest)
         prompt = req.single_prompt()
@@ -187,7 +195,7 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
         max_tokens = budget(len(ids), req.max_tokens, "max_tokens")
         return await respond(request, req, ids, max_tokens, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @route("/v1/chat/completions", "POST")
     async def chat_completions(request: Request) -> Response:
         req: ChatCompletionRequest = await parse(request, ChatCompletionRequest)
         text = template.render([{"role": m.role, "content": m.text()} for m in req.messages])
@@ -316,15 +324,15 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
                 await stream.aclose()
         yield SSE_DONE
 
-    @app.get("/v1/models")
+    @route("/v1/models", "GET")
     async def models(request: Request) -> Response:
         check_auth(request)
         return _json({"object": "list", "data": [{
             "id": settings.model, "object": "model", "created": 0, "owned_by": "pypto",
             "max_model_len": settings.max_model_len}]})
 
-    @app.get("/health")
-    async def health() -> Response:
+    @route("/health", "GET")
+    async def health(request: Request) -> Response:
         ready = pool.ready_ids
         body = {"status": "ok" if ready and not state.draining else "unavailable",
                 "replicas_ready": ready, "replicas": sorted(pool.replicas)}
@@ -333,19 +341,19 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
     # What SGLang's router asks of the workers it fronts, so a user's own sglang-router can
     # balance the per-replica ports of `data_parallel_load_balance: external`. Never a
     # model_path or tokenizer_path here: that router would try to download them.
-    @app.get("/server_info")
+    @route("/server_info", "GET")
     async def server_info(request: Request) -> Response:
         check_auth(request)
         return _json({"served_model_name": settings.model,
                       "max_model_len": settings.max_model_len,
                       "replicas": pool.ready_ids})
 
-    @app.get("/model_info")
+    @route("/model_info", "GET")
     async def model_info(request: Request) -> Response:
         check_auth(request)
         return _json({"model_name": settings.model, "is_generation": True})
 
-    @app.get("/get_load")
+    @route("/get_load", "GET")
     async def get_load(request: Request) -> Response:
         check_auth(request)
         loads = []
@@ -356,7 +364,7 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
                           "num_tokens": c.pending_tokens()})
         return _json(loads)
 
-    @app.get("/metrics")
+    @route("/metrics", "GET")
     async def metrics_route(request: Request) -> Response:
         check_auth(request)
         return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -137,6 +137,8 @@ def test_malformed_json_oversized_body_and_the_server_keeps_serving(one):
     chat = httpx.post(one.url + "/v1/chat/completions", json={"model": MODEL, "messages": []})
     assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
     assert httpx.get(one.url + "/nope").status_code == 404
+    wrong = httpx.get(one.url + "/v1/completions")
+    assert wrong.status_code == 405 and wrong.json()["error"]["message"]
     out = client(one.url).completions.create(model=MODEL, prompt=PROMPT, max_tokens=2)
     assert out.choices[0].text == expected_text(IDS, 2)
     assert len(one.ready_ids()) == 1
