@@ -23,6 +23,7 @@ through the launcher, and an OpenAI-compatible router in front of them (/v1/comp
 stops everything. With no config it serves the cpu-demo profile."""
 
 SERVE = "serve flags"
+MULTI = "more than one node (torchrun's names)"
 
 
 @config_options
@@ -30,8 +31,9 @@ def serve(
     config: Annotated[Path | None, typer.Option("--config", help="Config file (YAML/JSON/TOML)."
                                                 )] = None,
     host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default "
-                                             "serve.host: 127.0.0.1).", rich_help_panel=SERVE)
-                    ] = None,
+                                             "serve.host: 127.0.0.1); on a node other than 0, "
+                                             "the address its replica leaders listen on.",
+                                             rich_help_panel=SERVE)] = None,
     port: Annotated[int | None, typer.Option("--port", min=0, max=65535, help="Port (default "
                                              "serve.port: 8000; 0 picks a free one).",
                                              rich_help_panel=SERVE)] = None,
@@ -48,6 +50,17 @@ def serve(
     log_dir: Annotated[Path | None, typer.Option("--log-dir", help="Also write each rank's "
                                                  "log under LOG_DIR.", rich_help_panel=SERVE)
                        ] = None,
+    node_rank: Annotated[int, typer.Option("--node-rank", min=0, help="This node's rank "
+                                           "(with --nnodes > 1): node 0 runs the router, the "
+                                           "others only their replicas, which register with "
+                                           "it.", rich_help_panel=MULTI)] = 0,
+    master_addr: Annotated[str | None, typer.Option("--master-addr", help="Host of node 0 "
+                                                    "(its launcher's rendezvous and its "
+                                                    "router).", rich_help_panel=MULTI)
+                           ] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", min=1, max=65535,
+                                                    help="Rendezvous port on node 0 (default "
+                                                    "29500).", rich_help_panel=MULTI)] = None,
     source: ConfigSource = None,
 ) -> None:
     from ..router.serve import ServeOptions
@@ -62,16 +75,29 @@ def serve(
     err = make_console()
     err.stderr = True
     options = ServeOptions(api_key=api_key, max_restarts=max_restarts,
-                           log_dir=str(log_dir) if log_dir else None)
+                           log_dir=str(log_dir) if log_dir else None, node_rank=node_rank,
+                           master_addr=master_addr, master_port=master_port,
+                           engine_host=host if node_rank and host else "127.0.0.1")
     from ..launcher import LaunchError
 
+    say = lambda m: err.print(f"pypto serve: {m}", markup=False, highlight=False)  # noqa: E731
+    on_event = lambda e: err.print(f"pypto serve: {e.describe()}",  # noqa: E731
+                                   markup=False, highlight=False)
+    if node_rank > 0:
+        from ..router.serve import serve_remote_node
+
+        console.print(f"pypto serve: node {node_rank} of {cfg.cluster.nnodes}: its replicas "
+                      f"register with the router at {options.router_url}:{cfg.serve.port}",
+                      markup=False, highlight=False)
+        try:
+            code = serve_remote_node(cfg, options, on_event=on_event, say=say)
+        except LaunchError as e:
+            raise fail(str(e), e.code) from None
+        raise typer.Exit(code)
     try:
         code = run_serve(cfg, options, on_listening=lambda r: show_start(console, cfg, r,
                                                                            api_key),
-                         on_event=lambda e: err.print(f"pypto serve: {e.describe()}",
-                                                      markup=False, highlight=False),
-                         say=lambda m: err.print(f"pypto serve: {m}", markup=False,
-                                                 highlight=False))
+                         on_event=on_event, say=say)
     except LaunchError as e:
         raise fail(str(e), e.code) from None
     except OSError as e:  # the port is taken, or the host is not ours

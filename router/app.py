@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -363,6 +364,26 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
                           "num_waiting_reqs": int(c.state.stats.get("waiting", 0)),
                           "num_tokens": c.pending_tokens()})
         return _json(loads)
+
+    @route("/internal/replicas", "POST")
+    async def register(request: Request) -> Response:
+        """Another node's replica joining ({replica, endpoint, group}) or leaving
+        ({replica, down: true}); `pypto serve --node-rank N` sends these."""
+        check_auth(request)
+        try:
+            body = json.loads(await read_body(request))
+            replica = int(body["replica"])
+            if body.get("down"):
+                pool.mark_down(replica, str(body.get("reason", "its node says it is down")))
+            else:
+                endpoint = str(body["endpoint"])
+                if not endpoint.startswith("tcp://"):
+                    raise ValueError(f"endpoint {endpoint!r} is not tcp://HOST:PORT")
+                pool.add(replica, endpoint, group=body.get("group"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise bad_request(f"a registration is {{replica, endpoint, group}} or {{replica, "
+                              f"down: true}}: {e}") from None
+        return _json({"replicas": sorted(pool.replicas)})
 
     @route("/metrics", "GET")
     async def metrics_route(request: Request) -> Response:

@@ -11,6 +11,8 @@ drain. The process is a child subreaper, so nothing the workers started outlives
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import sys
 import threading
@@ -35,6 +37,17 @@ class ServeOptions:
     max_restarts: int = 3
     log_dir: str | None = None
     hold_timeout_s: float = 120.0
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+    engine_host: str = "127.0.0.1"
+    """Address the replica leaders bind (and so announce): the node's address when the
+    router is on another node."""
+
+    @property
+    def router_url(self) -> str:
+        """Where node 0's router is, seen from another node."""
+        return f"http://{self.master_addr or '127.0.0.1'}"
 
 
 def build_router(cfg: ServingConfig, api_key: str | None = None,
@@ -62,7 +75,10 @@ def start_replicas(cfg: ServingConfig, options: ServeOptions, *, stdout: TextIO 
     from ..launcher.service import ServiceLaunch, service_plan
 
     spec = LaunchSpec(target=WORKER_MODULE, module=True, config=cfg,
-                      max_restarts=options.max_restarts, log_dir=options.log_dir)
+                      max_restarts=options.max_restarts, log_dir=options.log_dir,
+                      node_rank=options.node_rank, master_addr=options.master_addr,
+                      master_port=options.master_port,
+                      env={**os.environ, "PYPTO_ENGINE_HOST": options.engine_host})
     launch = ServiceLaunch(service_plan(spec), stdout=stdout, stderr=stderr)
     launch.start()
     return launch
@@ -128,3 +144,69 @@ def serve(cfg: ServingConfig, options: ServeOptions, *,
         say(f"the replicas stopped: {result.cause or 'restarts ran out'}")
         return result.exit_code or 1
     return 0
+
+
+def serve_remote_node(cfg: ServingConfig, options: ServeOptions, *,
+                      on_event: Callable[[object], None] = lambda e: None,
+                      say: Callable[[str], None] = lambda m: print(m, file=sys.stderr,
+                                                                   flush=True)) -> int:
+    """A node other than 0: its replicas only, no router; each replica that becomes ready is
+    registered with node 0's router (POST /internal/replicas), and taken out there when the
+    launcher sees it fail. Runs until a signal or the launch ends."""
+    import httpx
+
+    from ..launcher.prctl import become_subreaper
+
+    url = f"{options.router_url}:{cfg.serve.port}/internal/replicas"
+    headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+    node = options.node_rank
+    become_subreaper()
+    launch = start_replicas(cfg, options)
+    stop = threading.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        stop.set()
+        launch.request_stop(None if len(signals) == 1 else 0.0)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    def tell(body: dict) -> None:
+        for attempt in range(50):  # the router may still be starting
+            try:
+                r = httpx.post(url, content=json.dumps(body), headers=headers, timeout=5)
+                if r.status_code == 200:
+                    return
+                say(f"node 0's router refused {body}: {r.status_code} {r.text}")
+                return
+            except httpx.HTTPError as e:
+                if stop.is_set() or attempt == 49:
+                    say(f"cannot reach node 0's router at {url}: {e}")
+                    return
+                stop.wait(0.2)
+
+    registered: dict[int, list[int]] = {}
+    while True:
+        event = launch.next_event(timeout=0.2)
+        if event is None:
+            if launch.ended:
+                break
+            continue
+        on_event(event)
+        group = f"node{node}/{event.group}"
+        if event.kind == "ready":
+            for payload in (event.payloads or {}).values():
+                if isinstance(payload, dict) and payload.get("endpoint"):
+                    replica = int(payload["replica"])
+                    registered.setdefault(event.group, []).append(replica)
+                    tell({"replica": replica, "endpoint": payload["endpoint"],
+                          "group": group})
+                    say(f"replica {replica} registered with {url}")
+        elif event.kind in ("failed", "restarting", "stopped"):
+            for replica in registered.pop(event.group, []):
+                tell({"replica": replica, "down": True, "group": group,
+                      "reason": f"node {node}: {event.kind}"})
+    result = launch.wait()
+    return 0 if signals else (result.exit_code or 1)

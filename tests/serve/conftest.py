@@ -12,8 +12,8 @@ from serve_harness import ServeProcess
 def serve_factory() -> Iterator:
     made: list[ServeProcess] = []
 
-    def make(*args: str, replicas: int) -> ServeProcess:
-        s = ServeProcess(*args, replicas=replicas)
+    def make(*args: str, replicas: int, **kw) -> ServeProcess:
+        s = ServeProcess(*args, replicas=replicas, **kw)
         made.append(s)
         return s
 

@@ -21,8 +21,10 @@ START_TIMEOUT_S = 120.0
 class ServeProcess:
     """`pypto serve ARGS --port 0`, its URL, its replicas' endpoints and its lines."""
 
-    def __init__(self, *args: str, replicas: int) -> None:
-        cmd = [sys.executable, "-m", "pypto_serving.cli.entry", "serve", "--port", "0", *args]
+    def __init__(self, *args: str, replicas: int, url_line: str = r"serving on (http://\S+) "
+                 ) -> None:
+        port = [] if "--port" in args else ["--port", "0"]
+        cmd = [sys.executable, "-m", "pypto_serving.cli.entry", "serve", *port, *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env, start_new_session=True)
@@ -32,7 +34,7 @@ class ServeProcess:
         """When each line of self.lines arrived (time.monotonic)."""
         self._queue: queue.Queue[tuple[float, str] | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.url = self.expect(r"serving on (http://\S+) ")[1]
+        self.url = self.expect(url_line)[1]
         self.endpoints: dict[int, str] = {}
         for _ in range(replicas):
             m = self.expect(r"replica (\d+) in rotation at (\S+)")
