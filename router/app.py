@@ -410,23 +410,28 @@ def _usage(final: dict, prompt_len: int) -> dict:
 
 
 async def _until_disconnect(request: Request, work: Any) -> Response:
-    """Run `work` (a coroutine making the response) unless the client leaves first: then it
-    is cancelled, which aborts the request on its replica."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    """Await `work` (a coroutine making the response) unless the client leaves first: then
+    this task is cancelled, which aborts the request on its replica."""
+    me = asyncio.current_task()
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        await _disconnected(request.receive)
+        left = True
+        me.cancel()  # type: ignore[union-attr]
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if not left:
+            raise
+        if hasattr(me, "uncancel"):  # Python 3.11+: the cancel is ours, and handled
+            me.uncancel()  # type: ignore[union-attr]
+        return _error_response(APIError(499, "the client closed the request"))
     finally:
         watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    return _error_response(APIError(499, "the client closed the request"))
 
 
 async def _disconnected(receive: Callable) -> None:
