@@ -27,7 +27,8 @@ def test_node_1s_replica_registers_with_node_0s_router(serve_factory):
     http, rdzv = free_port(), free_port()
     layout = ["-dp", "2", "--model-profile", "tiny-moe", "--nnodes", "2", "--policy",
               "round_robin"]
-    node0 = serve_factory(*layout, "--node-rank", "0", "--master-port", str(rdzv),
+    node0 = serve_factory(*layout, "--node-rank", "0", "--master-addr", "127.0.0.1",
+                          "--master-port", str(rdzv),
                           "--port", str(http), replicas=0)
     node1 = ServeProcess(*layout, "--node-rank", "1", "--master-addr", "127.0.0.1",
                          "--master-port", str(rdzv), "--port", str(http), replicas=0,
