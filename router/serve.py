@@ -70,14 +70,16 @@ def build_router(cfg: ServingConfig, api_key: str | None = None,
 
 def start_replicas(cfg: ServingConfig, options: ServeOptions, *, stdout: TextIO | None = None,
                    stderr: TextIO | None = None):
-    """The ServiceLaunch of the replica workers (started; raises LaunchError for bad input)."""
+    """The ServiceLaunch of the replica workers (started; raises LaunchError for bad input).
+    On one node the rendezvous takes a free port, so several servers can run side by side."""
     from ..launcher.plan import LaunchSpec
     from ..launcher.service import ServiceLaunch, service_plan
 
+    one_node = cfg.cluster.nnodes == 1 and options.master_port is None
     spec = LaunchSpec(target=WORKER_MODULE, module=True, config=cfg,
                       max_restarts=options.max_restarts, log_dir=options.log_dir,
                       node_rank=options.node_rank, master_addr=options.master_addr,
-                      master_port=options.master_port,
+                      master_port=options.master_port, standalone=one_node,
                       env={**os.environ, "PYPTO_ENGINE_HOST": options.engine_host})
     launch = ServiceLaunch(service_plan(spec), stdout=stdout, stderr=stderr)
     launch.start()
