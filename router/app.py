@@ -233,6 +233,7 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
         """The pool's outputs with the router's latency metrics taken on the way."""
         start = time.perf_counter()
         first_at = last_at = None
+        itl = replica = None
         async for msg in pool.generate(job):
             now = time.perf_counter()
             if msg is RESTART:
@@ -240,13 +241,15 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
                 first_at = last_at = None
                 yield msg
                 continue
-            lv = (settings.model, str(msg["replica"]))
+            if msg["replica"] != replica:  # label children looked up once per replica
+                replica = msg["replica"]
+                itl = metrics.itl.labels(settings.model, str(replica))
             if msg.get("token_ids") or msg.get("text"):
                 if first_at is None:
                     first_at = now
-                    metrics.ttft.labels(*lv).observe(now - start)
+                    metrics.ttft.labels(settings.model, str(replica)).observe(now - start)
                 else:
-                    metrics.itl.labels(*lv).observe(now - last_at)
+                    itl.observe(now - last_at)  # type: ignore[union-attr]
                 last_at = now
             if msg.get("finished"):
                 metrics.finished(msg["replica"], str(msg.get("finish_reason") or "stop"),
