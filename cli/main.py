@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from . import check_comm_cmd, config_cmd, launch_cmd, profiles_cmd, simulate_cmd, topo_cmd
+from . import (
+    check_comm_cmd,
+    config_cmd,
+    launch_cmd,
+    profiles_cmd,
+    serve_cmd,
+    simulate_cmd,
+    topo_cmd,
+)
 
 app = typer.Typer(
     name="pypto",
@@ -19,4 +27,5 @@ profiles_cmd.register(app)
 launch_cmd.register(app)
 check_comm_cmd.register(app)
 simulate_cmd.register(app)
+serve_cmd.register(app)
 

@@ -1,0 +1,109 @@
+"""GET /metrics: Prometheus text through prometheus_client, named after vLLM's metrics with a
+`pypto:` prefix (vllm:num_requests_running -> pypto:num_requests_running), per replica.
+
+Replica gauges and cumulative counters (running, waiting, KV usage, prefix-cache hits and
+queries, preemptions) come from each replica's last stats reply, read at scrape time by a
+collector; latencies and finish reasons are measured by the router per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .pool import ReplicaPool
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+               1.0, 2.5, 5.0, 10.0)
+E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
+               50.0, 60.0, 120.0, 240.0)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _ReplicaCollector(Collector):
+    """The replicas' own figures, from their last stats, at scrape time."""
+
+    def __init__(self, pool: ReplicaPool, model: str) -> None:
+        self.pool, self.model = pool, model
+
+    def collect(self) -> Iterator:
+        labels = ["model_name", "replica"]
+        gauges = {
+            "num_requests_running": ("Requests running on the replica.", "running"),
+            "num_requests_waiting": ("Requests waiting on the replica.", "waiting"),
+            "kv_cache_usage_perc": ("Share of the replica's KV-cache blocks in use (0..1).",
+                                    "kv_usage"),
+            "num_pending_tokens": ("Prompt tokens not yet prefilled plus tokens still to "
+                                   "decode (the least_loaded policy's load).", "pending_tokens"),
+        }
+        counters = {
+            "prefix_cache_hits": ("Prompt tokens found in the prefix cache.", "prefix_hits"),
+            "prefix_cache_queries": ("Prompt tokens looked up in the prefix cache.",
+                                     "prefix_queries"),
+            "num_preemptions": ("Requests preempted for lack of KV blocks.",
+                                "num_preemptions"),
+        }
+        fams = {k: GaugeMetricFamily(f"pypto:{k}", doc, labels=labels)
+                for k, (doc, _) in gauges.items()}
+        cfams = {k: CounterMetricFamily(f"pypto:{k}", doc, labels=labels)
+                 for k, (doc, _) in counters.items()}
+        healthy = GaugeMetricFamily("pypto:replica_ready", "1 while the replica is in "
+                                    "rotation.", labels=labels)
+        for r, client in sorted(self.pool.replicas.items()):
+            lv = [self.model, str(r)]
+            stats = client.state.stats
+            healthy.add_metric(lv, 1.0 if client.ready else 0.0)
+            for k, (_, key) in gauges.items():
+                fams[k].add_metric(lv, float(stats.get(key, 0) or 0))
+            for k, (_, key) in counters.items():
+                cfams[k].add_metric(lv, float(stats.get(key, 0) or 0))
+        yield healthy
+        yield from fams.values()
+        yield from cfams.values()
+
+
+class RouterMetrics:
+    """The router's registry (one per app, so tests can run several)."""
+
+    def __init__(self, pool: ReplicaPool, model: str) -> None:
+        self.model = model
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_ReplicaCollector(pool, model))
+        labels = ["model_name", "replica"]
+        r = self.registry
+        self.ttft = Histogram("pypto:time_to_first_token_seconds", "Time to first token.",
+                              labels, buckets=TTFT_BUCKETS, registry=r)
+        self.itl = Histogram("pypto:inter_token_latency_seconds", "Time between two output "
+                             "chunks of a request.", labels, buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("pypto:e2e_request_latency_seconds", "Request latency, arrival "
+                             "to last token.", labels, buckets=E2E_BUCKETS, registry=r)
+        self.success = Counter("pypto:request_success", "Finished requests by finish reason.",
+                               [*labels, "finished_reason"], registry=r)
+        self.prompt_tokens = Counter("pypto:prompt_tokens", "Prompt tokens processed.",
+                                     labels, registry=r)
+        self.generation_tokens = Counter("pypto:generation_tokens", "Tokens generated.",
+                                         labels, registry=r)
+        self.cached_tokens = Counter("pypto:prompt_tokens_cached", "Prompt tokens served "
+                                     "from the prefix cache.", labels, registry=r)
+        self.retries = Counter("pypto:request_retries", "Requests sent again because their "
+                               "replica failed.", ["model_name"], registry=r)
+        self.errors = Counter("pypto:request_errors", "Requests ended with an error, by HTTP "
+                              "status.", ["model_name", "status"], registry=r)
+
+    def finished(self, replica: int, reason: str, *, prompt: int, completion: int,
+                 cached: int, e2e_s: float) -> None:
+        lv = (self.model, str(replica))
+        self.success.labels(*lv, reason).inc()
+        self.prompt_tokens.labels(*lv).inc(prompt)
+        self.generation_tokens.labels(*lv).inc(completion)
+        self.cached_tokens.labels(*lv).inc(cached)
+        self.e2e.labels(*lv).observe(e2e_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
