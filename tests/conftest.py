@@ -172,8 +172,9 @@ def launch_process():
 
 # --- launched jobs shared by a whole session, run once whatever xdist does -----------------
 # xdist_group cannot group tests with pytest 9 (xdist 3.8 renames `item._nodeid`, which pytest
-# 9 no longer reads), so a module fixture runs once per xdist worker. A job several tests
-# share runs under `run_once` instead: the first worker to ask runs it, the others wait on its
+# 9 no longer reads); scripts/test distributes by file (--dist loadfile), so a module fixture
+# runs once, but a job that tests of several files share would still run once per worker.
+# Such a job runs under `run_once`: the first worker to ask runs it, the others wait on its
 # lock and read the cached result. Each such job counts its own runs (RUNS_FILE_ENV); the
 # session's end checks every count is 1.
 

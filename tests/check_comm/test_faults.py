@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = [pytest.mark.xdist_group("check_comm"), pytest.mark.timeout(200)]
+pytestmark = pytest.mark.timeout(200)
 
 QUICK = ["--sizes", "64B,4KB", "--iters", "3", "--warmup", "1"]
 TP2 = ["-tp", "2", "--devices-per-node", "2"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-pytestmark = [pytest.mark.xdist_group("check_comm"), pytest.mark.timeout(200)]
+pytestmark = pytest.mark.timeout(200)
 
 
 def test_inside_a_launch_rank_0_reports_for_every_rank(pypto_launch, tmp_path,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.xdist_group("check_comm"), pytest.mark.timeout(200)]
+pytestmark = pytest.mark.timeout(200)
 
 ARGS = ["check-comm", "-tp", "2", "--devices-per-node", "2", "--sizes", "64B,1KB,4KB",
         "--iters", "3", "--warmup", "1"]

@@ -11,8 +11,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_harness import engine_reply
 
-pytestmark = pytest.mark.xdist_group("serve-demo")
-
 MODEL = "tiny-moe"
 
 

@@ -16,8 +16,6 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-pytestmark = pytest.mark.xdist_group("serve-faults")
-
 MODEL = "tiny-moe"
 KEY = "test-key-123"
 

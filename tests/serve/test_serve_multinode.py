@@ -9,10 +9,7 @@ import socket
 import httpx
 import openai
 import psutil
-import pytest
 from serve_harness import ServeProcess
-
-pytestmark = pytest.mark.xdist_group("serve-multinode")
 
 MODEL = "tiny-moe"
 
