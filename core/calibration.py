@@ -10,7 +10,6 @@ Pure Python: no torch, no jsonschema.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .comm_report import SCHEMA as COMMCHECK_SCHEMA
+from .config_files import ConfigFileError, parse_text, read_text
 from .cost_model import LinkModel, ring_terms
 from .hardware import HardwareSpec, LinkSpec
 
@@ -66,14 +66,15 @@ def _fit(points: list[tuple[float, float, float]]) -> tuple[float, float] | None
 
 
 def read_report(path: Path) -> dict[str, Any]:
+    """A check-comm report, read within bounds (core/config_files.py: a regular file, so a
+    FIFO cannot block; at most MAX_REPORT_BYTES; nesting and duplicate keys checked)."""
     try:
-        if path.stat().st_size > MAX_REPORT_BYTES:
-            raise CalibrationError(f"larger than {MAX_REPORT_BYTES >> 20} MiB; not a "
-                                   "check-comm report")
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CalibrationError(f"cannot read it: {e.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = read_text(path, MAX_REPORT_BYTES)
+    except ConfigFileError as e:
+        raise CalibrationError(str(e)) from None
+    try:
+        doc = parse_text(text, "json")
+    except ConfigFileError as e:
         raise CalibrationError(f"not JSON ({e}); give the output of `pypto check-comm "
                                "--json`") from None
     if not isinstance(doc, dict) or doc.get("schema") != COMMCHECK_SCHEMA:

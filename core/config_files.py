@@ -29,8 +29,8 @@ class ConfigFileError(ValueError):
     path (the caller puts the path in front)."""
 
 
-def read_text(path: Path) -> str:
-    """The file's text, if it is a readable regular file of at most MAX_CONFIG_BYTES in UTF-8.
+def read_text(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The file's text, if it is a readable regular file of at most `max_bytes` in UTF-8.
 
     A FIFO or device is refused before it is opened for reading (opening a FIFO would block,
     a device may never end); the open itself is non-blocking and re-checked, so a file
@@ -44,14 +44,14 @@ def read_text(path: Path) -> str:
     try:
         info = os.fstat(fd)
         _check_regular(info)
-        _check_size(info.st_size)
+        _check_size(info.st_size, max_bytes)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+            data = f.read(max_bytes + 1)
     except OSError as e:
         raise ConfigFileError(_os_reason(e)) from None
     finally:
         os.close(fd)
-    _check_size(len(data))
+    _check_size(len(data), max_bytes)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -71,11 +71,11 @@ def _check_regular(info: os.stat_result) -> None:
     raise ConfigFileError(f"is {kind}, not a regular file; give the path of a config file")
 
 
-def _check_size(size: int) -> None:
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigFileError(
-            f"is larger than the {MAX_CONFIG_BYTES >> 20} MiB a config file may have "
-            f"({size:,} bytes or more); a complete config is a few KiB")
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        hint = "; a complete config is a few KiB" if limit == MAX_CONFIG_BYTES else ""
+        raise ConfigFileError(f"is larger than the {limit >> 20} MiB that is read "
+                              f"({size:,} bytes or more){hint}")
 
 
 def _os_reason(e: OSError) -> str:

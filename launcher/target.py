@@ -7,6 +7,7 @@ Module lookup asks the import system's finders for specs without executing any p
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from importlib.machinery import ModuleSpec
@@ -44,6 +45,10 @@ def check_target(value: str, is_module: bool, args: list[str] | tuple[str, ...] 
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "__main__.py")):
         raise LaunchError(f"script {value!r} is a directory without __main__.py; "
                           "give a .py file")
+    if not os.path.isdir(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        # A FIFO would block every worker's interpreter on open; a device never ends.
+        raise LaunchError(f"script {value!r} is not a regular file (a FIFO, device or "
+                          "socket); give a .py file")
     if not os.access(path, os.R_OK):
         raise LaunchError(f"script {value!r} is not readable")
     return Target(path, False, tuple(args))

@@ -82,3 +82,15 @@ def test_a_word_for_nproc_is_checked_against_the_flag_layout(pypto_launch, tmp_p
     assert r.returncode == 2, r.stderr
     assert "--nproc-per-node auto (" in r.stderr
     assert "contradicts cluster.devices_per_node=256 of the layout given by flags" in r.stderr
+
+
+def test_a_fifo_as_the_script_is_refused_before_anything_starts(pypto_launch, tmp_path):
+    """A worker interpreter opening a FIFO would block for ever; the launcher says so."""
+    import os
+
+    fifo = tmp_path / "worker.py"
+    os.mkfifo(fifo)
+    r = pypto_launch(["--standalone", "--platform", "cpu", str(fifo)], timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "is not a regular file (a FIFO, device or socket); give a .py file" in r.stderr
+    assert "Traceback" not in r.stderr

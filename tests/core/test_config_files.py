@@ -126,7 +126,7 @@ def test_oversized_file_is_refused_by_size(tmp_path):
     with open(path, "wb") as f:
         f.truncate(MAX_CONFIG_BYTES + 1)  # sparse: no need to write 4 MiB
     text = error_of(path)
-    assert "larger than the 4 MiB a config file may have" in text
+    assert "is larger than the 4 MiB that is read" in text
 
 
 @pytest.mark.parametrize("name, text", [

@@ -135,6 +135,20 @@ def test_not_json_is_refused(tmp_path):
         calibrate([path], hardware_profile("cpu-host"))
 
 
+@pytest.mark.timeout(30)
+def test_a_fifo_or_a_deep_file_is_refused_without_blocking_or_recursion(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)  # opening it to read would block until a writer came
+    with pytest.raises(CalibrationError, match="is a FIFO .named pipe., not a regular file"):
+        calibrate([fifo], hardware_profile("cpu-host"))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CalibrationError, match="not JSON .nested more than 32 levels deep"):
+        calibrate([deep], hardware_profile("cpu-host"))
+
+
 def test_spearman_by_hand():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
