@@ -26,15 +26,10 @@ from ..executor.errors import ExecutorError
 from ..executor.kv_budget import KVPool, replica_kv_pool
 from ..executor.replica import ReplicaExecutor, follow
 from ..executor.runner import ReferenceModelRunner
+from ..launcher.health import report_ready
 from .engine import Engine
 from .server import EngineServer
 from .tokenizer import ByteTokenizer
-
-try:
-    from ..launcher.health import report_ready
-except ImportError:  # TODO(service): launcher.health is not on main yet; drop this guard then
-    def report_ready(payload: dict | None = None) -> None:
-        """Stand-in until launcher.health lands: nothing to report outside a service."""
 
 JOIN_POLL_S = 0.2
 """How often the leader's main thread wakes while the server thread runs (signals land)."""
