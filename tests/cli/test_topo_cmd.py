@@ -169,21 +169,29 @@ MILLION = ["-dp", "4096", "-pp", "16", "-tp", "16", "--nnodes", "131072",
            "--model-profile", "llama-8b-shape"]
 
 
+_HWM = """
+import atexit, os, sys
+def hwm():
+    kb = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
+    os.write(2, f"\\nVmHWM {kb}\\n".encode())
+atexit.register(hwm)
+sys.argv = ["pypto", *sys.argv[1:]]
+from pypto_serving.cli.entry import main
+main()
+"""
+
+
 def _peak_rss_mib(args: list[str], tmp_path: Path) -> tuple[int, float, str]:
-    """Run `pypto ARGS` with stdout discarded: its exit code, its own peak RSS (from wait4,
-    which reports the child's maximum, not a sample) and its stderr."""
-    pypto = Path(sys.executable).parent / "pypto"
+    """Run `pypto ARGS` with stdout discarded: its exit code, its own peak RSS in MiB and its
+    stderr. The peak is VmHWM of its own address space, read at exit: getrusage's maxrss
+    would carry pytest's own (larger) peak over the exec and hide the child's."""
     err = tmp_path / "stderr"
     with open(err, "wb") as f:
-        proc = subprocess.Popen([str(pypto), *args], stdout=subprocess.DEVNULL, stderr=f)
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return proc.returncode, usage.ru_maxrss / 1024, err.read_text()[-4000:]
+        proc = subprocess.run([sys.executable, "-c", _HWM, *args], stdout=subprocess.DEVNULL,
+                              stderr=f, timeout=100)
+    text = err.read_text()
+    head, _, kb = text.rpartition("\nVmHWM ")
+    return proc.returncode, int(kb.split()[0]) / 1024, head[-4000:]
 
 
 @pytest.mark.timeout(120)

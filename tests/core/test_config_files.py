@@ -35,9 +35,11 @@ def billion_laughs(levels: int = 9) -> str:
 
 
 def peak_rss_mb_of_loading(path) -> tuple[str, float]:
-    """Load `path` in a fresh interpreter; its error and its own peak RSS in MiB."""
+    """Load `path` in a fresh interpreter; its error and its own peak RSS in MiB (VmHWM, which
+    belongs to the new address space: getrusage's maxrss would carry over pytest's own peak
+    across exec)."""
     code = textwrap.dedent("""
-        import resource, sys
+        import sys
         from pypto_serving.core.errors import ConfigError
         from pypto_serving.core.loader import load_config
         try:
@@ -46,7 +48,8 @@ def peak_rss_mb_of_loading(path) -> tuple[str, float]:
         except ConfigError as e:
             message = e.render()
         print(message)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        status = open("/proc/self/status").read().split("VmHWM:")[1]
+        print(int(status.split()[0]) / 1024)
     """)
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                          text=True, timeout=60, check=True).stdout
