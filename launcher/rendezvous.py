@@ -157,12 +157,9 @@ class _Host:
             data = b""
         if not data:
             if conn.hello is not None:  # a joined node gave up or died: it may come back
-                self.joined.pop(conn.hello.node_rank, None)
                 self.warn(f"node {conn.hello.node_rank} ({conn.addr}) left before the "
                           "rendezvous completed; waiting for it again")
-                self.close(conn)
-            else:
-                self.close(conn)
+            self.close(conn)
             return
         if conn.hello is not None:
             self.drop(conn, "it sent more than a hello", refuse=True)
@@ -245,6 +242,8 @@ class _Host:
         self.close(conn)
 
     def close(self, conn: _Conn) -> None:
+        if conn.hello is not None and self.joined.get(conn.hello.node_rank) is conn:
+            del self.joined[conn.hello.node_rank]
         fd = conn.sock.fileno()
         if self.pending.pop(fd, None) is not None:
             self.sel.unregister(conn.sock)
