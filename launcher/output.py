@@ -45,8 +45,10 @@ class _Sink:
     and never split. Past that bound the long line is ended with a newline and its rest
     starts a new prefixed line."""
 
-    def __init__(self, write: Callable[[bytes], None], prefixes: dict[StreamKey, bytes]):
+    def __init__(self, write: Callable[[bytes], None], prefixes: dict[StreamKey, bytes],
+                 target: object = None):
         self._write = write
+        self.target = target  # what `write` writes to, when the owner needs to know
         self._prefixes = prefixes
         self._owner: StreamKey | None = None
         self._held: list[tuple[StreamKey, list[bytes], bool, bool]] = []
@@ -134,7 +136,6 @@ class OutputRouter:
                 continue
             if local not in self._files:  # a new launch starts the files afresh
                 self._files[local] = open_log(self.log_path(local))
-                self._log_sinks[local] = _Sink(self._files[local].write, {})
             if restart_count:
                 self._files[local].write(
                     f"# pypto launch: restart {restart_count}\n".encode())
@@ -177,7 +178,7 @@ class OutputRouter:
             self._mid.add(key)
         else:
             self._mid.discard(key)
-        log = self._log_sinks.get(local_rank)
+        log = self._log_sink(local_rank)
         if log is not None and self.plan.logged(local_rank, fd):
             log.put(key, lines, continues, open_end)
             self._files[local_rank].flush()
@@ -185,6 +186,16 @@ class OutputRouter:
         shown = self.plan.shown_ranks is None or local_rank in self.plan.shown_ranks
         if not redirected and shown:
             self._console_sinks[fd].put(key, lines, continues, open_end)
+
+    def _log_sink(self, local_rank: int) -> _Sink | None:
+        """The sink over the rank's log file, for whatever file `_files` holds."""
+        f = self._files.get(local_rank)
+        if f is None:
+            return None
+        sink = self._log_sinks.get(local_rank)
+        if sink is None or sink.target is not f:
+            sink = self._log_sinks[local_rank] = _Sink(f.write, {}, target=f)
+        return sink
 
     def _remember(self, key: StreamKey, lines: list[bytes], continues: bool,
                   open_end: bool) -> None:
