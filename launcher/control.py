@@ -18,6 +18,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..core.errors import one_line
+
 KEEPALIVE = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 3, "TCP_KEEPCNT": 3}
 MAX_BUFFER = 64 * 1024  # of a partial line from one peer
 MAX_WARNINGS = 20  # per launch, about dropped control messages
@@ -113,9 +115,7 @@ class ControlChannel:
             if message["op"] == "done":
                 self._done.add(node)
             elif self.stopped is None:
-                from .report import printable
-
-                found = self._stop(RemoteStop(message["node"], printable(message["why"], 500)))
+                found = self._stop(RemoteStop(message["node"], one_line(message["why"], 500)))
                 if self.node_rank == 0:
                     self._relay(message, but=node)
         return found

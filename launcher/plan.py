@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import one_line
 from .devices import DEVICE_BINDS, PLATFORMS, count_source, detect_platform, visible_devices
 from .env import SECRET_VARS
 from .errors import LaunchError
-from .report import printable
 from .target import Target, check_target
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ def check_log_dir(value: str | Path, ranks: list[int]) -> Path:
     symlink or writes through a hard link to another file. Created here, before anything
     starts."""
     path = Path(value).absolute()
-    value = printable(str(value), 300)  # as echoed in the messages below
+    value = one_line(str(value), 300)  # as echoed in the messages below
     if path.exists() and not path.is_dir():
         raise LaunchError(f"--log-dir {value} is not a directory; give a directory (it is "
                           "created if missing)")

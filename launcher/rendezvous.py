@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..core.errors import one_line
 from .control import Link, keep_alive
 from .errors import LaunchError
 
@@ -368,9 +369,7 @@ def _handshake(conn: socket.socket, addr: str, port: int, me: NodeHello, secret:
     if reply is None:
         raise LaunchError(f"node 0 at {addr}:{port} sent an invalid answer ({why})", code=1)
     if not reply.ok:
-        from .report import printable
-
-        raise LaunchError(f"rendezvous refused by node 0: {printable(reply.error or '', 500)}",
+        raise LaunchError(f"rendezvous refused by node 0: {one_line(reply.error or '', 500)}",
                           code=1)
     if not wire.verify(wire.mac(secret, "go", challenge.nonce, mine), reply.mac):
         raise LaunchError(f"node 0 at {addr}:{port} answered without the job's secret; is "
@@ -384,10 +383,8 @@ def _disagreement(me: NodeHello, other: NodeHello) -> str:
         mine, theirs = getattr(me, name), getattr(other, name)
         if mine != theirs:
             what = "config" if name == "config_digest" else name
-            from .report import printable
-
-            return (f"node {other.node_rank} has {what}={printable(repr(theirs), 200)} but "
-                    f"node 0 has {printable(repr(mine), 200)}; give every node the same "
+            return (f"node {other.node_rank} has {what}={one_line(repr(theirs), 200)} but "
+                    f"node 0 has {one_line(repr(mine), 200)}; give every node the same "
                     "flags and config")
     return ""
 

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.errors import one_line
+
 MAX_ERROR_FILE = 1 << 20  # bytes of a worker's error file the launcher reads
 MAX_ERROR_CHARS = 2000  # of its message shown in the report
 
@@ -72,7 +74,7 @@ def read_error_file(path: Path) -> str | None:
         message = message.get("message")
     if not isinstance(message, str) or not message.strip():
         return None
-    return printable(message.strip().splitlines()[-1], MAX_ERROR_CHARS)
+    return one_line(message.strip().splitlines()[-1], MAX_ERROR_CHARS)
 
 
 def read_bounded(path: Path, limit: int) -> bytes | int | None:
@@ -100,17 +102,6 @@ def read_bounded(path: Path, limit: int) -> bytes | int | None:
         return None
     finally:
         os.close(fd)
-
-
-def printable(text: str, limit: int) -> str:
-    """`text` safe for a terminal: control and other non-printable characters escaped
-    (\\x1b, \\n, ...), cut to about `limit` characters."""
-    if len(text) > limit:
-        text = f"{text[:limit]} [... {len(text) - limit} more characters]"
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-                   for ch in text)
 
 
 def describe_exit(returncode: int) -> str:

@@ -27,9 +27,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from ..core.errors import one_line
 from .env import SECRET_ENV, SECRET_FILE_ENV
 from .errors import LaunchError
-from .report import printable
 
 HELLO = "pypto-launch-rdzv-2"
 MIN_SECRET = 16  # bytes
@@ -176,4 +176,4 @@ def parse(model: type[_Message], line: bytes) -> tuple[_Message | None, str]:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())) or "message"
-        return None, printable(f"{where}: {first.get('msg', 'invalid')}", 200)
+        return None, one_line(f"{where}: {first.get('msg', 'invalid')}", 200)
