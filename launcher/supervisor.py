@@ -141,7 +141,7 @@ class Supervisor:
         if plan.nnodes == 1:
             rendezvous.check_port_free(plan.master_port)
         allowed, _ = fork_rule_allows(plan.start_method, plan.platform,
-                                            plan.nproc_per_node, dict(plan.base_env))
+                                      plan.nproc_per_node, dict(plan.base_env))
         self._check_stop()
         self._start_zygote(preload=allowed)
         if plan.nnodes > 1:
