@@ -156,11 +156,11 @@ def make_plan(spec: LaunchSpec) -> Plan:
     base_env = {k: v for k, v in given_env.items() if k not in SECRET_VARS}
     visible = visible_devices(platform, base_env) if platform != "cpu" else []
     _check_devices(platform, nproc, visible, warnings)
-    node_rank = _whole(spec.node_rank, "--node-rank", 0, MAX_NODES - 1)
+    node_rank = whole_number(spec.node_rank, "--node-rank", 0, MAX_NODES - 1)
     if not node_rank < nnodes:
         raise LaunchError(f"--node-rank {node_rank} is out of range for --nnodes {nnodes}; "
                           f"use 0..{nnodes - 1}")
-    max_restarts = _whole(spec.max_restarts, "--max-restarts", 0, MAX_RESTARTS)
+    max_restarts = whole_number(spec.max_restarts, "--max-restarts", 0, MAX_RESTARTS)
     if max_restarts > 0 and nnodes > 1:
         raise LaunchError(f"--max-restarts {spec.max_restarts} with --nnodes {nnodes}: "
                           "restarts are not coordinated across nodes yet; use "
@@ -213,7 +213,7 @@ def _seconds(value: object, flag: str, low: float, high: float,
     return seconds
 
 
-def _whole(value: object, flag: str, low: int, high: int) -> int:
+def whole_number(value: object, flag: str, low: int, high: int) -> int:
     """A whole number within [low, high]."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise LaunchError(f"{flag} {value!r} is not a whole number")
@@ -345,7 +345,7 @@ def _with_platform(cfg: ServingConfig | None, platform: str) -> ServingConfig | 
 
 
 def _as_int(value: int | str, flag: str, high: int) -> int:
-    return _whole(value, flag, 1, high)
+    return whole_number(value, flag, 1, high)
 
 
 def _nnodes(spec: LaunchSpec, cfg: ServingConfig | None) -> int:
