@@ -5,24 +5,45 @@ or whose launcher gets a signal, sends `stop` (with a one-line reason naming the
 rank); node 0 relays it to every other node, and each node stops its workers. A node whose
 workers all exited 0 sends `done` before closing. End of stream without `done` (a launcher
 killed, a host gone: TCP keepalive notices that within ~15 s) is a stop too.
-Messages are JSON lines: {"op": "stop", "node": N, "why": TEXT} or {"op": "done", "node": N}.
+
+Messages are JSON lines (wire.ControlMessage): {"op": "stop", "node": N, "why": TEXT, "seq":
+S, "mac": M} or {"op": "done", ...}, MAC'd with the link's key over the direction and the
+sequence number. A line that does not parse, verify or come in sequence is dropped with a
+warning; a reason is escaped before anyone prints it.
 """
 
 from __future__ import annotations
 
-import json
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..core.errors import one_line
+
 KEEPALIVE = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 3, "TCP_KEEPCNT": 3}
+MAX_BUFFER = 64 * 1024  # of a partial line from one peer
+MAX_WARNINGS = 20  # per launch, about dropped control messages
+SEND_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
 class RemoteStop:
-    """Why another node asked every node to stop."""
+    """Why another node asked every node to stop (`why` is safe to print)."""
 
     node: int
     why: str
+
+
+@dataclass
+class Link:
+    """One authenticated node 0 <-> node k connection: its socket, its key, and the next
+    sequence numbers each way. `joiner`: this side is node k (messages go "up")."""
+
+    sock: socket.socket
+    key: bytes
+    joiner: bool
+    sent: int = 0
+    received: int = 0
 
 
 def keep_alive(sock: socket.socket) -> None:
@@ -35,24 +56,29 @@ def keep_alive(sock: socket.socket) -> None:
 
 
 class ControlChannel:
-    """This node's end of the control channel: `peers` maps a node rank to its socket."""
+    """This node's end of the control channel: `links` maps a node rank to its Link.
+    `warn` gets one line per dropped message."""
 
-    def __init__(self, node_rank: int, peers: dict[int, socket.socket]):
+    def __init__(self, node_rank: int, nnodes: int, links: dict[int, Link],
+                 warn: Callable[[str], None] = lambda _: None):
         self.node_rank = node_rank
-        self._peers = dict(peers)
-        self._buffers: dict[int, bytes] = {node: b"" for node in peers}
+        self.nnodes = nnodes
+        self._links = dict(links)
+        self._buffers: dict[int, bytes] = {node: b"" for node in links}
         self._done: set[int] = set()
+        self._warn = warn
+        self._warnings = 0
         self.stopped: RemoteStop | None = None
-        for sock in self._peers.values():
-            sock.setblocking(False)
+        for link in self._links.values():
+            link.sock.setblocking(False)
 
     def sockets(self) -> dict[int, socket.socket]:
         """The open connections, by the node rank at the other end."""
-        return dict(self._peers)
+        return {node: link.sock for node, link in self._links.items()}
 
     def send_stop(self, why: str) -> None:
         """Tell every other node (through node 0) to stop its workers, and why."""
-        self._broadcast({"op": "stop", "node": self.node_rank, "why": why})
+        self._broadcast({"op": "stop", "node": self.node_rank, "why": why[:2000]})
 
     def send_done(self) -> None:
         """This node's workers all exited 0; closing after this is not a failure."""
@@ -60,11 +86,11 @@ class ControlChannel:
 
     def read(self, node: int) -> RemoteStop | None:
         """Handle what arrived from `node`; a RemoteStop the first time a stop is learned."""
-        sock = self._peers.get(node)
-        if sock is None:
+        link = self._links.get(node)
+        if link is None:
             return None
         try:
-            data = sock.recv(65536)
+            data = link.sock.recv(65536)
         except BlockingIOError:
             return None
         except OSError:
@@ -76,24 +102,61 @@ class ControlChannel:
             return self._stop(RemoteStop(node, f"the launcher of node {node} went away "
                                                "(connection closed)"))
         self._buffers[node] += data
-        *lines, self._buffers[node] = self._buffers[node].split(b"\n")
+        *lines, rest = self._buffers[node].split(b"\n")
+        if len(rest) > MAX_BUFFER:
+            self.warn(f"node {node} sent a control line over {MAX_BUFFER} bytes; dropped")
+            rest = b""
+        self._buffers[node] = rest
         found = None
         for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
+            message = self._check(node, link, line)
+            if message is None:
                 continue
-            origin = message.get("node", node) if isinstance(message, dict) else node
-            if message.get("op") == "done":
+            if message["op"] == "done":
                 self._done.add(node)
-            elif message.get("op") == "stop" and self.stopped is None:
-                found = self._stop(RemoteStop(int(origin), str(message.get("why", ""))))
+            elif self.stopped is None:
+                found = self._stop(RemoteStop(message["node"], one_line(message["why"], 500)))
                 if self.node_rank == 0:
                     self._relay(message, but=node)
         return found
 
+    def _check(self, node: int, link: Link, line: bytes) -> dict | None:
+        """The message on `line` if it parses, verifies and is next in sequence."""
+        from . import wire
+
+        message, why = wire.parse(wire.ControlMessage, line)
+        if message is None:
+            self.warn(f"dropped a control message from node {node}: {why}")
+            return None
+        fields = message.model_dump()
+        direction = "down" if link.joiner else "up"
+        expected = wire.mac(link.key, direction, wire.canonical(fields))
+        if not wire.verify(expected, message.mac):
+            self.warn(f"dropped a control message from node {node}: it failed "
+                      "authentication")
+            return None
+        if message.seq != link.received:
+            self.warn(f"dropped a control message from node {node}: sequence number "
+                      f"{message.seq}, expected {link.received} (a replay?)")
+            return None
+        link.received += 1
+        origin_ok = (message.node == node if self.node_rank == 0
+                     else 0 <= message.node < self.nnodes and message.node != self.node_rank)
+        if not origin_ok:
+            self.warn(f"dropped a control message from node {node}: it speaks for node "
+                      f"{message.node}")
+            return None
+        return fields
+
+    def warn(self, text: str) -> None:
+        self._warnings += 1
+        if self._warnings <= MAX_WARNINGS:
+            self._warn(text)
+        elif self._warnings == MAX_WARNINGS + 1:
+            self._warn("more dropped control messages are not reported")
+
     def close(self) -> None:
-        for node in list(self._peers):
+        for node in list(self._links):
             self._drop(node)
 
     def _stop(self, stop: RemoteStop) -> RemoteStop:
@@ -104,14 +167,24 @@ class ControlChannel:
         self._relay(message, but=None)
 
     def _relay(self, message: dict, but: int | None) -> None:
-        data = json.dumps(message).encode() + b"\n"
-        for node, sock in list(self._peers.items()):
+        """Send `message` (its op, node and why) on every link but `but`, MAC'd per link."""
+        from . import wire
+
+        for node, link in list(self._links.items()):
             if node == but:
                 continue
+            fields = {"op": message["op"], "node": message["node"], "seq": link.sent}
+            if message["op"] == "stop":
+                fields["why"] = message.get("why", "")
+            else:
+                fields["why"] = ""
+            direction = "up" if link.joiner else "down"
+            fields["mac"] = wire.mac(link.key, direction, wire.canonical(fields))
+            link.sent += 1
+            sock = link.sock
             try:
-                sock.setblocking(True)
-                sock.settimeout(2.0)
-                sock.sendall(data)
+                sock.settimeout(SEND_TIMEOUT)
+                sock.sendall(wire.encode(fields))
             except OSError:
                 pass
             finally:
@@ -121,6 +194,6 @@ class ControlChannel:
                     pass
 
     def _drop(self, node: int) -> None:
-        sock = self._peers.pop(node, None)
-        if sock is not None:
-            sock.close()
+        link = self._links.pop(node, None)
+        if link is not None:
+            link.sock.close()

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 SIGNALS_TO_HANDLE = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
+# The launchers' shared secret (wire.py): read by the launcher, never given to a worker.
+SECRET_ENV = "PYPTO_LAUNCH_SECRET"
+SECRET_FILE_ENV = "PYPTO_LAUNCH_SECRET_FILE"
+SECRET_VARS = (SECRET_ENV, SECRET_FILE_ENV)
 
 
 def worker_env(plan: Plan, local_rank: int, restart_count: int, run_dir: Path,

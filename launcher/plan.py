@@ -6,16 +6,20 @@ counts, ports, the script or module. Each raises LaunchError with a one-line fix
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import one_line
 from .devices import DEVICE_BINDS, PLATFORMS, count_source, detect_platform, visible_devices
+from .env import SECRET_VARS
 from .errors import LaunchError
 from .target import Target, check_target
 
@@ -29,6 +33,12 @@ DEFAULT_MASTER_PORT = 29500
 DEFAULT_RDZV_PORT = 29400  # torchrun's port for an --rdzv-endpoint without one
 RDZV_BACKENDS = ("c10d", "static")  # accepted for torchrun parity; our rendezvous is our own
 STREAMS = {0: (False, False), 1: (True, False), 2: (False, True), 3: (True, True)}
+# Bounds of the numeric flags: beyond them a value is a mistake, not a plan.
+MAX_NPROC = 1024  # workers on one node
+MAX_NODES = 65536
+MAX_RESTARTS = 10_000
+MAX_GRACE_S = 3600.0
+MAX_RDZV_TIMEOUT_S = 86400.0
 
 
 @dataclass
@@ -107,6 +117,7 @@ class Plan:
     config: ServingConfig | None = None
     warnings: tuple[str, ...] = ()
     cwd: str = field(default_factory=os.getcwd)
+    secret: bytes = field(default=b"", repr=False)  # the job's (multi-node), see wire.py
 
     @property
     def world_size(self) -> int:
@@ -141,41 +152,123 @@ def make_plan(spec: LaunchSpec) -> Plan:
     platform = _platform(spec, cfg, dict(os.environ if spec.env is None else spec.env))
     nnodes = _nnodes(spec, cfg)
     nproc = _nproc(spec, cfg, platform)
-    base_env = dict(os.environ if spec.env is None else spec.env)
+    given_env = dict(os.environ if spec.env is None else spec.env)
+    base_env = {k: v for k, v in given_env.items() if k not in SECRET_VARS}
     visible = visible_devices(platform, base_env) if platform != "cpu" else []
     _check_devices(platform, nproc, visible, warnings)
-    if not 0 <= spec.node_rank < nnodes:
-        raise LaunchError(f"--node-rank {spec.node_rank} is out of range for --nnodes {nnodes}; "
+    node_rank = whole_number(spec.node_rank, "--node-rank", 0, MAX_NODES - 1)
+    if not node_rank < nnodes:
+        raise LaunchError(f"--node-rank {node_rank} is out of range for --nnodes {nnodes}; "
                           f"use 0..{nnodes - 1}")
-    if spec.max_restarts < 0:
-        raise LaunchError(f"--max-restarts {spec.max_restarts} must be >= 0")
-    if spec.max_restarts > 0 and nnodes > 1:
+    max_restarts = whole_number(spec.max_restarts, "--max-restarts", 0, MAX_RESTARTS)
+    if max_restarts > 0 and nnodes > 1:
         raise LaunchError(f"--max-restarts {spec.max_restarts} with --nnodes {nnodes}: "
                           "restarts are not coordinated across nodes yet; use "
                           "--max-restarts 0 (a failure on any node stops every node)")
     if spec.device_bind not in DEVICE_BINDS:
         raise LaunchError(f"--device-bind {spec.device_bind!r} is not one of "
                           f"{', '.join(DEVICE_BINDS)}")
-    if spec.grace_period < 0 or spec.rdzv_timeout <= 0:
-        raise LaunchError("--grace-period must be >= 0 and --rdzv-timeout > 0 (seconds)")
+    grace_period = _seconds(spec.grace_period, "--grace-period", 0.0, MAX_GRACE_S)
+    rdzv_timeout = _seconds(spec.rdzv_timeout, "--rdzv-timeout", 0.0, MAX_RDZV_TIMEOUT_S,
+                            allow_low=False)
     addr, port = _master(spec, nnodes)
+    secret = b""
+    if nnodes > 1:
+        from .wire import load_secret
+
+        secret = load_secret(given_env)
     target = check_target(spec.target, spec.module, list(spec.args))
-    log_dir = Path(spec.log_dir).resolve() if spec.log_dir is not None else None
     redirects = _stream_map(spec.redirects, "--redirects", nproc)
     tee = _stream_map(spec.tee, "--tee", nproc)
-    if log_dir is None and any(r != (False, False) for r in (*redirects, *tee)):
+    log_dir = None
+    if spec.log_dir is not None:
+        log_dir = check_log_dir(spec.log_dir, [node_rank * nproc + r for r in range(nproc)])
+    elif any(r != (False, False) for r in (*redirects, *tee)):
         log_dir = Path(tempfile.mkdtemp(prefix="pypto-launch-logs-"))
         warnings.append(f"--redirects/--tee without --log-dir: worker logs go to {log_dir}")
     return Plan(
-        target=target, nnodes=nnodes, nproc_per_node=nproc, node_rank=spec.node_rank,
-        master_addr=addr, master_port=port, max_restarts=spec.max_restarts,
+        target=target, nnodes=nnodes, nproc_per_node=nproc, node_rank=node_rank,
+        master_addr=addr, master_port=port, max_restarts=max_restarts,
         run_id=_run_id(spec), platform=platform, visible=tuple(visible),
         device_bind=spec.device_bind, cpu_bind=spec.cpu_bind,
-        start_method=_start_method(spec, base_env), grace_period=spec.grace_period,
-        rdzv_timeout=spec.rdzv_timeout, log_dir=log_dir, redirects=redirects,
+        start_method=_start_method(spec, base_env), grace_period=grace_period,
+        rdzv_timeout=rdzv_timeout, log_dir=log_dir, redirects=redirects,
         tee=tee, shown_ranks=_ranks_filter(spec.local_ranks_filter, nproc), base_env=base_env,
-        config=_with_platform(cfg, platform), warnings=tuple(warnings),
+        config=_with_platform(cfg, platform), warnings=tuple(warnings), secret=secret,
     )
+
+
+def _seconds(value: object, flag: str, low: float, high: float,
+             allow_low: bool = True) -> float:
+    """A number of seconds: finite, within [low, high] (or (low, high])."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise LaunchError(f"{flag} {value!r} is not a number of seconds") from None
+    in_range = (low <= seconds if allow_low else low < seconds) and seconds <= high
+    if not math.isfinite(seconds) or not in_range:
+        bound = ">=" if allow_low else ">"
+        raise LaunchError(f"{flag} {value} must be a finite number of seconds {bound} {low:g} "
+                          f"and <= {high:g}")
+    return seconds
+
+
+def whole_number(value: object, flag: str, low: int, high: int) -> int:
+    """A whole number within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise LaunchError(f"{flag} {value!r} is not a whole number")
+    try:
+        n = int(value)
+    except ValueError:
+        raise LaunchError(f"{flag} {value!r} is not a whole number") from None
+    if not low <= n <= high:
+        raise LaunchError(f"{flag} {_short(value)} is out of range: use {low}..{high}")
+    return n
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} digits)"
+
+
+def check_log_dir(value: str | Path, ranks: list[int]) -> Path:
+    """--log-dir: a directory we can create and write, whose rank<N>.log files (if any
+    exist) are plain files of their own. The launcher replaces them; it never follows a
+    symlink or writes through a hard link to another file. Created here, before anything
+    starts."""
+    path = Path(value).absolute()
+    value = one_line(str(value), 300)  # as echoed in the messages below
+    if path.exists() and not path.is_dir():
+        raise LaunchError(f"--log-dir {value} is not a directory; give a directory (it is "
+                          "created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe, probe_path = tempfile.mkstemp(prefix=".pypto-probe-", dir=path)
+        os.close(probe)
+        os.unlink(probe_path)
+    except OSError as e:
+        raise LaunchError(f"--log-dir {value} is not writable ({e.strerror or e}); give a "
+                          "directory you can write") from None
+    for rank in ranks:
+        log = path / f"rank{rank}.log"
+        try:
+            info = log.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise LaunchError(f"--log-dir {value}: cannot check {log.name} ({e.strerror}); "
+                              "remove it or give another directory") from None
+        what = None
+        if stat.S_ISLNK(info.st_mode):
+            what = "a symlink (the launcher does not follow links)"
+        elif not stat.S_ISREG(info.st_mode):
+            what = "not a regular file"
+        elif info.st_nlink > 1:
+            what = "a hard link shared with another file"
+        if what:
+            raise LaunchError(f"--log-dir {value}: {log.name} exists and is {what}; remove "
+                              "it or give another directory")
+    return path.resolve()
 
 
 def _describes_layout(spec: LaunchSpec) -> bool:
@@ -251,14 +344,8 @@ def _with_platform(cfg: ServingConfig | None, platform: str) -> ServingConfig | 
     return cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"platform": platform})})
 
 
-def _as_int(value: int | str, flag: str) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise LaunchError(f"{flag} {value!r} is not a whole number") from None
-    if n < 1:
-        raise LaunchError(f"{flag} {n} must be >= 1")
-    return n
+def _as_int(value: int | str, flag: str, high: int) -> int:
+    return whole_number(value, flag, 1, high)
 
 
 def _nnodes(spec: LaunchSpec, cfg: ServingConfig | None) -> int:
@@ -269,12 +356,12 @@ def _nnodes(spec: LaunchSpec, cfg: ServingConfig | None) -> int:
             raise LaunchError(f"--nnodes {value}: elastic node ranges are not supported; "
                               "give one number of nodes")
         value = lo
-    n = _as_int(value, "--nnodes") if value is not None else None
+    n = _as_int(value, "--nnodes", MAX_NODES) if value is not None else None
     if cfg is not None:
         if n is not None and n != cfg.cluster.nnodes:
             raise LaunchError(f"--nnodes {n} contradicts cluster.nnodes={cfg.cluster.nnodes} "
                               f"of {_config_name(spec)}; drop the flag or change the config")
-        return cfg.cluster.nnodes
+        return _from_config(cfg.cluster.nnodes, "cluster.nnodes", MAX_NODES, spec)
     if spec.standalone and n not in (None, 1):
         raise LaunchError("--standalone runs a single node; drop --nnodes or set it to 1")
     return n or 1
@@ -292,7 +379,7 @@ def _nproc(spec: LaunchSpec, cfg: ServingConfig | None, platform: str) -> int:
         else:
             n = os.cpu_count() or 1
     else:
-        n = _as_int(value, "--nproc-per-node") if value is not None else None
+        n = _as_int(value, "--nproc-per-node", MAX_NPROC) if value is not None else None
     if cfg is not None:
         per_node = cfg.cluster.devices_per_node
         if n is not None and n != per_node:
@@ -301,8 +388,15 @@ def _nproc(spec: LaunchSpec, cfg: ServingConfig | None, platform: str) -> int:
                 f"contradicts cluster.devices_per_node={per_node} of "
                 f"{_config_name(spec)} (world size {cfg.parallel.world_size} over "
                 f"{cfg.cluster.nnodes} node(s)); drop the flag or change the config")
-        return per_node
+        return _from_config(per_node, "cluster.devices_per_node", MAX_NPROC, spec)
     return n or 1
+
+
+def _from_config(value: int, name: str, high: int, spec: LaunchSpec) -> int:
+    if value > high:
+        raise LaunchError(f"{name}={_short(value)} of {_config_name(spec)} is more than "
+                          f"pypto launch runs ({high}); lower it")
+    return value
 
 
 def _check_devices(platform: str, nproc: int, visible: list[str], warnings: list[str]) -> None:

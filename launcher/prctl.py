@@ -35,6 +35,14 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
+def keep_on_parent_death(expected_parent: int) -> None:
+    """Clear the parent-death signal (the caller cleans up after its parent itself); exit
+    now if the parent is already gone."""
+    _prctl(PR_SET_PDEATHSIG, 0)
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
 def become_subreaper() -> bool:
     """Adopt orphaned descendants (Linux >= 3.4). True when it took effect."""
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)

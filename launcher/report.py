@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..core.errors import one_line
+
+MAX_ERROR_FILE = 1 << 20  # bytes of a worker's error file the launcher reads
+MAX_ERROR_CHARS = 2000  # of its message shown in the report
 
 
 @dataclass(frozen=True)
@@ -47,17 +54,54 @@ class WorkerEnd:
 
 
 def read_error_file(path: Path) -> str | None:
-    """The message torch's @record wrote to TORCHELASTIC_ERROR_FILE, if any."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    """The message torch's @record wrote to TORCHELASTIC_ERROR_FILE, if any.
+
+    The worker owns that path, so it is read with bounds: a regular file only (opened
+    without following a symlink and without blocking, so a FIFO cannot stall us), at most
+    MAX_ERROR_FILE bytes, and the message shown is its last line, cut and escaped.
+    """
+    data = read_bounded(path, MAX_ERROR_FILE)
+    if data is None:
         return None
-    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(data, int):
+        return f"(its error file is {data} bytes, over the {MAX_ERROR_FILE} read; see {path})"
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return None
+    message = parsed.get("message") if isinstance(parsed, dict) else None
     if isinstance(message, dict):
         message = message.get("message")
     if not isinstance(message, str) or not message.strip():
         return None
-    return message.strip().splitlines()[-1]
+    return one_line(message.strip().splitlines()[-1], MAX_ERROR_CHARS)
+
+
+def read_bounded(path: Path, limit: int) -> bytes | int | None:
+    """The bytes of regular file `path` if it has at most `limit`; its size if larger;
+    None when it is missing or not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > limit:
+            return info.st_size
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return total if total > limit else b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def describe_exit(returncode: int) -> str:

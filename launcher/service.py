@@ -38,7 +38,7 @@ from .group_workers import GroupWorkers, running
 from .health import INTERVAL_ENV, RANK_ENV, SOCKET_ENV, TOKEN_ENV
 from .health_server import HealthServer
 from .logfile import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
-from .plan import LaunchSpec, Plan, make_plan, pick_free_port
+from .plan import MAX_RESTARTS, LaunchSpec, Plan, make_plan, pick_free_port, whole_number
 from .report import WorkerEnd, read_error_file
 from .service_output import ServiceOutput
 from .supervisor import (
@@ -84,8 +84,7 @@ class ServiceResult:
 def service_plan(spec: LaunchSpec) -> Plan:
     """make_plan for a service launch: restarts are coordinated across nodes here, so
     --max-restarts is allowed with --nnodes > 1."""
-    if spec.max_restarts < 0:
-        raise LaunchError(f"--max-restarts {spec.max_restarts} must be >= 0")
+    whole_number(spec.max_restarts, "--max-restarts", 0, MAX_RESTARTS)
     plan = make_plan(dataclasses.replace(spec, max_restarts=0))
     return dataclasses.replace(plan, max_restarts=spec.max_restarts)
 
@@ -362,11 +361,14 @@ class ServiceLaunch:
         me = rendezvous.NodeHello(plan.node_rank, plan.nnodes, plan.nproc_per_node,
                                   plan.run_id, digest)
         if plan.node_rank == 0:
-            peers = rendezvous.host(plan.master_port, me, plan.rdzv_timeout, self._check_stop)
+            links = rendezvous.host(plan.master_port, me, plan.secret, plan.rdzv_timeout,
+                                    self._check_stop,
+                                    lambda text: self.out.say(f"pypto launch: warning: {text}"))
         else:
-            peers = {0: rendezvous.join(plan.master_addr, plan.master_port, me,
+            links = {0: rendezvous.join(plan.master_addr, plan.master_port, me, plan.secret,
                                         plan.rdzv_timeout, self._check_stop)}
-        self.channel = GroupChannel(plan.node_rank, peers)
+        self.channel = GroupChannel(plan.node_rank,
+                                    {node: link.sock for node, link in links.items()})
         addrs = self.channel.share_addresses(plan.master_addr, plan.rdzv_timeout,
                                              self._check_stop)
         for g in self.groups:

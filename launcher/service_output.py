@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from .logfile import RotatingLog
-from .output import OutputRouter
+from .output import OutputRouter, open_log
 from .plan import Plan
 
 
@@ -29,7 +29,7 @@ class ServiceOutput(OutputRouter):
                                             or self.plan.logged(local, 2)):
                 continue
             self._files[local] = RotatingLog(self.log_path(local), self.max_log_bytes,
-                                             self.log_backups)
+                                             self.log_backups, opener=open_log)
 
     def mark_restart(self, local_rank: int, attempt: int) -> None:
         """A marker line before a restarted rank's output; its tail starts afresh."""

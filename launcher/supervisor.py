@@ -15,6 +15,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -57,18 +58,14 @@ class _Stop(BaseException):
 
 @dataclass
 class LaunchResult:
-    """How a launch ended. exit_code: 0 success, 1 worker failure, 128+N on signal N."""
+    """How a launch ended. exit_code: 0 success, 1 worker failure, 128+N on signal N;
+    restarts: how many times the group was restarted; failures: the root-cause failure of
+    each failed attempt; start_method: "fork" or "spawn"."""
 
     exit_code: int
     restarts: int = 0
     failures: list[WorkerEnd] = field(default_factory=list)
     start_method: str = "spawn"
-    fork_refused: str = ""
-    signal: str | None = None
-    wall_s: float = 0.0
-    log_dir: Path | None = None
-    cause: str | None = None
-    unkillable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +102,7 @@ class Supervisor:
         self.out = OutputRouter(plan, stdout, stderr)
         self.subreaper = subreaper
         self.zygote: ZygoteClient | None = None
+        self.forking = False  # workers are forked from the preloaded zygote, not exec'd
         self.control: ControlChannel | None = None
         self.workers: list[Worker] = []
         self._attempt = 0
@@ -116,23 +114,21 @@ class Supervisor:
     # --- top level -------------------------------------------------------------------------
 
     def run(self) -> LaunchResult:
-        start = time.monotonic()
-        result = LaunchResult(exit_code=1, log_dir=self.plan.log_dir)
+        result = LaunchResult(exit_code=1)
         sweep_stale_run_dirs()
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
         self._install_signals()
         try:
             result = self._run(result)
         except _Stop as stop:
-            result.exit_code, result.signal = 128 + stop.signum, signal.Signals(stop.signum).name
-            self._tell_others(f"its launcher was stopped by {result.signal}")
-            self.out.say(f"pypto launch: stopped by {result.signal} before the workers ran")
+            result.exit_code, name = 128 + stop.signum, signal.Signals(stop.signum).name
+            self._tell_others(f"its launcher was stopped by {name}")
+            self.out.say(f"pypto launch: stopped by {name} before the workers ran")
         except LaunchError as e:
             self._tell_others(str(e))
             raise
         finally:
-            result.unkillable += self._cleanup()
-            result.wall_s = time.monotonic() - start
+            self._cleanup()
         return result
 
     def _run(self, result: LaunchResult) -> LaunchResult:
@@ -144,30 +140,23 @@ class Supervisor:
             config_file(self.run_dir).write_text(plan.config.model_dump_json())
         if plan.nnodes == 1:
             rendezvous.check_port_free(plan.master_port)
-        allowed, why_not = fork_rule_allows(plan.start_method, plan.platform,
-                                            plan.nproc_per_node, dict(plan.base_env))
+        allowed, _ = fork_rule_allows(plan.start_method, plan.platform,
+                                      plan.nproc_per_node, dict(plan.base_env))
         self._check_stop()
-        if allowed:
-            self.zygote = ZygoteClient(dict(plan.base_env), plan.cwd)
-            self._track(self.zygote.pid)
+        self._start_zygote(preload=allowed)
         if plan.nnodes > 1:
             self._rendezvous()
-        if self.zygote is not None:
-            safe, why_not = self.zygote.wait_ready(ZYGOTE_READY_TIMEOUT, self._check_stop)
-            if not safe:
-                self.out.say(f"pypto launch: not forking workers ({why_not}); spawning them")
-                self._drop_zygote()
-        result.start_method = "fork" if self.zygote is not None else "spawn"
-        result.fork_refused = why_not
+        self.forking = self._zygote_ready(allowed)
+        result.start_method = "fork" if self.forking else "spawn"
         attempts = plan.max_restarts + 1
         for attempt in range(attempts):
             self.out.open_logs(attempt)
             self._start_group(attempt, topology)
             end = self._supervise()
-            result.unkillable += self._unkillable
             if end.signal is not None:
-                result.exit_code, result.signal = 128 + end.signal, signal.Signals(end.signal).name
-                self.out.say(f"pypto launch: stopped by {result.signal}; all workers ended")
+                result.exit_code = 128 + end.signal
+                self.out.say(f"pypto launch: stopped by {signal.Signals(end.signal).name}; "
+                             "all workers ended")
                 return result
             if end.first is None and end.cause is None:
                 if self.control is not None:
@@ -175,7 +164,6 @@ class Supervisor:
                 result.exit_code = 0
                 return result
             if end.cause is not None:
-                result.cause = end.cause
                 self.out.say(cause_report(end.cause, end.ends, attempt, attempts,
                                           self._unkillable))
             else:
@@ -186,6 +174,7 @@ class Supervisor:
                                             attempt, attempts, self._unkillable))
             if end.zygote_died and self.zygote is not None:
                 self._drop_zygote()
+                self.forking = False
                 if attempt + 1 < attempts:
                     self.out.say("pypto launch: the zygote is gone; spawning the workers of "
                                  "the next attempts")
@@ -206,16 +195,42 @@ class Supervisor:
         me = rendezvous.NodeHello(plan.node_rank, plan.nnodes, plan.nproc_per_node,
                                   plan.run_id, digest)
         if plan.node_rank == 0:
-            peers = rendezvous.host(plan.master_port, me, plan.rdzv_timeout, self._check_stop)
+            links = rendezvous.host(plan.master_port, me, plan.secret, plan.rdzv_timeout,
+                                    self._check_stop, self._warn)
         else:
-            peers = {0: rendezvous.join(plan.master_addr, plan.master_port, me,
+            links = {0: rendezvous.join(plan.master_addr, plan.master_port, me, plan.secret,
                                         plan.rdzv_timeout, self._check_stop)}
-        self.control = ControlChannel(plan.node_rank, peers)
+        self.control = ControlChannel(plan.node_rank, plan.nnodes, links, self._warn)
+
+    def _warn(self, text: str) -> None:
+        self.out.say(f"pypto launch: warning: {text}")
 
     def _tell_others(self, why: str) -> None:
         """Ask every other node to stop (multi-node only); `why` says what happened here."""
         if self.control is not None:
             self.control.send_stop(why)
+
+    def _start_zygote(self, preload: bool) -> None:
+        """The node's helper: every worker is started below it (see workers.py)."""
+        self.zygote = ZygoteClient(dict(self.plan.base_env), self.plan.cwd, preload)
+        self._track(self.zygote.pid)
+
+    def _zygote_ready(self, fork_wanted: bool) -> bool:
+        """Wait for the helper; whether workers are forked from it. A preloaded one that is
+        not safe to fork from is replaced by one that only execs; a helper that does not
+        come up leaves the launcher to spawn the workers itself."""
+        assert self.zygote is not None
+        safe, why_not = self.zygote.wait_ready(ZYGOTE_READY_TIMEOUT, self._check_stop)
+        if fork_wanted and not safe:
+            self.out.say(f"pypto launch: not forking workers ({why_not}); spawning them")
+            if self.zygote.ready is not None:
+                self._drop_zygote()
+                self._start_zygote(preload=False)
+                self.zygote.wait_ready(ZYGOTE_READY_TIMEOUT, self._check_stop)
+        if self.zygote.ready is None:
+            self._drop_zygote()
+            return False
+        return fork_wanted and safe
 
     def _drop_zygote(self) -> None:
         assert self.zygote is not None
@@ -272,6 +287,8 @@ class Supervisor:
             request = {"local_rank": local, "env": env, "cwd": plan.cwd,
                        "target": plan.target.value, "is_module": plan.target.is_module,
                        "args": list(plan.target.args), "cpus": cpus}
+            if not self.forking:
+                request["argv"] = plan.target.command(env.get("PYTHON_EXEC", sys.executable))
             try:
                 pid = self.zygote.fork(request, fds)
                 return Worker(local, rank, pid, out_r, err_r, time.time())
@@ -281,6 +298,7 @@ class Supervisor:
                 self.out.say(f"pypto launch: the zygote failed while starting local rank "
                              f"{local} ({e}); spawning the workers instead")
                 self._drop_zygote()
+                self.forking = False
         try:
             popen = spawn_worker(plan.target, env, plan.cwd, fds, cpus)
         except OSError as e:
@@ -494,7 +512,7 @@ class Supervisor:
             if w.returncode is None and w.popen is None:
                 w.returncode, w.ended = -signal.SIGKILL, time.time()
         how = describe_exit(code) if code is not None else "closed its socket"
-        return (f"the zygote (pid {self.zygote.pid}) {how}; the workers forked from it "
+        return (f"the zygote (pid {self.zygote.pid}) {how}; the workers started by it "
                 "died with it")
 
     def _kill_leftovers(self) -> None:
@@ -549,8 +567,8 @@ class Supervisor:
         if self._signals:
             raise _Stop(self._signals[0])
 
-    def _cleanup(self) -> list[str]:
-        """Kill and reap the whole tree; the processes that could not be killed."""
+    def _cleanup(self) -> None:
+        """Kill and reap the whole tree; name the processes that could not be killed."""
         try:  # the tree first: orphans adopted by the zygote die before it does
             left = tree.kill_tree([p for p in self._procs if self.zygote is None
                                    or p.pid != self.zygote.pid]
@@ -559,7 +577,7 @@ class Supervisor:
                 self.zygote.close()
             left += tree.kill_tree(self._procs, [w.pid for w in self.workers],
                                    adopt_children_of=os.getpid() if self.subreaper else None)
-            return self._report_unkillable(left)
+            self._report_unkillable(left)
         finally:
             if self.control is not None:
                 self.control.close()

@@ -2,7 +2,7 @@
 
 Every worker runs in its own process group; the tree is found three ways (psutil
 descendants of each root, members of the workers' process groups, and orphans re-parented
-to a subreaper), signalled, given a grace period, then SIGKILLed and reaped.
+to a subreaper), then SIGKILLed and reaped.
 """
 
 from __future__ import annotations
@@ -70,15 +70,12 @@ def signal_group_once(leader: int, sig: int) -> None:
         pass
 
 
-def kill_tree(roots: Iterable[int | psutil.Process], groups: Iterable[int] = (), grace: float = 0.0,
+def kill_tree(roots: Iterable[int | psutil.Process], groups: Iterable[int] = (),
               adopt_children_of: int | None = None) -> list[psutil.Process]:
-    """SIGTERM the whole tree, wait up to `grace` s, SIGKILL the rest, reap; return leftovers
-    (processes still alive after SIGKILL, normally none)."""
+    """SIGKILL the whole tree and reap it; return leftovers (processes still alive after
+    SIGKILL, normally none). The grace period (SIGTERM first) is the supervisor's."""
     roots, groups = list(roots), list(groups)
     procs = collect(roots, groups, adopt_children_of)
-    if grace > 0 and procs:
-        signal_all(procs, signal.SIGTERM)
-        _, procs = psutil.wait_procs(procs, timeout=grace)
     for _ in range(3):
         procs = [p for p in procs if _alive(p)]
         procs += [p for p in collect(roots, groups, adopt_children_of)

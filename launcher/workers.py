@@ -1,5 +1,10 @@
 """Starting one worker: forked from the zygote (fast) or spawned as a fresh interpreter.
 
+Both go through the zygote, the node's helper (zygote.py): with torch preloaded it forks
+workers, without a preload it fork-execs fresh interpreters, so every worker and all its
+descendants live below a process that tears them down even after a kill -9 of the
+launcher. Only when that helper cannot run does the launcher spawn workers itself.
+
 The fork rule: fork from the zygote only when (1) the start method is `auto` or `fork`,
 (2) the platform is cpu (cuda/npu spawn unless `fork` is asked for explicitly, since their
 runtimes' fork-safety is not something this machine can show), (3) the node runs more than
@@ -68,13 +73,17 @@ def fork_rule_allows(method: str, platform: str, nproc: int,
 
 
 class ZygoteClient:
-    """The launcher's side of the zygote: start it, wait for its verdict, ask for forks."""
+    """The launcher's side of the zygote: start it, wait for its verdict, ask for forks.
+    `preload`: import torch there to fork workers from it; without, it only execs them."""
 
-    def __init__(self, env: dict[str, str], cwd: str):
+    def __init__(self, env: dict[str, str], cwd: str, preload: bool = True):
         self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)  # large envs
         zenv = dict(env)
         zenv["OMP_NUM_THREADS"] = "1"  # no OpenMP pool in the parent; workers set their own
+        if not preload:
+            zenv[zygote_protocol.PRELOAD_ENV] = ""
+        self.preloaded = preload
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pypto_serving.launcher.zygote", str(child.fileno()),
              str(os.getpid())],

@@ -1,15 +1,19 @@
-"""The zygote: imports torch once per node, then forks workers that run the user's code.
+"""The zygote: the node's helper that starts every worker and outlives a killed launcher.
 
 Run as `python -m pypto_serving.launcher.zygote FD LAUNCHER_PID` by the launcher, which
 talks to it over the AF_UNIX SOCK_SEQPACKET socket FD (JSON messages; pipe fds travel
-with SCM_RIGHTS). Stdlib only, no threads: after the preload it reports whether forking
-is safe (one OS thread, no accelerator runtime initialised), and the launcher falls back to
-spawning fresh interpreters when it is not.
+with SCM_RIGHTS). Stdlib only, no threads. With a preload (torch) it forks workers that run
+the user's code in the warm interpreter, after reporting whether forking is safe (one OS
+thread, no accelerator runtime initialised); without one it starts fresh interpreters
+(fork + exec, the spawn start method). Either way every worker is its child, and it is a
+child subreaper, so every descendant of every worker stays below it.
 
-Messages, launcher -> zygote: {"op": "fork", ...worker request} with [stdout_w, stderr_w].
+Messages, launcher -> zygote: {"op": "fork", ...worker request} with [stdout_w, stderr_w]
+(a request with "argv" is exec'd instead of run here).
 Zygote -> launcher: {"op": "ready", "fork_safe", "reason"},
 {"op": "forked", "local_rank", "pid"}, {"op": "exited", "ends": [[pid, raw wait status]...]}.
-EOF of the socket means "stop": the zygote kills what is left of its workers and exits.
+EOF of the socket means "stop", and so does the launcher's death (kill -9 included: the
+kernel closes its end): the zygote kills every descendant, reaps them and exits.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 
-from .prctl import become_subreaper, die_with_parent
+from .prctl import become_subreaper, die_with_parent, keep_on_parent_death
 
 PRELOAD_ENV = "PYPTO_ZYGOTE_PRELOAD"
 DEFAULT_PRELOAD = "torch,torch.distributed"
 MAX_MESSAGE = 1 << 20
+TEARDOWN_WAIT = 3.0  # seconds to kill and reap every descendant when the launcher is gone
 
 
 def send(sock: socket.socket, message: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
@@ -56,12 +62,16 @@ def receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
 
 def main(argv: list[str]) -> None:
     fd, launcher_pid = int(argv[1]), int(argv[2])
-    die_with_parent(launcher_pid)
+    die_with_parent(launcher_pid)  # while preloading there is nothing to clean up
     become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
+    verdict = preload()
+    # From now on a dead launcher must not kill us outright: its end of the socket closes
+    # and _serve tears the whole tree down first.
+    keep_on_parent_death(launcher_pid)
     try:
-        send(sock, preload())
+        send(sock, verdict)
     except OSError:  # the launcher stopped while we were preloading
         os._exit(0)
     _serve(sock)
@@ -129,11 +139,74 @@ def _serve(sock: socket.socket) -> None:
     except (BrokenPipeError, ConnectionResetError):
         return
     finally:
-        for pid in workers:
+        kill_descendants(list(workers), TEARDOWN_WAIT)
+
+
+def kill_descendants(groups: list[int], timeout: float) -> None:
+    """SIGKILL the workers' process groups and every process below this one, reaping as
+    we go, until none is left or `timeout` passes. Orphans of the killed are re-parented
+    to us (subreaper) and so are found by the next round."""
+    deadline = time.monotonic() + timeout
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+    while True:
+        below = _descendants(os.getpid())
+        for pid in below:
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+        reaped = _reap_all()
+        if not below and not reaped or time.monotonic() >= deadline:
+            return
+        if not reaped:
+            time.sleep(0.01)
+
+
+def _reap_all() -> int:
+    count = 0
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return count
+        if pid == 0:
+            return count
+        count += 1
+
+
+def _descendants(root: int) -> list[int]:
+    """Live (non-zombie) processes below `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    zombies = set()
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(b")", 1)[-1].split()
+        if len(fields) < 2:
+            continue
+        pid = int(name)
+        if fields[0] == b"Z":
+            zombies.add(pid)
+        children.setdefault(int(fields[1]), []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return [pid for pid in found if pid not in zombies]
 
 
 def _reap(sock: socket.socket, workers: dict[int, int]) -> None:
@@ -197,6 +270,8 @@ def _become_worker(request: dict, fds: list[int], own_fds: tuple[int, ...],
         os.environ.update(env)
         if request.get("cpus"):
             os.sched_setaffinity(0, request["cpus"])
+        if request.get("argv"):  # the spawn start method: a fresh interpreter
+            os.execvpe(request["argv"][0], request["argv"], env)
         _fresh_stdio()
         _reseed()
         _match_threads(env)

@@ -5,8 +5,12 @@ Each run starts N workers that do init_process_group("gloo") + barrier and exit.
 commands are interleaved round-robin (so load drifts hit all of them alike) and the table
 shows medians over --runs, with the ratio to torchrun. Usage:
 
-    .venv/bin/python scripts/bench_launch.py [--runs 7] [--nproc 4]
+    .venv/bin/python scripts/bench_launch.py [--runs 7] [--nproc 4] [--checkout NAME=DIR]...
     .venv/bin/python scripts/bench_launch.py --restart [--cycles 7]   # bench_restart.py
+
+`--checkout NAME=DIR` adds fork and spawn rows for another copy of the package (DIR holds
+`pypto_serving/`, put first on PYTHONPATH), run as `python -m pypto_serving.cli.entry`, to
+time a change against its baseline in the same run.
 """
 
 from __future__ import annotations
@@ -33,18 +37,28 @@ dist.destroy_process_group()
 NOT_FORKING = "not forking workers"  # the launcher's notice when it falls back to spawn
 
 
-def commands(script: str, nproc: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+def commands(script: str, nproc: int, checkouts: dict[str, str] | None = None
+             ) -> dict[str, tuple[list[str], dict[str, str]]]:
     n = str(nproc)
     env = {k: v for k, v in os.environ.items() if k != "PYPTO_LAUNCH_START_METHOD"}
-    pypto = [str(BIN / "pypto"), "launch", "--standalone", "--platform", "cpu",
-             "--nproc-per-node", n]
-    return {
-        "torchrun --standalone": (
-            [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", n, script], env),
-        "pypto launch --start-method fork": ([*pypto, "--start-method", "fork", script], env),
-        "pypto launch --start-method spawn": ([*pypto, "--start-method", "spawn", script], env),
-        "python -c 'import torch' (1 process)": ([sys.executable, "-c", "import torch"], env),
-    }
+    flags = ["launch", "--standalone", "--platform", "cpu", "--nproc-per-node", n]
+    rows = {"torchrun --standalone": (
+        [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", n, script], env)}
+    if not checkouts:
+        checkouts = {"": ""}
+    for name, folder in checkouts.items():
+        pypto = [str(BIN / "pypto"), *flags]
+        row_env = env
+        if folder:
+            pypto = [sys.executable, "-m", "pypto_serving.cli.entry", *flags]
+            path = [folder, *filter(None, [env.get("PYTHONPATH", "")])]
+            row_env = {**env, "PYTHONPATH": os.pathsep.join(path)}
+        tag = f" [{name}]" if name else ""
+        for method in ("fork", "spawn"):
+            rows[f"pypto launch --start-method {method}{tag}"] = (
+                [*pypto, "--start-method", method, script], row_env)
+    rows["python -c 'import torch' (1 process)"] = ([sys.executable, "-c", "import torch"], env)
+    return rows
 
 
 def time_once(cmd: list[str], env: dict[str, str]) -> float:
@@ -71,11 +85,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per command")
     parser.add_argument("--nproc", type=int, default=4, help="workers per launch")
+    parser.add_argument("--checkout", action="append", default=[], metavar="NAME=DIR",
+                        help="also time the package in DIR (repeatable)")
     opts = parser.parse_args()
+    checkouts = dict(item.split("=", 1) for item in opts.checkout)
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "gloo_barrier.py")
         Path(script).write_text(SCRIPT)
-        cmds = commands(script, opts.nproc)
+        cmds = commands(script, opts.nproc, checkouts)
         for cmd, env in cmds.values():  # warm the page cache; not timed
             time_once(cmd, env)
         times: dict[str, list[float]] = {name: [] for name in cmds}

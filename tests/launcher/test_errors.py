@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,3 +93,67 @@ def test_launcher_process_never_imports_torch(lt, tmp_path):
     assert "[rank1]:worker has torch" in out.stdout, out.stderr
     assert "exit 0" in out.stdout
     assert "launcher has torch: False" in out.stdout
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [
+    ("--grace-period", "nan", "--grace-period nan must be a finite number of seconds"),
+    ("--grace-period", "-1", "--grace-period -1.0 must be a finite number"),
+    ("--grace-period", "1e308", "--grace-period 1e+308 must be a finite number"),
+    ("--rdzv-timeout", "nan", "--rdzv-timeout nan must be a finite number of seconds > 0"),
+    ("--rdzv-timeout", "inf", "--rdzv-timeout inf must be"),
+    ("--rdzv-timeout", "0", "--rdzv-timeout 0.0 must be"),
+    ("--nproc-per-node", str(10**30), "--nproc-per-node 10000000000000000000... (31 digits) "
+                                      "is out of range: use 1..1024"),
+    ("--nnodes", str(10**30), "--nnodes 10000000000000000000... (31 digits) is out of range"),
+    ("--max-restarts", str(10**20), "--max-restarts 100000000000000000000 is out of range"),
+])
+def test_numbers_out_of_range_name_the_flag(flag, value, needle, lt, tmp_path, marker_script):
+    extra = ["--master-addr", "127.0.0.1"] if flag == "--nnodes" else ["--standalone"]
+    result = lt.run([flag, value, *extra, str(marker_script)], timeout=30)
+    _check(result, tmp_path, needle)
+
+
+def test_log_dir_that_is_a_file_or_unwritable(lt, tmp_path, marker_script):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    result = lt.run(["--log-dir", str(a_file), "--standalone", str(marker_script)],
+                    timeout=30)
+    _check(result, tmp_path, f"--log-dir {a_file} is not a directory")
+    # /proc is a directory no one can create files in (root included)
+    result = lt.run(["--log-dir", "/proc", "--standalone", str(marker_script)], timeout=30)
+    _check(result, tmp_path, "--log-dir /proc is not writable")
+
+
+def test_log_dir_with_a_symlinked_rank_log_is_refused(lt, tmp_path, marker_script):
+    """An existing rank0.log that is a symlink is not followed (its target was
+    overwritten); a hard link to another file is refused the same way."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    (logs / "rank0.log").symlink_to(precious)
+    result = lt.run(["--log-dir", str(logs), "--standalone", str(marker_script)], timeout=30)
+    _check(result, tmp_path, f"--log-dir {logs}: rank0.log exists and is a symlink")
+    (logs / "rank0.log").unlink()
+    os.link(precious, logs / "rank0.log")
+    result = lt.run(["--log-dir", str(logs), "--standalone", str(marker_script)], timeout=30)
+    _check(result, tmp_path, "rank0.log exists and is a hard link")
+    assert precious.read_text() == "keep me\n"
+
+
+def test_multi_node_needs_a_private_secret(lt, tmp_path, marker_script):
+    """The job's secret comes from the environment or a private file, never a flag; a
+    launch over several nodes without a usable one stops before anything starts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYPTO_LAUNCH_SECRET")}
+    two_nodes = ["--nnodes", "2", "--master-addr", "127.0.0.1", str(marker_script)]
+    result = lt.run(two_nodes, timeout=30, env=env)
+    _check(result, tmp_path, "needs the job's shared secret", "export PYPTO_LAUNCH_SECRET=",
+           "PYPTO_LAUNCH_SECRET_FILE")
+    result = lt.run(two_nodes, timeout=30, env={**env, "PYPTO_LAUNCH_SECRET": "short"})
+    _check(result, tmp_path, "the secret in PYPTO_LAUNCH_SECRET has 5 bytes; use at least 16")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("0123456789abcdef0123456789abcdef\n")
+    secret_file.chmod(0o644)
+    result = lt.run(two_nodes, timeout=30, env={**env, "PYPTO_LAUNCH_SECRET_FILE":
+                                                str(secret_file)})
+    _check(result, tmp_path, "can be read by others (mode 644); run `chmod 600")

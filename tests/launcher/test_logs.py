@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -69,3 +72,56 @@ def test_tee_without_log_dir_makes_one(port, lt):
         import shutil
 
         shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _wait_files(paths, proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        assert time.monotonic() < deadline and proc.poll() is None, "workers did not start"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("ending", ["failure", "signal"])
+def test_supervision_never_waits_for_an_unread_console(ending, port, lt, tmp_path):
+    """Nobody reads the launcher's stdout or stderr while rank 1 floods stdout: a rank's
+    failure (or a SIGTERM to the launcher) is still acted on at once, reported, and the
+    exit code says what happened. The queued output is given up after a bounded wait."""
+    fail = ["--fail-rank", "0"] if ending == "failure" else []
+    job = lt.start(["--nproc-per-node", "2", "--master-port", str(port), "--grace-period",
+                    "1", str(lt.workers / "flood.py"), str(tmp_path), *fail])
+    _wait_files([tmp_path / "rank0.ready", tmp_path / "rank1.ready"], job.proc, 60)
+    if ending == "signal":
+        time.sleep(0.5)  # the flood has filled the pipe by now
+        job.signal(signal.SIGTERM)
+    started = time.monotonic()
+    try:
+        code = job.proc.wait(timeout=30)  # stdout and stderr still unread
+    except subprocess.TimeoutExpired:
+        job.kill()
+        pytest.fail("the launcher waited for its unread console")
+    assert time.monotonic() - started < 20
+    _, _, err = job.finish(timeout=10)
+    if ending == "failure":
+        assert code == 1, err
+        assert "rank 0 (local rank 0, node 0) exited with code 3" in err, err
+    else:
+        assert code == 128 + signal.SIGTERM, err
+        assert "stopped by SIGTERM" in err, err
+
+
+def test_long_lines_pass_through_byte_for_byte(port, lt, tmp_path):
+    """A 300 KB line from each of two ranks reaches the console and the log whole: no
+    newline inserted, never mixed with the other rank's line."""
+    size = 300_000
+    result = lt.run(["--nproc-per-node", "2", "--master-port", str(port), "--log-dir",
+                     str(tmp_path), str(lt.workers / "longline.py"), str(size)], timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for rank in (0, 1):
+        body = (f"<{rank}>" + "abcdefghij" * (size // 10))[:size]
+        lines = [x for x in result.stdout.split("\n") if x.startswith(f"[rank{rank}]:")]
+        assert lines == [f"[rank{rank}]:short {rank}", f"[rank{rank}]:{body}",
+                         f"[rank{rank}]:after {rank}"], [len(x) for x in lines]
+        log = (tmp_path / f"rank{rank}.log").read_bytes()
+        assert log.replace(f"err {rank}\n".encode(), b"", 1) == (
+            f"short {rank}\n{body}\nafter {rank}\n").encode()
+    assert len(result.stdout.split("\n")) == 2 * 3 + 1

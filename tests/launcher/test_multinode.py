@@ -9,6 +9,15 @@ import pytest
 
 pytestmark = pytest.mark.timeout(120)
 
+SECRET = "test-secret-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def job_secret(monkeypatch):
+    """Every launcher these tests start holds the job's shared secret (wire.py)."""
+    monkeypatch.setenv("PYPTO_LAUNCH_SECRET", SECRET)
+    monkeypatch.delenv("PYPTO_LAUNCH_SECRET_FILE", raising=False)
+
 
 def test_two_nodes_on_loopback_form_one_world(port, lt):
     common = ["--nnodes", "2", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
@@ -23,6 +32,7 @@ def test_two_nodes_on_loopback_form_one_world(port, lt):
     assert sorted(rows0) == [0, 1] and sorted(rows1) == [2, 3]
     for row in (*rows0.values(), *rows1.values()):
         assert row["world"] == 4 and row["sum"] == 1 + 2 + 3 + 4
+        assert row["secret_seen"] is False  # the launchers' secret is theirs alone
 
 
 def test_unreachable_master_fails_within_the_timeout(port, lt):

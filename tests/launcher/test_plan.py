@@ -98,18 +98,21 @@ def test_api_reports_a_failure_in_process(tmp_path, port):
                    "sys.exit(5 if os.environ['RANK'] == '1' else 0)\n")
     out, err = io.StringIO(), io.StringIO()
     result = launch(LaunchSpec(target=str(bad), nproc_per_node=2, master_port=port,
-                               start_method="spawn"), stdout=out, stderr=err)
-    assert result.exit_code == 1 and result.start_method == "spawn"
-    assert [(f.rank, f.returncode) for f in result.failures] == [(1, 5)]
+                               start_method="spawn", max_restarts=1), stdout=out, stderr=err)
+    assert result.exit_code == 1 and result.start_method == "spawn" and result.restarts == 1
+    assert [(f.rank, f.returncode) for f in result.failures] == [(1, 5), (1, 5)]
     assert result.failures[0].tail == ("rank 1",)
     assert "[rank0]:rank 0" in out.getvalue()
     assert "rank 1 (local rank 1, node 0) exited with code 5" in err.getvalue()
 
 
 def test_torchrun_rendezvous_flags(script):
+    secret = "s3cret-" * 4
     plan = make_plan(LaunchSpec(target=script, nnodes=2, rdzv_endpoint="node0:1234",
-                                rdzv_backend="c10d", env=CPU))
+                                rdzv_backend="c10d", env={**CPU, "PYPTO_LAUNCH_SECRET": secret}))
     assert (plan.master_addr, plan.master_port) == ("node0", 1234)
+    assert plan.secret == secret.encode()  # the launchers' alone: not for the workers
+    assert "PYPTO_LAUNCH_SECRET" not in plan.base_env and secret not in repr(plan)
     plan = make_plan(LaunchSpec(target=script, rdzv_endpoint="[::1]", rdzv_backend="static",
                                 env=CPU))
     assert (plan.master_addr, plan.master_port) == ("::1", 29400)

@@ -22,16 +22,18 @@ def test_four_workers_all_reduce_and_exit_clean(method, port, lt):
         assert row["main"] == "__main__"
     parents = {row["ppid"] for row in seen.values()}
     assert len(parents) == 1  # forked by the zygote, or spawned by the launcher
-    # how each worker started: forked by the zygote, torch already imported, or spawned
-    # by the launcher itself as a fresh interpreter
+    # how each worker started: forked by the zygote, torch already imported, or exec'd by
+    # it as a fresh interpreter (the zygote is every worker's parent, so that it can tear
+    # every descendant down even after a kill -9 of the launcher)
     for row in seen.values():
         parent = " ".join(row["parent_cmdline"])
+        assert "pypto_serving.launcher.zygote" in parent, parent
         if method == "fork":
             assert row["torch_preloaded"] is True
-            assert "pypto_serving.launcher.zygote" in parent, parent
+            assert "pypto_serving.launcher.zygote" in " ".join(row["cmdline"])
         else:
             assert row["torch_preloaded"] is False
-            assert "pypto_serving.cli.entry launch" in parent, parent
+            assert row["cmdline"][1:3] == ["-u", str(lt.workers / "allreduce.py")], row
     lt.assert_gone([row["pid"] for row in seen.values()] + list(parents))
 
 

@@ -11,6 +11,13 @@ import pytest
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.fixture(autouse=True)
+def job_secret(monkeypatch):
+    """Launchers of several nodes need the job's shared secret (docs/launcher.md)."""
+    monkeypatch.setenv("PYPTO_LAUNCH_SECRET", "multinode-test-secret-0123456789")
+    monkeypatch.delenv("PYPTO_LAUNCH_SECRET_FILE", raising=False)
+
+
 def two_nodes(service, port, config, **kw):
     common = {"master_addr": "127.0.0.1", "master_port": port, "max_restarts": 1, **kw}
     return [service.start(config, node_rank=n, **common) for n in (0, 1)]

@@ -244,3 +244,42 @@ def test_run_dirs_of_dead_launchers_are_swept(port, lt, tmp_path):
 
         for folder in (stale, live):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_kill_9_of_the_launcher_leaves_no_descendant(method, port, lt):
+    """kill -9 runs no cleanup in the launcher: the zygote (every worker's parent in both
+    start methods) sees its socket close and kills every descendant, also those that left
+    the worker's process group or were orphaned."""
+    import psutil
+
+    job = lt.start(["--nproc-per-node", "2", "--master-port", str(port), "--start-method",
+                    method, str(lt.workers / "escape.py")])
+    rows = job.wait_for_json(2, timeout=60)
+    below = [p.pid for p in psutil.Process(job.proc.pid).children(recursive=True)]
+    left = [pid for row in rows.values() for pid in row["left"]]
+    workers = [row["pid"] for row in rows.values()]
+    assert set(workers + left) <= set(below), (below, rows)
+    assert all(lt.running(pid) for pid in below)
+    job.proc.kill()
+    job.proc.wait(5)
+    lt.assert_gone(below, timeout=10)
+
+
+@pytest.mark.parametrize(("mode", "shown"), [
+    ("fifo", None),
+    ("big", "(its error file is 300000000 bytes, over the 1048576 read;"),
+    ("control", "error: boom \\x1b[2J\\x07 done"),
+])
+def test_error_files_are_read_with_bounds(mode, shown, port, lt):
+    """The error file is the worker's: a FIFO must not block the launcher, a 300 MB file
+    is not read, control bytes in the message are escaped."""
+    result = lt.run(["--master-port", str(port), str(lt.workers / "errfile.py"), mode],
+                    timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "rank 0 (local rank 0, node 0) exited with code 1" in result.stderr
+    assert "\x1b" not in result.stderr
+    if shown is None:
+        assert "error:" not in result.stderr
+    else:
+        assert shown in result.stderr, result.stderr

@@ -9,7 +9,16 @@ import socket
 import httpx
 import openai
 import psutil
+import pytest
 from serve_harness import ServeProcess
+
+
+@pytest.fixture(autouse=True)
+def job_secret(monkeypatch):
+    """Launchers of several nodes need the job's shared secret (docs/launcher.md)."""
+    monkeypatch.setenv("PYPTO_LAUNCH_SECRET", "multinode-test-secret-0123456789")
+    monkeypatch.delenv("PYPTO_LAUNCH_SECRET_FILE", raising=False)
+
 
 MODEL = "tiny-moe"
 

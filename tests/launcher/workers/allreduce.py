@@ -20,5 +20,7 @@ dist.barrier()
 print(json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(), "sum": t.item(),
                   "argv": sys.argv[1:], "main": __name__, "pid": os.getpid(),
                   "ppid": os.getppid(), "torch_preloaded": TORCH_PRELOADED,
-                  "parent_cmdline": psutil.Process(os.getppid()).cmdline()}))
+                  "cmdline": psutil.Process().cmdline(),
+                  "parent_cmdline": psutil.Process(os.getppid()).cmdline(),
+                  "secret_seen": "PYPTO_LAUNCH_SECRET" in os.environ}))
 dist.destroy_process_group()
