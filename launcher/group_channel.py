@@ -1,63 +1,99 @@
-"""The service launchers' channel between nodes: the rendezvous sockets, kept open.
+"""The service launchers' channel between nodes: the rendezvous links, kept open.
 
 Node 0 is the hub (as in control.py, which plain launches use); what one node sends, node
-0 relays to the others. Node 0 first sends every node's address (`nodes`). A group that
-spans nodes fails, becomes ready and restarts on every node together: the node that sees
-one of its workers fail sends `failed` (group, attempt, rank, cause); every node holding
-that group tears its share down and restarts the same attempt number after the same
-backoff, so nodes agree without a leader. Each node sends `ready` for its own ranks, so
-every node's group policy sees the whole group. `stop` ends every node's launch; a
-connection that closes without `done` counts as a stop.
-JSON lines, each at most MAX_LINE bytes (a longer one closes the connection).
+0 checks and relays to the others. Each node other than 0 first asks for every node's
+address (`nodes?`) and node 0 answers (`nodes`) once all have asked. A group that spans
+nodes fails, becomes ready and restarts on every node together: the node that sees one of
+its workers fail sends `failed` (group, attempt, rank, cause); every node holding that
+group tears its share down and restarts the same attempt number after the same backoff, so
+nodes agree without a leader. Each node sends `ready` for its own ranks, so every node's
+group policy sees the whole group. `stop` ends every node's launch; a connection that
+closes without `done` counts as a stop.
+
+Every message is one JSON line (GroupMessage, parsed strictly), MAC'd with the link's key
+over its direction and a per-direction sequence number, as control.py's are (wire.py): a
+line that does not parse, verify, come in sequence or speak for the right node is dropped
+with a warning.
 """
 
 from __future__ import annotations
 
 import json
 import select
-import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from .control import RemoteStop
+from pydantic import Field, StringConstraints
+
+from ..core.errors import one_line
+from . import wire
+from .control import Link, RemoteStop
 from .errors import LaunchError
 
-MAX_LINE = 1 << 20
+MAX_BUFFER = 1 << 20  # of a partial line from one peer (payloads of a whole group)
+MAX_WARNINGS = 20
 SEND_TIMEOUT = 2.0
+Count = Annotated[int, Field(ge=0, le=1 << 30)]
+Text = Annotated[str, StringConstraints(max_length=wire.MAX_TEXT)]
+
+
+class GroupMessage(wire._Message):
+    """One message between service launchers (see the module docstring for the ops)."""
+
+    op: Literal["ready", "failed", "stop", "done", "nodes?", "nodes"]
+    node: Count
+    seq: Count
+    mac: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    group: Count | None = None
+    attempt: Count | None = None
+    rank: Count | None = None
+    cause: Literal["exit", "signal", "hung", "exited-0"] | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    log_tail: list[Text] | None = None
+    payload: dict[str, Any] | None = None
+    why: Text | None = None
+    addrs: dict[str, Annotated[str, StringConstraints(max_length=255)]] | None = None
 
 
 class GroupChannel:
-    """This node's end: `peers` maps a node rank to its socket (node 0: every other node;
-    other nodes: node 0 only)."""
+    """This node's end: `links` maps a node rank to its authenticated Link (node 0: every
+    other node; other nodes: node 0 only). `warn` gets one line per dropped message."""
 
-    def __init__(self, node_rank: int, peers: dict[int, socket.socket]):
+    def __init__(self, node_rank: int, nnodes: int, links: dict[int, Link],
+                 warn: Callable[[str], None] = lambda _: None):
         self.node_rank = node_rank
-        self._peers = dict(peers)
-        self._buffers: dict[int, bytes] = {node: b"" for node in peers}
+        self.nnodes = nnodes
+        self._links = dict(links)
+        self._buffers: dict[int, bytes] = {node: b"" for node in links}
         self._done: set[int] = set()
+        self._warn = warn
+        self._warnings = 0
         self.stopped: RemoteStop | None = None
         self._addrs: dict[int, str] | None = None
         self._early: list[dict[str, Any]] = []
         self._asked: set[int] = set()
-        for sock in self._peers.values():
-            sock.setblocking(False)
+        for link in self._links.values():
+            link.sock.setblocking(False)
 
-    def sockets(self) -> dict[int, socket.socket]:
-        return dict(self._peers)
+    def sockets(self) -> dict[int, Any]:
+        return {node: link.sock for node, link in self._links.items()}
 
     def send_ready(self, group: int, attempt: int, rank: int, payload: dict) -> None:
+        # JSON carries the payload across nodes: bytes and other non-JSON values as text
+        plain = json.loads(json.dumps(payload, default=str))
         self._send({"op": "ready", "group": group, "attempt": attempt, "rank": rank,
-                    "payload": payload})
+                    "payload": plain})
 
     def send_failed(self, group: int, attempt: int, rank: int, cause: str,
                     exit_code: int | None, signal: int | None, log_tail: tuple[str, ...]) -> None:
         self._send({"op": "failed", "group": group, "attempt": attempt, "rank": rank,
                     "cause": cause, "exit_code": exit_code, "signal": signal,
-                    "log_tail": list(log_tail)})
+                    "log_tail": [line[:wire.MAX_TEXT] for line in log_tail]})
 
     def send_stop(self, why: str) -> None:
-        self._send({"op": "stop", "why": why})
+        self._send({"op": "stop", "why": why[:wire.MAX_TEXT]})
 
     def send_done(self) -> None:
         self._send({"op": "done"})
@@ -76,23 +112,23 @@ class GroupChannel:
             self._send({"op": "nodes?"})
         while time.monotonic() < deadline:
             check()
-            if self.node_rank == 0 and self._asked >= set(self._peers):
+            if self.node_rank == 0 and self._asked >= set(self._links):
                 addrs = {0: master_addr}
-                for node, sock in self._peers.items():
+                for node, link in self._links.items():
                     try:
-                        addrs[node] = sock.getpeername()[0]
+                        addrs[node] = link.sock.getpeername()[0]
                     except OSError:
                         addrs[node] = master_addr
                 self._send({"op": "nodes", "addrs": {str(k): v for k, v in addrs.items()}})
                 return addrs
             if self._addrs is not None:
                 return self._addrs
-            if self.stopped is not None or not self._peers:
+            if self.stopped is not None or not self._links:
                 break
-            ready, _, _ = select.select(list(self._peers.values()), [], [], 0.2)
-            for node, sock in list(self._peers.items()):
-                if sock in ready:
-                    self._early += self.read(node)
+            socks = {link.sock: node for node, link in self._links.items()}
+            ready, _, _ = select.select(list(socks), [], [], 0.2)
+            for sock in ready:
+                self._early += self.read(socks[sock])
         raise LaunchError(f"the node addresses were not exchanged within {timeout:g}s "
                           f"({self.stopped.why if self.stopped else 'no answer'})", code=1)
 
@@ -104,11 +140,11 @@ class GroupChannel:
     def read(self, node: int) -> list[dict[str, Any]]:
         """The group messages that arrived from `node` (relayed on when this is node 0).
         A stop, or the connection's end without `done`, sets `stopped`."""
-        sock = self._peers.get(node)
-        if sock is None:
+        link = self._links.get(node)
+        if link is None:
             return []
         try:
-            data = sock.recv(65536)
+            data = link.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError:
@@ -119,66 +155,99 @@ class GroupChannel:
                 self.stopped = RemoteStop(node, f"the launcher of node {node} went away "
                                                 "(connection closed)")
             return []
-        buf = self._buffers[node] + data
-        *lines, rest = buf.split(b"\n")
-        if len(rest) > MAX_LINE:
-            self._drop(node)
-            self.stopped = self.stopped or RemoteStop(node, f"node {node} sent an over-long "
-                                                            "message")
-            return []
+        *lines, rest = (self._buffers[node] + data).split(b"\n")
+        if len(rest) > MAX_BUFFER:
+            self.warn(f"node {node} sent a line over {MAX_BUFFER} bytes; dropped")
+            rest = b""
         self._buffers[node] = rest
         found = []
         for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
+            message = self._check(node, link, line)
+            if message is None:
                 continue
-            if not isinstance(message, dict):
-                continue
-            origin = message.get("node", node)
             if self.node_rank == 0:
                 self._relay(message, but=node)
-            op = message.get("op")
+            op = message["op"]
             if op == "done":
                 self._done.add(node)
             elif op == "stop":
                 if self.stopped is None:
-                    self.stopped = RemoteStop(int(origin), str(message.get("why", "")))
-            elif op in ("ready", "failed"):
-                found.append(message)
+                    self.stopped = RemoteStop(message["node"],
+                                              one_line(message.get("why") or "", 500))
             elif op == "nodes?":
                 self._asked.add(node)
-            elif op == "nodes" and isinstance(message.get("addrs"), dict):
-                self._addrs = {int(k): str(v) for k, v in message["addrs"].items()}
+            elif op == "nodes" and message.get("addrs") is not None:
+                self._addrs = {int(k): v for k, v in message["addrs"].items() if k.isdigit()}
+            elif op in ("ready", "failed"):
+                found.append(message)
         return found
 
+    def _check(self, node: int, link: Link, line: bytes) -> dict[str, Any] | None:
+        """The message on `line` if it parses, verifies, is next in sequence and speaks
+        for a node it may speak for."""
+        if len(line) > MAX_BUFFER:
+            self.warn(f"dropped a message from node {node}: {len(line)} bytes")
+            return None
+        try:
+            message = GroupMessage.model_validate_json(line)
+        except ValueError as e:
+            self.warn(f"dropped a message from node {node}: {one_line(str(e), 200)}")
+            return None
+        fields = message.model_dump(exclude_none=True)
+        direction = "down" if link.joiner else "up"
+        if not wire.verify(wire.mac(link.key, direction, wire.canonical(fields)), message.mac):
+            self.warn(f"dropped a message from node {node}: it failed authentication")
+            return None
+        if message.seq != link.received:
+            self.warn(f"dropped a message from node {node}: sequence number {message.seq}, "
+                      f"expected {link.received} (a replay?)")
+            return None
+        link.received += 1
+        origin_ok = (message.node == node if self.node_rank == 0
+                     else 0 <= message.node < self.nnodes and message.node != self.node_rank)
+        if not origin_ok:
+            self.warn(f"dropped a message from node {node}: it speaks for node {message.node}")
+            return None
+        return fields
+
+    def warn(self, text: str) -> None:
+        self._warnings += 1
+        if self._warnings <= MAX_WARNINGS:
+            self._warn(text)
+        elif self._warnings == MAX_WARNINGS + 1:
+            self._warn("more dropped group messages are not reported")
+
     def close(self) -> None:
-        for node in list(self._peers):
+        for node in list(self._links):
             self._drop(node)
 
     def _send(self, message: dict) -> None:
-        message = {**message, "node": self.node_rank}
-        self._relay(message, but=None)
+        self._relay({**message, "node": self.node_rank}, but=None)
 
     def _relay(self, message: dict, but: int | None) -> None:
-        data = json.dumps(message).encode() + b"\n"
-        for node, sock in list(self._peers.items()):
+        """Send `message` on every link but `but`, with that link's sequence and MAC."""
+        for node, link in list(self._links.items()):
             if node == but:
                 continue
+            fields = {k: v for k, v in message.items()
+                      if k not in ("seq", "mac") and v is not None}
+            fields["seq"] = link.sent
+            direction = "up" if link.joiner else "down"
+            fields["mac"] = wire.mac(link.key, direction, wire.canonical(fields))
+            link.sent += 1
             try:
-                sock.setblocking(True)
-                sock.settimeout(SEND_TIMEOUT)
-                sock.sendall(data)
+                link.sock.settimeout(SEND_TIMEOUT)
+                link.sock.sendall(json.dumps(fields, separators=(",", ":")).encode() + b"\n")
             except OSError:
                 pass
             finally:
                 try:
-                    sock.setblocking(False)
+                    link.sock.setblocking(False)
                 except OSError:
                     pass
 
     def _drop(self, node: int) -> None:
-        sock = self._peers.pop(node, None)
+        link = self._links.pop(node, None)
         self._buffers.pop(node, None)
-        if sock is not None:
-            sock.close()
+        if link is not None:
+            link.sock.close()

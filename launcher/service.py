@@ -367,8 +367,8 @@ class ServiceLaunch:
         else:
             links = {0: rendezvous.join(plan.master_addr, plan.master_port, me, plan.secret,
                                         plan.rdzv_timeout, self._check_stop)}
-        self.channel = GroupChannel(plan.node_rank,
-                                    {node: link.sock for node, link in links.items()})
+        self.channel = GroupChannel(plan.node_rank, plan.nnodes, links,
+                                    lambda text: self.out.say(f"pypto launch: warning: {text}"))
         addrs = self.channel.share_addresses(plan.master_addr, plan.rdzv_timeout,
                                              self._check_stop)
         for g in self.groups:

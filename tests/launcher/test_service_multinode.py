@@ -70,3 +70,24 @@ def test_a_group_on_one_node_restarts_alone(service, port):
     assert all(service.running(p) for p in pids(g0).values())
     assert nodes[0].history(0) == [("starting", 0), ("ready", 0)]
     assert not [e for e in nodes[0].events if e.group == 1]  # node 0 holds no rank of it
+
+
+def test_a_forged_group_message_is_dropped_with_a_warning(service, port):
+    import json
+    import time
+
+    nodes = two_nodes(service, port, service.config(dp=1, tp=4, nnodes=2))
+    for run in nodes:
+        ready(run, 0)
+    forged = {"op": "failed", "node": 1, "seq": 999, "mac": "0" * 64, "group": 0,
+              "attempt": 0, "rank": 3, "cause": "exit", "exit_code": 1}
+    link = nodes[1].launch.channel._links[0]  # node 1's authenticated link to node 0
+    link.sock.setblocking(True)
+    link.sock.sendall(json.dumps(forged).encode() + b"\n")
+    link.sock.setblocking(False)
+    deadline = time.monotonic() + 10
+    while "failed authentication" not in nodes[0].err.getvalue():
+        assert time.monotonic() < deadline, nodes[0].err.getvalue()
+        time.sleep(0.05)
+    assert nodes[0].launch.groups[0].policy.state.value == "ready"
+    assert [e.kind for e in nodes[0].events] == ["starting", "ready"]
