@@ -60,12 +60,16 @@ class _Stop(BaseException):
 class LaunchResult:
     """How a launch ended. exit_code: 0 success, 1 worker failure, 128+N on signal N;
     restarts: how many times the group was restarted; failures: the root-cause failure of
-    each failed attempt; start_method: "fork" or "spawn"."""
+    each failed attempt; start_method: "fork" or "spawn"; signal: the signal's name when one
+    stopped the launch; cause: a failure that is no worker's (the zygote died, another node
+    failed), as check-comm reports it."""
 
     exit_code: int
     restarts: int = 0
     failures: list[WorkerEnd] = field(default_factory=list)
     start_method: str = "spawn"
+    signal: str | None = None
+    cause: str | None = None
 
 
 @dataclass
@@ -122,6 +126,7 @@ class Supervisor:
             result = self._run(result)
         except _Stop as stop:
             result.exit_code, name = 128 + stop.signum, signal.Signals(stop.signum).name
+            result.signal = name
             self._tell_others(f"its launcher was stopped by {name}")
             self.out.say(f"pypto launch: stopped by {name} before the workers ran")
         except LaunchError as e:
@@ -155,8 +160,8 @@ class Supervisor:
             end = self._supervise()
             if end.signal is not None:
                 result.exit_code = 128 + end.signal
-                self.out.say(f"pypto launch: stopped by {signal.Signals(end.signal).name}; "
-                             "all workers ended")
+                result.signal = signal.Signals(end.signal).name
+                self.out.say(f"pypto launch: stopped by {result.signal}; all workers ended")
                 return result
             if end.first is None and end.cause is None:
                 if self.control is not None:
@@ -164,6 +169,7 @@ class Supervisor:
                 result.exit_code = 0
                 return result
             if end.cause is not None:
+                result.cause = end.cause
                 self.out.say(cause_report(end.cause, end.ends, attempt, attempts,
                                           self._unkillable))
             else:
