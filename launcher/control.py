@@ -22,7 +22,6 @@ from ..core.errors import one_line
 
 KEEPALIVE = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 3, "TCP_KEEPCNT": 3}
 MAX_BUFFER = 64 * 1024  # of a partial line from one peer
-MAX_WARNINGS = 20  # per launch, about dropped control messages
 SEND_TIMEOUT = 2.0
 
 
@@ -66,8 +65,9 @@ class ControlChannel:
         self._links = dict(links)
         self._buffers: dict[int, bytes] = {node: b"" for node in links}
         self._done: set[int] = set()
-        self._warn = warn
-        self._warnings = 0
+        from . import wire
+
+        self.warn = wire.CappedWarnings(warn, "control messages")
         self.stopped: RemoteStop | None = None
         for link in self._links.values():
             link.sock.setblocking(False)
@@ -129,31 +129,12 @@ class ControlChannel:
             self.warn(f"dropped a control message from node {node}: {why}")
             return None
         fields = message.model_dump()
-        direction = "down" if link.joiner else "up"
-        expected = wire.mac(link.key, direction, wire.canonical(fields))
-        if not wire.verify(expected, message.mac):
-            self.warn(f"dropped a control message from node {node}: it failed "
-                      "authentication")
-            return None
-        if message.seq != link.received:
-            self.warn(f"dropped a control message from node {node}: sequence number "
-                      f"{message.seq}, expected {link.received} (a replay?)")
-            return None
-        link.received += 1
-        origin_ok = (message.node == node if self.node_rank == 0
-                     else 0 <= message.node < self.nnodes and message.node != self.node_rank)
-        if not origin_ok:
-            self.warn(f"dropped a control message from node {node}: it speaks for node "
-                      f"{message.node}")
+        why = wire.admit(link, fields, message.mac, message.seq, message.node, node,
+                         self.node_rank, self.nnodes)
+        if why is not None:
+            self.warn(f"dropped a control message from node {node}: {why}")
             return None
         return fields
-
-    def warn(self, text: str) -> None:
-        self._warnings += 1
-        if self._warnings <= MAX_WARNINGS:
-            self._warn(text)
-        elif self._warnings == MAX_WARNINGS + 1:
-            self._warn("more dropped control messages are not reported")
 
     def close(self) -> None:
         for node in list(self._links):

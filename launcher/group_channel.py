@@ -32,7 +32,6 @@ from .control import Link, RemoteStop
 from .errors import LaunchError
 
 MAX_BUFFER = 1 << 20  # of a partial line from one peer (payloads of a whole group)
-MAX_WARNINGS = 20
 SEND_TIMEOUT = 2.0
 Count = Annotated[int, Field(ge=0, le=1 << 30)]
 Text = Annotated[str, StringConstraints(max_length=wire.MAX_TEXT)]
@@ -68,8 +67,7 @@ class GroupChannel:
         self._links = dict(links)
         self._buffers: dict[int, bytes] = {node: b"" for node in links}
         self._done: set[int] = set()
-        self._warn = warn
-        self._warnings = 0
+        self.warn = wire.CappedWarnings(warn, "group messages")
         self.stopped: RemoteStop | None = None
         self._addrs: dict[int, str] | None = None
         self._early: list[dict[str, Any]] = []
@@ -194,28 +192,12 @@ class GroupChannel:
             self.warn(f"dropped a message from node {node}: {one_line(str(e), 200)}")
             return None
         fields = message.model_dump(exclude_none=True)
-        direction = "down" if link.joiner else "up"
-        if not wire.verify(wire.mac(link.key, direction, wire.canonical(fields)), message.mac):
-            self.warn(f"dropped a message from node {node}: it failed authentication")
-            return None
-        if message.seq != link.received:
-            self.warn(f"dropped a message from node {node}: sequence number {message.seq}, "
-                      f"expected {link.received} (a replay?)")
-            return None
-        link.received += 1
-        origin_ok = (message.node == node if self.node_rank == 0
-                     else 0 <= message.node < self.nnodes and message.node != self.node_rank)
-        if not origin_ok:
-            self.warn(f"dropped a message from node {node}: it speaks for node {message.node}")
+        why = wire.admit(link, fields, message.mac, message.seq, message.node, node,
+                         self.node_rank, self.nnodes)
+        if why is not None:
+            self.warn(f"dropped a message from node {node}: {why}")
             return None
         return fields
-
-    def warn(self, text: str) -> None:
-        self._warnings += 1
-        if self._warnings <= MAX_WARNINGS:
-            self._warn(text)
-        elif self._warnings == MAX_WARNINGS + 1:
-            self._warn("more dropped group messages are not reported")
 
     def close(self) -> None:
         for node in list(self._links):

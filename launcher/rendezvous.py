@@ -31,7 +31,6 @@ from .errors import LaunchError
 POLL = 0.2  # seconds between checks for a signal while waiting
 HANDSHAKE_S = 5.0  # a connection must say hello within this long
 MAX_PENDING = 32  # connections in handshake at once; the oldest is dropped beyond
-MAX_WARNINGS = 20  # about dropped connections; then one line saying more are not shown
 INSTANCE = secrets.token_hex(16)  # this launcher process, in its hello
 
 
@@ -87,19 +86,14 @@ class _Host:
     def __init__(self, port: int, me: NodeHello, secret: bytes, timeout: float,
                  check: Callable[[], None], warn: Callable[[str], None]):
         self.port, self.me, self.secret, self.timeout = port, me, secret, timeout
-        self.check, self._warn = check, warn
+        from . import wire
+
+        self.check = check
+        self.warn = wire.CappedWarnings(warn, "rendezvous connections")
         self.deadline = time.monotonic() + timeout
         self.pending: dict[int, _Conn] = {}  # by fd
         self.joined: dict[int, _Conn] = {}  # by node rank
-        self.warnings = 0
         self.sel = selectors.DefaultSelector()
-
-    def warn(self, text: str) -> None:
-        self.warnings += 1
-        if self.warnings <= MAX_WARNINGS:
-            self._warn(text)
-        elif self.warnings == MAX_WARNINGS + 1:
-            self._warn("more rejected rendezvous connections are not reported")
 
     def run(self, server: socket.socket) -> dict[int, Link]:
         server.setblocking(False)

@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -177,3 +177,37 @@ def parse(model: type[_Message], line: bytes) -> tuple[_Message | None, str]:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())) or "message"
         return None, one_line(f"{where}: {first.get('msg', 'invalid')}", 200)
+
+
+def admit(link, fields: Mapping[str, object], given_mac: str | None, seq: int, origin: int,
+          peer: int, node_rank: int, nnodes: int) -> str | None:
+    """Why a message between launchers must be dropped, or None to take it: it must carry the
+    link's MAC over its fields, be next in the link's sequence, and speak for a node it may
+    speak for (node 0 hears each node for itself; the others hear node 0 relay any node).
+    An authentic message in sequence advances the link's sequence, even if refused after."""
+    direction = "down" if link.joiner else "up"
+    if not verify(mac(link.key, direction, canonical(fields)), given_mac):
+        return "it failed authentication"
+    if seq != link.received:
+        return f"sequence number {seq}, expected {link.received} (a replay?)"
+    link.received += 1
+    origin_ok = (origin == peer if node_rank == 0
+                 else 0 <= origin < nnodes and origin != node_rank)
+    if not origin_ok:
+        return f"it speaks for node {origin}"
+    return None
+
+
+class CappedWarnings:
+    """Warnings about dropped messages, at most `limit` per launch, then one line that says
+    the rest are not reported (a flood of bad messages must not flood the console)."""
+
+    def __init__(self, warn: Callable[[str], None], what: str, limit: int = 20):
+        self._warn, self._what, self._limit, self._count = warn, what, limit, 0
+
+    def __call__(self, text: str) -> None:
+        self._count += 1
+        if self._count <= self._limit:
+            self._warn(text)
+        elif self._count == self._limit + 1:
+            self._warn(f"more dropped {self._what} are not reported")
