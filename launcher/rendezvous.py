@@ -421,3 +421,19 @@ def _read_line(conn: socket.socket, deadline: float, check: Callable[[], None],
         if len(buf) > limit:
             return buf
     return buf.split(b"\n", 1)[0]
+
+
+def meet(plan, check: Callable[[], None], warn: Callable[[str], None]) -> dict[int, Link]:
+    """This node's part of a multi-node rendezvous for `plan`: node 0 hosts, the others join;
+    the links to the other launchers, by node rank. Nodes must agree on the config (a digest
+    of it travels in the hello)."""
+    import hashlib
+
+    digest = ""
+    if plan.config is not None:
+        digest = hashlib.sha256(plan.config.model_dump_json().encode()).hexdigest()[:16]
+    me = NodeHello(plan.node_rank, plan.nnodes, plan.nproc_per_node, plan.run_id, digest)
+    if plan.node_rank == 0:
+        return host(plan.master_port, me, plan.secret, plan.rdzv_timeout, check, warn)
+    return {0: join(plan.master_addr, plan.master_port, me, plan.secret, plan.rdzv_timeout,
+                    check)}

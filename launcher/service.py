@@ -352,21 +352,9 @@ class ServiceLaunch:
             raise _Stop()
 
     def _rendezvous(self) -> None:
-        import hashlib
-
         plan = self.plan
-        digest = ""
-        if plan.config is not None:
-            digest = hashlib.sha256(plan.config.model_dump_json().encode()).hexdigest()[:16]
-        me = rendezvous.NodeHello(plan.node_rank, plan.nnodes, plan.nproc_per_node,
-                                  plan.run_id, digest)
-        if plan.node_rank == 0:
-            links = rendezvous.host(plan.master_port, me, plan.secret, plan.rdzv_timeout,
-                                    self._check_stop,
-                                    lambda text: self.out.say(f"pypto launch: warning: {text}"))
-        else:
-            links = {0: rendezvous.join(plan.master_addr, plan.master_port, me, plan.secret,
-                                        plan.rdzv_timeout, self._check_stop)}
+        links = rendezvous.meet(plan, self._check_stop,
+                                lambda text: self.out.say(f"pypto launch: warning: {text}"))
         self.channel = GroupChannel(plan.node_rank, plan.nnodes, links,
                                     lambda text: self.out.say(f"pypto launch: warning: {text}"))
         addrs = self.channel.share_addresses(plan.master_addr, plan.rdzv_timeout,

@@ -9,7 +9,6 @@ every process of the tree is killed and reaped before `run` returns.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import selectors
 import shutil
@@ -195,17 +194,7 @@ class Supervisor:
 
     def _rendezvous(self) -> None:
         plan = self.plan
-        digest = ""
-        if plan.config is not None:
-            digest = hashlib.sha256(plan.config.model_dump_json().encode()).hexdigest()[:16]
-        me = rendezvous.NodeHello(plan.node_rank, plan.nnodes, plan.nproc_per_node,
-                                  plan.run_id, digest)
-        if plan.node_rank == 0:
-            links = rendezvous.host(plan.master_port, me, plan.secret, plan.rdzv_timeout,
-                                    self._check_stop, self._warn)
-        else:
-            links = {0: rendezvous.join(plan.master_addr, plan.master_port, me, plan.secret,
-                                        plan.rdzv_timeout, self._check_stop)}
+        links = rendezvous.meet(plan, self._check_stop, self._warn)
         self.control = ControlChannel(plan.node_rank, plan.nnodes, links, self._warn)
 
     def _warn(self, text: str) -> None:
