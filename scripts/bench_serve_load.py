@@ -1,0 +1,107 @@
+"""A bounded load generator against a running `pypto serve` (or any OpenAI-compatible server).
+
+For each concurrency in --concurrency it sends --requests streamed completions (closed loop:
+each client sends its next request when its last one ends) of --prompt-tokens bytes and
+--max-tokens new tokens (ignore_eos), and prints throughput (requests/s, generated tokens/s),
+time to first token, inter-token latency and end-to-end latency (p50 / p99). Loopback only.
+
+Usage: python scripts/bench_serve_load.py --url http://127.0.0.1:8000 [--model tiny-moe]
+       [--concurrency 1,8,32,128] [--requests 64] [--prompt-tokens 128] [--max-tokens 64]
+       [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import string
+import time
+from pathlib import Path
+
+import httpx
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+async def one(client: httpx.AsyncClient, url: str, body: dict, out: dict) -> None:
+    start = time.perf_counter()
+    stamps: list[float] = []
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            out["errors"] += 1
+            await r.aread()
+            return
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    stamps.append(time.perf_counter())
+    if stamps:
+        out["ttft"].append(stamps[0] - start)
+        out["itl"].extend(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+    out["e2e"].append(time.perf_counter() - start)
+    out["tokens"] += body["max_tokens"]
+
+
+async def level(url: str, model: str, concurrency: int, requests: int, prompt_tokens: int,
+                max_tokens: int, rng: random.Random) -> dict:
+    out = {"ttft": [], "itl": [], "e2e": [], "tokens": 0, "errors": 0}
+    queue: asyncio.Queue[dict] = asyncio.Queue()
+    for _ in range(requests):
+        prompt = "".join(rng.choice(string.ascii_letters) for _ in range(prompt_tokens))
+        queue.put_nowait({"model": model, "prompt": prompt, "max_tokens": max_tokens,
+                          "stream": True, "ignore_eos": True, "temperature": 0})
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def worker() -> None:
+            while not queue.empty():
+                await one(client, url, queue.get_nowait(), out)
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    done = len(out["e2e"])
+    return {"concurrency": concurrency, "requests": done, "errors": out["errors"],
+            "req_per_s": done / wall, "tok_per_s": out["tokens"] / wall,
+            "ttft_p50": pct(out["ttft"], .5), "ttft_p99": pct(out["ttft"], .99),
+            "itl_p50": pct(out["itl"], .5), "itl_p99": pct(out["itl"], .99),
+            "e2e_p50": pct(out["e2e"], .5), "e2e_p99": pct(out["e2e"], .99)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--model", default="tiny-moe")
+    ap.add_argument("--concurrency", default="1,8,32,128")
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    rows = []
+    print(f"{'conc':>5} {'req/s':>8} {'tok/s':>9} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} "
+          f"{'p99':>8} {'e2e p50':>8} {'p99':>8} {'errors':>6}")
+    for c in (int(x) for x in args.concurrency.split(",")):
+        r = asyncio.run(level(args.url, args.model, c, max(args.requests, c),
+                              args.prompt_tokens, args.max_tokens, rng))
+        rows.append(r)
+        ms = {k: r[k] * 1e3 for k in r if k.endswith(("p50", "p99"))}
+        print(f"{c:5d} {r['req_per_s']:8.2f} {r['tok_per_s']:9.1f} {ms['ttft_p50']:8.1f}ms "
+              f"{ms['ttft_p99']:7.1f}ms {ms['itl_p50']:7.2f}ms {ms['itl_p99']:7.2f}ms "
+              f"{ms['e2e_p50']:7.0f}ms {ms['e2e_p99']:7.0f}ms {r['errors']:6d}")
+    print("median e2e over levels:", statistics.median(r["e2e_p50"] for r in rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
