@@ -21,7 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from .checkpoint import checkpoint_issues
 from .errors import ConfigError, ConfigIssue
+from .hf_config import SUPPORTED_ARCHITECTURES, merge_model_section
 from .layout import Layout
 from .platform import Platform
 
@@ -144,6 +146,30 @@ class ParallelConfig(BaseModel):
         return self.data_parallel_size * self.tensor_parallel_size
 
 
+class RopeScaling(BaseModel):
+    """Rotary frequency scaling of long-context checkpoints (config.json `rope_scaling`)."""
+
+    model_config = _SCHEMA
+
+    rope_type: Literal["linear", "llama3"]
+    """'linear' divides every frequency by factor; 'llama3' scales only the low frequencies,
+    blending in between. Example: 'llama3'."""
+
+    factor: float = Field(strict=True, gt=0, allow_inf_nan=False)
+    """How much longer the context is than the one trained on. Example: 8.0."""
+
+    low_freq_factor: float = Field(1.0, strict=True, gt=0, allow_inf_nan=False)
+    """llama3: wavelengths above original_max_position_embeddings / this are scaled.
+    Example: 1.0."""
+
+    high_freq_factor: float = Field(4.0, strict=True, gt=0, allow_inf_nan=False)
+    """llama3: wavelengths below original_max_position_embeddings / this are kept.
+    Example: 4.0."""
+
+    original_max_position_embeddings: Count = Field(8192, strict=True, ge=1)
+    """llama3: the context length trained on. Example: 8192."""
+
+
 class ModelSpec(BaseModel):
     """The shape of the model: what the parallel rules are checked against."""
 
@@ -151,6 +177,16 @@ class ModelSpec(BaseModel):
 
     name: Text = "tiny-moe"
     """A label for tables and logs. Example: 'deepseek-v3-shape'."""
+
+    path: str | None = None
+    """A Hugging Face-format checkpoint folder (config.json, *.safetensors, tokenizer.json);
+    every other model field then comes from its config.json (name, dtype and a shorter
+    max_seq_len may still be set). Null: the seeded reference model.
+    Example: '/models/Qwen2-7B-Instruct'."""
+
+    architecture: str | None = None
+    """The checkpoint's architecture (from config.json); null for the reference model.
+    Example: 'LlamaForCausalLM'."""
 
     num_layers: Count = Field(4, strict=True, ge=1)
     """Decoder layers. Example: 32."""
@@ -185,6 +221,34 @@ class ModelSpec(BaseModel):
 
     dtype: DType = "float32"
     """Weight and activation dtype. Example: 'bfloat16' on GPUs."""
+
+    rope_scaling: RopeScaling | None = None
+    """Rotary frequency scaling; null for none. Example: {rope_type: llama3, factor: 8.0}."""
+
+    rms_norm_eps: float = Field(1e-6, strict=True, gt=0, allow_inf_nan=False)
+    """Epsilon of every RMSNorm. Example: 1e-5."""
+
+    attention_bias: bool = Field(False, strict=True)
+    """Biases on the query/key/value projections (Qwen2). Example: true."""
+
+    tie_word_embeddings: bool = Field(False, strict=True)
+    """The LM head reuses the embedding table. Example: true for Llama-3.2-1B."""
+
+    moe_renormalize: bool = Field(True, strict=True)
+    """Renormalize the top-k routing weights to sum 1 (Mixtral; Qwen2-MoE's norm_topk_prob).
+    Example: false."""
+
+    shared_expert_intermediate_size: Count = Field(0, strict=True, ge=0)
+    """Width of the shared expert every token also goes through, scaled by a sigmoid gate
+    (Qwen2-MoE); 0 for none. Example: 5632."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_checkpoint(cls, data: Any) -> Any:
+        """With model.path, the shape comes from the checkpoint's config.json."""
+        if isinstance(data, dict) and isinstance(data.get("path"), str):
+            return merge_model_section(data)
+        return data
 
     @property
     def is_moe(self) -> bool:
@@ -352,6 +416,10 @@ def model_shape_issues(m: ModelSpec) -> list[ConfigIssue]:
             "model.num_kv_heads", m.num_kv_heads,
             f"must divide num_attention_heads={heads}; use " + _choices(_divisors(heads)),
             ("model.num_attention_heads",)))
+    if m.architecture is not None and m.architecture not in SUPPORTED_ARCHITECTURES:
+        issues.append(ConfigIssue(
+            "model.architecture", m.architecture,
+            "not supported; use one of " + ", ".join(SUPPORTED_ARCHITECTURES)))
     if m.is_moe and m.experts_per_token > m.num_experts:
         issues.append(ConfigIssue(
             "model.experts_per_token", m.experts_per_token,
@@ -370,6 +438,8 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
     p, m, c = cfg.parallel, cfg.model, cfg.cluster
     tp, pp, dp = p.tensor_parallel_size, p.pipeline_parallel_size, p.data_parallel_size
     issues: list[ConfigIssue] = model_shape_issues(m)
+    if m.path is not None and not issues:
+        issues += checkpoint_issues(m)
 
     world = p.world_size
     if world > MAX_WORLD_SIZE:
@@ -429,6 +499,9 @@ def cross_field_issues(cfg: ServingConfig) -> list[ConfigIssue]:
             reasons.append(
                 f"model.intermediate_size={m.intermediate_size} is not divisible by {tp}"
             )
+        if m.shared_expert_intermediate_size % tp:
+            reasons.append(f"model.shared_expert_intermediate_size="
+                           f"{m.shared_expert_intermediate_size} is not divisible by {tp}")
         issues.append(ConfigIssue(
             "parallel.tensor_parallel_size", tp,
             "; ".join(reasons) + "; use " + _choices(valid_tensor_parallel_sizes(m)),
@@ -531,13 +604,15 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
 
 def valid_tensor_parallel_sizes(model: ModelSpec) -> list[int]:
     """TP sizes this model can be split by (heads, kv heads and MLP width all agree)."""
-    common = math.gcd(model.num_attention_heads, model.intermediate_size)
+    common = math.gcd(model.num_attention_heads, model.intermediate_size,
+                      model.shared_expert_intermediate_size)
     return [t for t in _divisors(common) if _tp_fits(model, t)]
 
 
 def _tp_fits(model: ModelSpec, tp: int) -> bool:
     kv = model.num_kv_heads
     return (model.num_attention_heads % tp == 0 and model.intermediate_size % tp == 0
+            and model.shared_expert_intermediate_size % tp == 0
             and (kv % tp == 0 or tp % kv == 0))
 
 

@@ -58,6 +58,9 @@ def _comment(text: str | None) -> list[str]:
 def _yaml_scalar(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, BaseModel):  # a nested section (model.rope_scaling): a flow mapping
+        return "{" + ", ".join(f"{k}: {_yaml_scalar(v)}"
+                               for k, v in value.model_dump(mode="json").items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
     if isinstance(value, bool):
@@ -72,6 +75,9 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def _toml_scalar(value: Any) -> str:
+    if isinstance(value, BaseModel):  # a nested section: an inline table
+        return "{ " + ", ".join(f"{k} = {_toml_scalar(v)}"
+                                for k, v in value.model_dump(mode="json").items()) + " }"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_scalar(v) for v in value) + "]"
     if isinstance(value, bool):

@@ -47,7 +47,9 @@ class ExpertParallelMoE(nn.Module):
         placement = ctx.expert_placement
         self.layer_id = layer_id
         self.top_k = moe.top_k
+        self.renormalize = moe.renormalize
         self.gate = moe.gate
+        self.shared = moe.shared  # replicated: every rank runs it on all its rows
         self.local_ids = tuple(ctx.experts)
         self.experts = nn.ModuleDict({str(e): moe.experts[e] for e in self.local_ids})
         self.local_experts = {e: self.experts[str(e)] for e in self.local_ids}
@@ -63,14 +65,14 @@ class ExpertParallelMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = split_evenly(x.shape[0], self.tp.world_size)[self.tp.rank_in_group]
         xs = x[rows.start:rows.stop]
-        weights, ids = route(self.gate, xs, self.top_k)
+        weights, ids = route(self.gate, xs, self.top_k, self.renormalize)
         if self.backend == "allgather_reducescatter":
             out = self._gather_scatter(xs, weights, ids)
         else:
             out = self._all_to_all(xs, weights, ids)
-        if self.tp.world_size == 1:
-            return out
-        return self._gather_tp_slices(out, x.shape[0])
+        if self.tp.world_size > 1:
+            out = self._gather_tp_slices(out, x.shape[0])
+        return out if self.shared is None else out + self.shared(x)
 
     def _gather_tp_slices(self, out: torch.Tensor, n: int) -> torch.Tensor:
         """All `n` rows on every TP rank from each rank's combined slice: one all_gather of

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.config import ModelSpec
+from ..core.config import ModelSpec, RopeScaling
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -73,18 +73,38 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None
+                     ) -> torch.Tensor:
+    """Rotary inverse frequencies (float64), with 'linear' or Llama-3 scaling applied: llama3
+    divides the low frequencies (wavelength above original / low_freq_factor) by `factor`,
+    keeps the high ones (below original / high_freq_factor) and blends linearly between."""
+    half = head_dim // 2
+    freqs = 1.0 / theta ** (torch.arange(half, dtype=torch.float64) / half)
+    if scaling is None:
+        return freqs
+    if scaling.rope_type == "linear":
+        return freqs / scaling.factor
+    original, low, high = (scaling.original_max_position_embeddings, scaling.low_freq_factor,
+                           scaling.high_freq_factor)
+    wavelength = 2 * math.pi / freqs
+    blend = ((original / wavelength - low) / (high - low)).clamp(0.0, 1.0)
+    blended = (1 - blend) * freqs / scaling.factor + blend * freqs
+    return torch.where(wavelength > original / low, freqs / scaling.factor,
+                       torch.where(wavelength < original / high, freqs, blended))
+
+
 class Rotary(nn.Module):
     """Rotary position embedding (half-split form) with a precomputed cos/sin table."""
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float,
+                 scaling: RopeScaling | None = None):
         super().__init__()
         if head_dim % 2:
             # the halves would differ in width and broadcasting would silently mix them up
             raise ValueError(
                 f"rotary embedding needs an even head_dim, got {head_dim} (model.hidden_size / "
                 "model.num_attention_heads): pick sizes whose quotient is even")
-        half = head_dim // 2
-        freqs = 1.0 / theta ** (torch.arange(half, dtype=torch.float64) / half)
+        freqs = rope_frequencies(head_dim, theta, scaling)
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), freqs)
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
@@ -107,9 +127,10 @@ class Attention(nn.Module):
         self.queries_per_kv = h // kv
         self.head_ids = range(h)
         self.kv_head_ids = range(kv)
-        self.wq = nn.Linear(spec.hidden_size, h * d, bias=False)
-        self.wk = nn.Linear(spec.hidden_size, kv * d, bias=False)
-        self.wv = nn.Linear(spec.hidden_size, kv * d, bias=False)
+        bias = spec.attention_bias
+        self.wq = nn.Linear(spec.hidden_size, h * d, bias=bias)
+        self.wk = nn.Linear(spec.hidden_size, kv * d, bias=bias)
+        self.wv = nn.Linear(spec.hidden_size, kv * d, bias=bias)
         self.wo = nn.Linear(h * d, spec.hidden_size, bias=False)
         self.rotary = [rotary]  # shared table; a list keeps it out of this module's state
 
@@ -200,11 +221,14 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-def route(gate: nn.Linear, x: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k routing: (weights [tokens, k] renormalized to sum 1, expert ids [tokens, k])."""
+def route(gate: nn.Linear, x: torch.Tensor, top_k: int, renormalize: bool = True
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing: (weights [tokens, k], expert ids [tokens, k]); the weights are the
+    softmax probabilities, renormalized to sum 1 when `renormalize`."""
     probs = gate(x).float().softmax(-1)
     weights, ids = probs.topk(top_k, dim=-1)
-    weights = weights / weights.sum(-1, keepdim=True)
+    if renormalize:
+        weights = weights / weights.sum(-1, keepdim=True)
     return weights.to(x.dtype), ids
 
 
@@ -225,32 +249,49 @@ def run_experts(rows: torch.Tensor, expert_ids: torch.Tensor, experts: Mapping[i
     return out
 
 
+class SharedExpert(nn.Module):
+    """The expert every token goes through besides its routed ones, scaled per token by a
+    sigmoid gate (Qwen2-MoE): sigmoid(gate x) * mlp(x)."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.mlp = FeedForward(hidden, intermediate)
+        self.gate = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.gate(x)) * self.mlp(x)
+
+
 class MoE(nn.Module):
     """Top-k routed SwiGLU experts; every expert sees only the tokens routed to it."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.top_k = spec.experts_per_token
+        self.renormalize = spec.moe_renormalize
         self.gate = nn.Linear(spec.hidden_size, spec.num_experts, bias=False)
         self.experts = nn.ModuleList(
             FeedForward(spec.hidden_size, spec.intermediate_size) for _ in range(spec.num_experts)
         )
+        self.shared = (SharedExpert(spec.hidden_size, spec.shared_expert_intermediate_size)
+                       if spec.shared_expert_intermediate_size else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, ids = route(self.gate, x, self.top_k)
+        weights, ids = route(self.gate, x, self.top_k, self.renormalize)
         token = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.top_k)
         y = run_experts(x[token], ids.reshape(-1), dict(enumerate(self.experts)),
                         len(self.experts))
-        return torch.zeros_like(x).index_add_(0, token, y * weights.reshape(-1, 1))
+        out = torch.zeros_like(x).index_add_(0, token, y * weights.reshape(-1, 1))
+        return out if self.shared is None else out + self.shared(x)
 
 
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec, layer_id: int, rotary: Rotary):
         super().__init__()
         self.layer_id = layer_id
-        self.attention_norm = RMSNorm(spec.hidden_size)
+        self.attention_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.attention = Attention(spec, rotary)
-        self.ffn_norm = RMSNorm(spec.hidden_size)
+        self.ffn_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.ffn = MoE(spec) if spec.is_moe else FeedForward(spec.hidden_size,
                                                               spec.intermediate_size)
 
@@ -266,10 +307,10 @@ class Transformer(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.rotary = Rotary(spec.head_dim, spec.max_seq_len, spec.rope_theta)
+        self.rotary = Rotary(spec.head_dim, spec.max_seq_len, spec.rope_theta, spec.rope_scaling)
         self.tok_embeddings: nn.Module | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.layers = nn.ModuleList(Block(spec, i, self.rotary) for i in range(spec.num_layers))
-        self.norm: nn.Module | None = RMSNorm(spec.hidden_size)
+        self.norm: nn.Module | None = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.output: nn.Module | None = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:

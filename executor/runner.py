@@ -22,6 +22,7 @@ from .batch import (
     build_step,
     dummy_step,
 )
+from .checkpoint import load_checkpoint_model
 from .context import ParallelContext
 from .ep import apply_ep
 from .kv_cache import PagedKVCache, blocks_needed
@@ -77,7 +78,11 @@ class ReferenceModelRunner:
         self.sampler = Sampler()
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Build the full model (seeded, or from a full state dict), then keep our share."""
+        """Build the full model (seeded, or from a full state dict), then keep our share; with
+        model.path, read only our share of the checkpoint (executor/checkpoint.py)."""
+        if weights is None and self.ctx.model.path is not None:
+            self.model = load_checkpoint_model(self.ctx)
+            return
         model = Transformer(self.ctx.model)
         if weights is None:
             init_weights(model, self.seed)

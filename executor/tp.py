@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.placement import mlp_shard
 from .comm import GroupCoordinator
 from .context import ParallelContext
 from .model import Attention, FeedForward, MoE, Transformer
@@ -35,6 +36,8 @@ def apply_tp(model: Transformer, ctx: ParallelContext) -> Transformer:
         elif isinstance(block.ffn, MoE) and not ctx.expert_parallel:
             for expert in block.ffn.experts:
                 _shard_mlp(expert, ctx.mlp_columns)
+            if block.ffn.shared is not None:  # its gate scales each token: sums commute
+                _shard_mlp(block.ffn.shared.mlp, shared_columns(ctx))
             _reduce_output(block.ffn, tp)
     return model
 
@@ -47,6 +50,12 @@ def _shard_attention(attn: Attention, ctx: ParallelContext) -> None:
     _keep_cols(attn.wo, _expand(heads, d))
     attn.head_ids, attn.kv_head_ids = heads, kv_heads
     _reduce_output(attn, ctx.tp)
+
+
+def shared_columns(ctx: ParallelContext) -> range:
+    """This TP rank's slice of the shared expert's width (sharded like the MLP)."""
+    return mlp_shard(ctx.model.shared_expert_intermediate_size, ctx.tp.world_size,
+                     ctx.tp.rank_in_group)
 
 
 def _shard_mlp(mlp: FeedForward, columns: range) -> None:
@@ -64,6 +73,9 @@ def _keep_rows(linear: nn.Linear, rows: range) -> None:
     """Column parallel: keep output features `rows` (rows of the [out, in] weight)."""
     linear.weight = nn.Parameter(linear.weight.data[rows.start:rows.stop].clone(),
                                  requires_grad=False)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.data[rows.start:rows.stop].clone(),
+                                   requires_grad=False)
     linear.out_features = len(rows)
 
 
