@@ -69,6 +69,7 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("--all2all-backend", "parallel.all2all_backend"),
     ConfigFlag("--data-parallel-backend", "parallel.data_parallel_backend"),
     ConfigFlag("--data-parallel-load-balance", "parallel.data_parallel_load_balance"),
+    ConfigFlag("--model", "model.path"),
     ConfigFlag("--nnodes", "cluster.nnodes"),
     ConfigFlag("--devices-per-node", "cluster.devices_per_node"),
     ConfigFlag("--platform", "cluster.platform"),

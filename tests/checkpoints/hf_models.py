@@ -74,3 +74,26 @@ def save_hf_checkpoint(arch: str, folder: Path, max_shard_size: str | None = Non
     model.save_pretrained(folder, **kwargs)
     write_tokenizer(folder)
     return model
+
+
+PROMPTS = [[5, 17, 33, 100, 7, 250, 9], [40, 41, 42]]
+STEPS = 32
+
+
+@torch.no_grad()
+def hf_greedy(model, prompts: list[list[int]], steps: int = STEPS):
+    """transformers' greedy tokens of each prompt (generate, no EOS stop) and, per step, the
+    logits [prompts, vocab] that chose them (one forward over prompt + generated tokens)."""
+    tokens, logits = [], []
+    for p in prompts:
+        out = model.generate(torch.tensor([p]), max_new_tokens=steps, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+        tokens.append(out)
+        full = model(torch.tensor([p + out])).logits[0]
+        logits.append(full[len(p) - 1: len(p) - 1 + steps])
+    return tokens, [torch.stack([lg[s] for lg in logits]) for s in range(steps)]
+
+
+def max_rel_err(got, want) -> float:
+    """max |got - want| / max |want| over one step's logits."""
+    return float((got - want).abs().max() / want.abs().max())

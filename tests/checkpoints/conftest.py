@@ -1,0 +1,31 @@
+"""Fixtures of the checkpoint tests: tiny transformers-built checkpoints of each architecture,
+saved once per session (Mixtral's in several shards with a model.safetensors.index.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hf_models import ARCHS, save_hf_checkpoint
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """arch -> folder (config.json, safetensors, tokenizer files)."""
+    root = tmp_path_factory.mktemp("hf")
+    folders = {}
+    for arch in ARCHS:
+        folders[arch] = root / arch
+        save_hf_checkpoint(arch, folders[arch],
+                           max_shard_size="200KB" if arch == "mixtral" else None)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def hf_reference(hf_checkpoints):
+    """arch -> the transformers model loaded back with from_pretrained (fp32, eval)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return {arch: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            for arch, folder in hf_checkpoints.items()}
