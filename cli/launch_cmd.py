@@ -14,6 +14,8 @@ from .options import ConfigSource, config_options
 # The layout flags launch adds; --nnodes, --platform and --nproc-per-node are its own
 # (torchrun's); the launcher folds them into the config when flags describe the layout.
 PARALLEL_FLAGS = tuple(f for f in CONFIG_FLAGS if f.path.startswith("parallel."))
+# ... and --model (model.path), a checkpoint folder whose config.json shapes the layout.
+LAUNCH_FLAGS = PARALLEL_FLAGS + tuple(f for f in CONFIG_FLAGS if f.path == "model.path")
 
 HELP = """Start one worker per local device running SCRIPT (or -m MODULE), supervise them, and
 leave nothing behind. torchrun's flags work the same; with --config/--profile the world
@@ -25,7 +27,7 @@ PYPTO = "pypto flags"
 SERVICE = "service flags (--service)"
 
 
-@config_options(flags=PARALLEL_FLAGS, with_profile=False)
+@config_options(flags=LAUNCH_FLAGS, with_profile=False)
 def launch(
     script: Annotated[str, typer.Argument(help="The script to run (a module with -m).",
                                           show_default=False)],
@@ -129,7 +131,7 @@ def launch(
     spec = LaunchSpec(
         target=script, args=list(args or []), module=module, config=config, profile=profile,
         layout_flags=overrides_from_flags(source.flags), model_profile=source.model_profile,
-        flag_names={f.path: f.name for f in PARALLEL_FLAGS if source.flags.get(f.path) is not None},
+        flag_names={f.path: f.name for f in LAUNCH_FLAGS if source.flags.get(f.path) is not None},
         nnodes=nnodes, nproc_per_node=nproc_per_node, node_rank=node_rank,
         master_addr=master_addr, master_port=master_port, standalone=standalone,
         max_restarts=max_restarts, rdzv_endpoint=rdzv_endpoint, rdzv_backend=rdzv_backend,
