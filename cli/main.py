@@ -8,6 +8,7 @@ from . import (
     check_comm_cmd,
     config_cmd,
     launch_cmd,
+    model_cmd,
     profiles_cmd,
     serve_cmd,
     simulate_cmd,
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(topo_cmd.app, name="topo")
+app.add_typer(model_cmd.app, name="model")
 profiles_cmd.register(app)
 launch_cmd.register(app)
 check_comm_cmd.register(app)

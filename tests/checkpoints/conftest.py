@@ -3,6 +3,7 @@ saved once per session (Mixtral's in several shards with a model.safetensors.ind
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,20 @@ def hf_reference(hf_checkpoints):
 
     return {arch: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             for arch, folder in hf_checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def one_rank_world():
+    """A gloo world of one rank in this process (the layout of one rank needs no launch)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import torch.distributed as dist
+
+    from pypto_serving.executor import distributed
+
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
+    yield
+    distributed.destroy_distributed()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -5,11 +5,9 @@ and under TP 2, PP 2 and EP over 2 (both placements) in one launched gloo job.""
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 from executor_jobs import HERE as EXECUTOR_TESTS
 from executor_jobs import launch
 from hf_models import ARCHS, MOE_ARCHS, PROMPTS, STEPS, hf_greedy, max_rel_err
@@ -33,19 +31,6 @@ def hf_runs(hf_reference):
     (replica 1 of a DP 2 layout gets the prompts reversed)."""
     return {(arch, dp): hf_greedy(model, prompts) for arch, model in hf_reference.items()
             for dp, prompts in enumerate((PROMPTS, REVERSED))}
-
-
-@pytest.fixture(scope="module")
-def one_rank_world():
-    """A gloo world of one rank in this process (the layout of one rank needs no launch)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
-    yield
-    distributed.destroy_distributed()
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
