@@ -89,6 +89,12 @@ class HFTokenizer:
 
     @property
     def eos_token_id(self) -> int | None:
+        """The stop token the engine watches: the tokenizer's eos_token when it is one of
+        generation_config's (the chat turn end, e.g. <|im_end|>, <|eot_id|>), else the first."""
+        eos = self.special_tokens.get("eos_token")
+        eos_id = self._tok.token_to_id(eos) if eos is not None else None
+        if eos_id in self._stop_ids:
+            return eos_id
         return self._stop_ids[0] if self._stop_ids else None
 
     @property

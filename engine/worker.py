@@ -28,8 +28,8 @@ from ..executor.replica import ReplicaExecutor, follow
 from ..executor.runner import ReferenceModelRunner
 from ..launcher.health import report_ready
 from .engine import Engine
+from .hf_tokenizer import load_tokenizer
 from .server import EngineServer
-from .tokenizer import ByteTokenizer
 
 JOIN_POLL_S = 0.2
 """How often the leader's main thread wakes while the server thread runs (signals land)."""
@@ -49,7 +49,7 @@ def serve_leader(ctx, runner: ReferenceModelRunner, pool: KVPool) -> None:
     engine = Engine(executor, num_blocks=pool.num_blocks, block_size=pool.block_size,
                     max_num_seqs=serve.max_num_seqs,
                     max_num_batched_tokens=serve.max_num_batched_tokens,
-                    max_model_len=spec.max_seq_len, tokenizer=ByteTokenizer())
+                    max_model_len=spec.max_seq_len, tokenizer=load_tokenizer(spec.path))
     host = os.environ.get("PYPTO_ENGINE_HOST", "127.0.0.1")
     server = EngineServer(engine, bind=f"tcp://{host}:0", replica=ctx.rank_info.dp,
                           model_name=spec.name)

@@ -200,7 +200,7 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
     async def chat_completions(request: Request) -> Response:
         req: ChatCompletionRequest = await parse(request, ChatCompletionRequest)
         text = template.render([{"role": m.role, "content": m.text()} for m in req.messages])
-        ids = tokenizer.encode(text)
+        ids = template.encode(tokenizer, text)
         check_ids(ids)
         param = "max_completion_tokens" if req.max_completion_tokens is not None \
             else "max_tokens"

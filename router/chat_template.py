@@ -28,3 +28,22 @@ class ChatTemplate:
                ) -> str:
         return self._template.render(messages=list(messages),
                                      add_generation_prompt=add_generation_prompt)
+
+    def encode(self, tokenizer, text: str) -> list[int]:
+        """Token ids of a rendered conversation."""
+        return tokenizer.encode(text)
+
+
+class CheckpointChatTemplate(ChatTemplate):
+    """A checkpoint's own template (engine.hf_tokenizer renders it as transformers does);
+    the special tokens are in the rendered text, so none are added when encoding it."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+               ) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt)
+
+    def encode(self, tokenizer, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)

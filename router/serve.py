@@ -53,7 +53,8 @@ class ServeOptions:
 def build_router(cfg: ServingConfig, api_key: str | None = None,
                  hold_timeout_s: float = 120.0) -> Router:
     """The router for `cfg` (binds its port(s) now, so the URL is known before serving)."""
-    from ..engine.tokenizer import ByteTokenizer
+    from ..engine.hf_tokenizer import load_tokenizer
+    from .chat_template import CheckpointChatTemplate
 
     s = cfg.serve
     settings = AppSettings(model=cfg.model.name, max_model_len=cfg.model.max_seq_len,
@@ -63,9 +64,11 @@ def build_router(cfg: ServingConfig, api_key: str | None = None,
                          rel_threshold=s.prefix_balance_rel_threshold)
     external = cfg.parallel.data_parallel_size \
         if cfg.parallel.data_parallel_load_balance == "external" else None
-    return Router(policy, ByteTokenizer(), settings, host=s.host, port=s.port,
+    tokenizer = load_tokenizer(cfg.model.path)  # the checkpoint's, or the byte tokenizer
+    template = CheckpointChatTemplate(tokenizer) if cfg.model.path is not None else None
+    return Router(policy, tokenizer, settings, host=s.host, port=s.port,
                   external=external, drain_timeout_s=s.drain_timeout_s,
-                  hold_timeout_s=hold_timeout_s)
+                  hold_timeout_s=hold_timeout_s, chat_template=template)
 
 
 def start_replicas(cfg: ServingConfig, options: ServeOptions, *, stdout: TextIO | None = None,

@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from .app import AppSettings, Tokenizer, create_app
+from .chat_template import ChatTemplate
 from .policies import Policy
 from .pool import ReplicaPool
 
@@ -81,11 +82,13 @@ class Router:
 
     def __init__(self, policy: Policy, tokenizer: Tokenizer, settings: AppSettings, *,
                  host: str = "127.0.0.1", port: int = 0, external: int | None = None,
-                 drain_timeout_s: float = 10.0, hold_timeout_s: float = 60.0) -> None:
+                 drain_timeout_s: float = 10.0, hold_timeout_s: float = 60.0,
+                 chat_template: ChatTemplate | None = None) -> None:
         """`external`: expose each of that many replicas on its own port (port, port+1, ...;
         free ports when port is 0) instead of one routed front."""
         self.settings = settings
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
         self.policy = policy
         self.drain_timeout_s = drain_timeout_s
         self.hold_timeout_s = hold_timeout_s
@@ -166,7 +169,8 @@ class Router:
         servers = []
         for ep in self.endpoints:
             pool_view = self.pool if ep.replica is None else _PinnedPool(self.pool, ep.replica)
-            app = create_app(pool_view, self.tokenizer, self.settings)  # type: ignore[arg-type]
+            app = create_app(pool_view, self.tokenizer, self.settings,  # type: ignore[arg-type]
+                             chat_template=self.chat_template)
             self.apps.append(app)
             config = uvicorn.Config(app, log_level="warning", access_log=False,
                                     timeout_graceful_shutdown=1, lifespan="off")

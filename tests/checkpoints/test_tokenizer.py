@@ -59,7 +59,7 @@ def test_chat_template_equals_transformers(folder, hf_tokenizer, add_generation_
 def test_stop_tokens_from_generation_config(folder, hf_tokenizer):
     ours = HFTokenizer(folder)
     assert ours.stop_token_ids == (1, 3)  # <|end_of_text|>, <|im_end|>
-    assert ours.eos_token_id == 1
+    assert ours.eos_token_id == 3  # tokenizer_config's eos_token, a chat turn's end
     assert hf_tokenizer.convert_ids_to_tokens([1, 3]) == ["<|end_of_text|>", "<|im_end|>"]
 
 
