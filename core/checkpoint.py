@@ -112,11 +112,13 @@ def full_shapes(spec) -> dict[str, tuple[int, ...]]:
 
 @dataclass(frozen=True)
 class TensorEntry:
-    """Where one on-disk tensor is: its file, dtype and shape (from the safetensors header)."""
+    """Where one on-disk tensor is: its file, dtype, shape and the byte offset of its data in
+    the file (from the safetensors header)."""
 
     file: str
     dtype: str
     shape: tuple[int, ...]
+    offset: int = 0
 
 
 MAX_HEADER_BYTES = 100 << 20
@@ -149,7 +151,7 @@ def read_header(file: Path) -> dict[str, TensorEntry]:
             if not 0 <= start <= stop <= end - 8 - size:
                 raise ValueError(f"tensor {name!r} lies past the end of the file")
             entries[name] = TensorEntry(file.name, str(meta["dtype"]),
-                                        tuple(int(n) for n in meta["shape"]))
+                                        tuple(int(n) for n in meta["shape"]), 8 + size + start)
         return entries
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise _issue(file.parent, f"{file.name} is not a readable safetensors file ({e}); "
