@@ -68,6 +68,12 @@ def admitted(schema: dict) -> st.SearchStrategy:
     any Unicode text (controls, quotes, backslashes, emoji), every enum member, null."""
     if "anyOf" in schema:
         return st.one_of(*[admitted(s) for s in schema["anyOf"]])
+    if "$ref" in schema:  # a nested section (model.rope_scaling)
+        sub = SCHEMA["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+        required = sub.get("required", [])
+        return st.fixed_dictionaries(
+            {k: admitted(sub["properties"][k]) for k in required},
+            optional={k: admitted(v) for k, v in sub["properties"].items() if k not in required})
     if "enum" in schema:
         return st.sampled_from(schema["enum"])
     kind = schema.get("type")
@@ -153,9 +159,11 @@ def check_schema_agrees(data) -> None:
 
     The loader's cross-field rules (TP must divide the heads, ...) lie beyond JSON Schema:
     they are the issues that name the other fields they read (`related`). JSON has no NaN,
-    so a NaN is outside the schema's domain and not compared.
+    so a NaN is outside the schema's domain and not compared; so is a model.path (whether it
+    is a checkpoint folder is the file system's to say).
     """
-    if has_nan(data):
+    model = data.get("model") if isinstance(data, dict) else None
+    if has_nan(data) or (isinstance(model, dict) and model.get("path") is not None):
         return
     schema_ok = VALIDATOR.is_valid(data)
     try:
