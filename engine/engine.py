@@ -135,7 +135,13 @@ class Engine:
         req = self._requests.pop(rid, None)
         if req is None:
             return None
-        text = self._outputs.pop(rid).finish()
+        output = self._outputs.pop(rid)
+        try:
+            text = output.finish()
+        except Exception:
+            if reason != "error":
+                raise
+            text = ""  # ending after a failure: what went wrong must not fail the ending too
         self.scheduler.finish(req, reason)
         return self._output(req, [], text)
 

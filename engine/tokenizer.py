@@ -27,9 +27,14 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
 
+_REPLACEMENT = "\ufffd".encode()
+
+
 class ByteTokenizer:
     """One token per UTF-8 byte: ids 0..255. The end-of-sequence token is byte 0 (NUL),
-    which text practically never contains."""
+    which text practically never contains. A shape-only model with a larger vocabulary (a
+    real model's shape with random weights, for measurements) samples ids past 255: each
+    decodes to U+FFFD, as an undecodable byte does."""
 
     EOS = 0
 
@@ -48,7 +53,9 @@ class ByteTokenizer:
         try:
             data = bytes(token_ids)
         except (ValueError, TypeError):
-            bad = next(t for t in token_ids if not (isinstance(t, int) and 0 <= t < 256))
-            raise ValueError(f"token id {bad!r} is not a byte (ByteTokenizer's ids are "
-                             "0..255)") from None
+            bad = next((t for t in token_ids if not (isinstance(t, int) and t >= 0)), None)
+            if bad is not None:
+                raise ValueError(f"token id {bad!r} is not a token id (ByteTokenizer's ids "
+                                 "are 0..255)") from None
+            data = b"".join(bytes((t,)) if t < 256 else _REPLACEMENT for t in token_ids)
         return data.decode("utf-8", errors="replace")
