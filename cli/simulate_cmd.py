@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..core.errors import ConfigError
+from ..core.flags import CONFIG_FLAGS
 from ..core.hardware import DEFAULT_HARDWARE
 from .errors import fail, user_errors
 from .options import ConfigSource, config_options
@@ -27,7 +28,12 @@ pypto simulate --ranks 4096 --search --top 5 --model deepseek-v3-shape;
 pypto simulate --ranks 4 --hardware cpu-host --model tiny-moe -tp 2 -dp 2 --execute"""
 
 
-@config_options
+# simulate's --model names a shipped model shape (it sizes layouts before any checkpoint
+# exists), so the shared --model (model.path, a checkpoint folder) is left out here.
+SIMULATE_FLAGS = tuple(f for f in CONFIG_FLAGS if f.path != "model.path")
+
+
+@config_options(flags=SIMULATE_FLAGS)
 def simulate(
     ranks: Annotated[int, typer.Option("--ranks", help="World size: devices to simulate.",
                                        show_default=False)],

@@ -14,7 +14,7 @@ import sys
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from pypto_serving.core.config import ServingConfig
@@ -250,7 +250,10 @@ def admitted_configs(draw):
 
 
 @pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
-@settings(max_examples=150, deadline=None,
+# Most drawn configs break a cross-field rule and are filtered out, so examples are costly:
+# 60 per format, and no explain phase (its tracing made one failing run take minutes).
+@settings(max_examples=60, deadline=None,
+          phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
 @given(cfg=admitted_configs(), comments=st.booleans())
