@@ -5,6 +5,7 @@ ends the job on both nodes (the launcher's control channel) and leaves no proces
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import openai
@@ -47,10 +48,16 @@ def test_node_1s_replica_registers_with_node_0s_router(serve_factory):
         for i in range(4):
             out = c.completions.create(model=MODEL, prompt=f"two nodes {i}", max_tokens=4)
             assert out.usage.completion_tokens >= 1
-        metrics = httpx.get(node0.url + "/metrics").text
-        for replica in ("0", "1"):
-            assert (f'pypto:request_success_total{{finished_reason="length",model_name='
-                    f'"{MODEL}",replica="{replica}"}} 2.0') in metrics
+        wanted = [f'pypto:request_success_total{{finished_reason="length",model_name='
+                  f'"{MODEL}",replica="{replica}"}} 2.0' for replica in ("0", "1")]
+        deadline = time.monotonic() + 15  # a request's counter is bumped as its reply leaves
+        while True:
+            metrics = httpx.get(node0.url + "/metrics").text
+            if all(w in metrics for w in wanted) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for w in wanted:
+            assert w in metrics
         trees = node0.tree() + node1.tree()
         assert node0.interrupt(timeout=90) == 0
         node1.proc.wait(60)  # its launcher is told through the control channel
