@@ -94,7 +94,13 @@ def test_fork_rule():
 
 def test_api_reports_a_failure_in_process(tmp_path, port):
     bad = tmp_path / "bad.py"
-    bad.write_text("import os, sys\nprint('rank', os.environ['RANK'])\n"
+    printed = tmp_path / "rank0-printed"  # rank 1 fails only once rank 0 has had its say
+    bad.write_text("import os, sys, time\nprint('rank', os.environ['RANK'], flush=True)\n"
+                   f"flag = {str(printed)!r}\n"
+                   "if os.environ['RANK'] == '0':\n    open(flag, 'w').close()\n"
+                   "else:\n    end = time.monotonic() + 30\n"
+                   "    while not os.path.exists(flag) and time.monotonic() < end:\n"
+                   "        time.sleep(0.01)\n"
                    "sys.exit(5 if os.environ['RANK'] == '1' else 0)\n")
     out, err = io.StringIO(), io.StringIO()
     result = launch(LaunchSpec(target=str(bad), nproc_per_node=2, master_port=port,
