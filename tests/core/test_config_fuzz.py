@@ -14,7 +14,7 @@ import sys
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pypto_serving.core.config import ServingConfig
@@ -240,13 +240,19 @@ def admitted_configs(draw):
     only configs that pass the cross-field rules are kept."""
     data = draw(st.sampled_from(BASES))
     data = {section: dict(fields) for section, fields in data.items()}
+    cfg = parse_config(data)
+    # Each drawn value is kept only if the config still passes the cross-field rules, so
+    # every example yields a config (rejecting whole draws made the test run for minutes).
     for section, name in draw(st.sets(st.sampled_from(PATHS), min_size=1, max_size=12)):
-        data[section][name] = draw(admitted(FIELD_SCHEMAS[section][name]))
-    assert VALIDATOR.is_valid(data)
-    try:
-        return parse_config(data)
-    except ConfigError:
-        assume(False)
+        value = draw(admitted(FIELD_SCHEMAS[section][name]))
+        trial = {**data, section: {**data[section], name: value}}
+        assert VALIDATOR.is_valid(trial)
+        try:
+            cfg = parse_config(trial)
+        except ConfigError:
+            continue
+        data = trial
+    return cfg
 
 
 @pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
