@@ -211,7 +211,8 @@ def test_engine_refusal_goes_to_another_replica_then_429(peers, make_router):
 
 
 def test_a_replica_killed_during_a_burst_loses_no_request(peers, make_router):
-    peers += [EnginePeer(0, step_s=0.01), EnginePeer(1, step_s=0.01)]
+    # 20 steps of 50 ms: replica 0 is still decoding when the kill lands, even on a busy host
+    peers += [EnginePeer(0, step_s=0.05), EnginePeer(1, step_s=0.05)]
     r = make_router("round_robin")
     r.add(peers[0])
     r.add(peers[1])
