@@ -335,6 +335,11 @@ class ServeSpec(BaseModel):
     """Fraction of a device's free memory, after the weights, that the KV cache may take
     (vLLM's name). Example: 0.85."""
 
+    enforce_eager: bool = Field(False, strict=True)
+    """Run every step eagerly (vLLM's name). Unset, a one-rank replica of a dense model on
+    CUDA replays a captured CUDA graph for each decode-only step (one graph per batch-size
+    bucket up to max_num_seqs). Example: true."""
+
     drain_timeout_s: float = Field(10.0, strict=True, ge=0.0, le=3600.0, allow_inf_nan=False)
     """On Ctrl-C, how long in-flight requests may finish before the replicas are stopped.
     Example: 30."""

@@ -90,6 +90,9 @@ def main() -> int:
     runner.warmup()
     if ctx.is_replica_leader:
         print(capacity_line(ctx.rank_info.dp, pool), flush=True)
+        print(f"replica {ctx.rank_info.dp}: decode steps run "
+              + (runner.graphs.describe() if runner.graphs else f"eagerly: {runner.eager_reason}"),
+              flush=True)
         serve_leader(ctx, runner, pool)
     else:
         # The leader decides when to stop and sends a shutdown plan; a signal here only

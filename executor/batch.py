@@ -2,14 +2,14 @@
 
 A step is a list of chunks, one per sequence: `token_ids` at positions start_pos.. of that
 sequence, its KV written through `block_table` (prefill chunks at any start position and
-decodes, mixed). It runs as one forward over the flat tokens (`build_step`), with varlen
-paged attention. `PrefillBatch` / `DecodeBatch` (PyPTO Serving's separate calls) are views
-that become such a list. Every rank of a replica receives the same chunks; block ids are the
-replica's and valid on every one of its ranks.
+decodes, mixed). It runs as one forward over the flat tokens (`build_step`), with paged
+attention (executor/attention.py). `PrefillBatch` / `DecodeBatch` (PyPTO Serving's separate
+calls) are views that become such a list. Every rank of a replica receives the same chunks;
+block ids are the replica's and valid on every one of its ranks.
 
 Building a step is cheap on the host: one pass over the chunks with C-speed list operations
-(a decode's (query, block) pairs are a slice of its block table), each flat list packed with
-struct and copied to the device once; nothing waits on the device.
+(a decode row's blocks are a slice of its block table), each flat list packed with struct and
+copied to the device once; nothing waits on the device.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Protocol
 
 import torch
 
+from .attention import PagedAttentionMetadata, PrefillSpan
 from .errors import SequenceTooLongError
-from .model import PagedAttentionMetadata, SequenceMetadata, sequence_metadata
+from .model import SequenceMetadata, sequence_metadata
 
 
 class ChunkLike(Protocol):
@@ -138,27 +139,30 @@ def build_step(
     return _index_step(chunks, block_size, device, max_seq_len)
 
 
-def _tensor(values: list[int], device: torch.device) -> torch.Tensor:
-    """int64 tensor of a flat list of ints: struct packs it at C speed (torch.tensor on a
-    list of Python ints is several times slower)."""
-    buf = bytearray(8 * len(values))
-    struct.pack_into(f"<{len(values)}q", buf, 0, *values)
-    return torch.frombuffer(buf, dtype=torch.long).to(device, non_blocking=True) if values \
-        else torch.zeros(0, dtype=torch.long, device=device)
+def _tensor(values: list[int], device: torch.device, fmt: str = "q") -> torch.Tensor:
+    """int64 ("q") or int32 ("i") tensor of a flat list of ints: struct packs it at C speed
+    (torch.tensor on a list of Python ints is several times slower)."""
+    dtype = torch.long if fmt == "q" else torch.int32
+    if not values:
+        return torch.zeros(0, dtype=dtype, device=device)
+    buf = bytearray(struct.calcsize(fmt) * len(values))
+    struct.pack_into(f"<{len(values)}{fmt}", buf, 0, *values)
+    return torch.frombuffer(buf, dtype=dtype).to(device, non_blocking=True)
 
 
 def _index_step(chunks: Sequence[ChunkLike], block_size: int, device: torch.device,
                 max_seq_len: int | None) -> StepInput:
-    """Tokens, positions, slots and the (query, block) pairs of a step as flat lists built
-    with C-speed list operations (a decode's pairs are its block table's first blocks, a
-    prefill token's pairs the blocks up to its own), then one copy each to the device."""
+    """Tokens, positions and slots of a step as flat lists; decode rows' block tables padded
+    to one width; prefill chunks' blocks in one list, each a slice of it. Built with C-speed
+    list operations, then one copy each to the device."""
     tokens: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
-    pair_query: list[int] = []
-    pair_block: list[int] = []
-    last_pair: list[int] = []
-    last_offset: list[int] = []
+    decode_rows: list[int] = []
+    decode_tables: list[Sequence[int]] = []
+    context_lens: list[int] = []
+    spans: list[tuple[int, int, int, int, int]] = []  # row, length, start, blocks from, to
+    prefill_blocks: list[int] = []
     last_rows: list[int] = []
     if max_seq_len is not None:
         check_max_seq_len([c.start_pos + len(c.token_ids) for c in chunks], max_seq_len,
@@ -174,29 +178,31 @@ def _index_step(chunks: Sequence[ChunkLike], block_size: int, device: torch.devi
                              f"blocks, but its block table has {len(table)}")
         row = len(tokens)
         tokens.extend(c.token_ids)
-        if n == 1:  # a decode (or a one-token chunk): its pairs are the first `need` blocks
+        if n == 1:  # a decode (or a one-token chunk): one row over its first `need` blocks
             positions.append(start)
             slots.append(table[start // block_size] * block_size + start % block_size)
-            pair_query.extend(repeat(row, need))
-            pair_block.extend(table if need == len(table) else islice(table, need))
-            last_pair.append(len(pair_block) - 1)
-            last_offset.append(start % block_size)
+            decode_rows.append(row)
+            decode_tables.append(table if need == len(table) else table[:need])
+            context_lens.append(end)
         else:
-            for t, p in enumerate(range(start, end), start=row):
-                j = p // block_size
-                positions.append(p)
-                slots.append(table[j] * block_size + p % block_size)
-                pair_query.extend(repeat(t, j + 1))
-                pair_block.extend(islice(table, j + 1))
-                last_pair.append(len(pair_block) - 1)
-                last_offset.append(p % block_size)
+            positions.extend(range(start, end))
+            slots.extend(table[p // block_size] * block_size + p % block_size
+                         for p in range(start, end))
+            spans.append((row, n, start, len(prefill_blocks), len(prefill_blocks) + need))
+            prefill_blocks.extend(islice(table, need))
         if c.sample:
             last_rows.append(len(tokens) - 1)
-    offsets = _tensor(last_offset, device)
+    width = max(map(len, decode_tables), default=0)
+    flat_tables: list[int] = []
+    for table in decode_tables:
+        flat_tables.extend(table)
+        flat_tables.extend(repeat(table[0], width - len(table)))
+    blocks = _tensor(prefill_blocks, device)
     meta = PagedAttentionMetadata(
         positions=_tensor(positions, device), slots=_tensor(slots, device),
-        pair_query=_tensor(pair_query, device), pair_block=_tensor(pair_block, device),
-        last_pair=_tensor(last_pair, device),
-        last_hidden=torch.arange(block_size, device=device)[None, :] > offsets[:, None])
+        decode_rows=None if not spans else _tensor(decode_rows, device),
+        block_tables=_tensor(flat_tables, device, "i").view(len(decode_tables), width),
+        context_lens=_tensor(context_lens, device),
+        prefills=[PrefillSpan(row, n, start, blocks[a:b]) for row, n, start, a, b in spans])
     return StepInput(tokens=_tensor(tokens, device), meta=meta,
                      last_rows=_tensor(last_rows, device))

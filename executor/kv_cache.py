@@ -32,7 +32,9 @@ class LayerCache:
 
 
 class PagedKVCache:
-    """KV blocks for the layers in `layers` (global layer ids) and `num_kv_heads` heads."""
+    """KV blocks for the layers in `layers` (global layer ids) and `num_kv_heads` heads:
+    `num_blocks` the scheduler allocates, and with `scratch` one more (id `scratch_block` =
+    num_blocks) that the padding rows of a CUDA-graph step write to and read from."""
 
     def __init__(
         self,
@@ -43,11 +45,13 @@ class PagedKVCache:
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        scratch: bool = False,
     ):
         self.layers = layers
         self.num_blocks = num_blocks
         self.block_size = block_size
-        shape = (len(layers), num_blocks, block_size, num_kv_heads, head_dim)
+        self.scratch_block = num_blocks if scratch else None
+        shape = (len(layers), num_blocks + scratch, block_size, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 

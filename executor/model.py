@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import ModelSpec, RopeScaling
+from . import ops
+from .attention import PagedAttentionMetadata, causal_attention, paged_attention
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -34,33 +36,40 @@ class SequenceMetadata:
     positions: torch.Tensor
 
 
-@dataclass
-class PagedAttentionMetadata:
-    """One ragged step over the paged KV cache, built once per step and shared by every layer.
-
-    The flat batch holds each sequence's new tokens in turn (a prefill chunk or one decode
-    token), token t at `positions[t]`; its key/value is written at cache slot `slots[t]`
-    (block * block_size + offset). Token t attends to every cached position of its sequence
-    up to its own: the blocks 0..positions[t] // block_size of its block table. Each (query,
-    block) pair is one entry: `pair_query[p]` the query row, `pair_block[p]` the cache block.
-    Only a query's last pair (`last_pair[t]`) holds positions after the query's own: offsets
-    where `last_hidden[t]` is True are masked. No padding to the longest sequence: the work is
-    exactly the causal (query, key) pairs, rounded up to whole blocks.
-    """
-
-    positions: torch.Tensor
-    slots: torch.Tensor
-    pair_query: torch.Tensor
-    pair_block: torch.Tensor
-    last_pair: torch.Tensor
-    last_hidden: torch.Tensor
-
-    @property
-    def num_tokens(self) -> int:
-        return self.positions.shape[0]
-
-
 AttentionMetadata = SequenceMetadata | PagedAttentionMetadata
+
+
+class FusedProjection:
+    """Several nn.Linear layers of one input as one matmul: their weights (and biases) become
+    views of one concatenated tensor, so the output is their outputs side by side. Fused on
+    first use and again whenever a weight was replaced (a .to(), a TP reshard)."""
+
+    def __init__(self, *linears: nn.Linear):
+        self.linears = linears
+        self._key: tuple | None = None
+
+    def _current_key(self) -> tuple:
+        return tuple((lin.weight.data_ptr(), lin.weight.shape, lin.weight.dtype)
+                     for lin in self.linears)
+
+    def _fuse(self) -> None:
+        with torch.no_grad():
+            self.weight = torch.cat([lin.weight.data for lin in self.linears])
+            biased = all(lin.bias is not None for lin in self.linears)
+            self.bias = torch.cat([lin.bias.data for lin in self.linears]) if biased else None
+            row = 0
+            for lin in self.linears:
+                rows = lin.weight.shape[0]
+                lin.weight.data = self.weight[row:row + rows]
+                if biased:
+                    lin.bias.data = self.bias[row:row + rows]
+                row += rows
+        self._key = self._current_key()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._key != self._current_key():
+            self._fuse()
+        return F.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -69,8 +78,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """norm(x); with `residual`, (norm(x + residual), x + residual)."""
+        return ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None
@@ -110,11 +120,8 @@ class Rotary(nn.Module):
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: [tokens, heads, head_dim]."""
-        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        """x: [tokens, heads, head_dim] (on CUDA rotated in place)."""
+        return ops.rotary(x, positions, self.cos, self.sin)
 
 
 class Attention(nn.Module):
@@ -133,6 +140,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(spec.hidden_size, kv * d, bias=bias)
         self.wo = nn.Linear(h * d, spec.hidden_size, bias=False)
         self.rotary = [rotary]  # shared table; a list keeps it out of this module's state
+        self.qkv = FusedProjection(self.wq, self.wk, self.wv)
 
     def kv_index(self, device: torch.device) -> torch.Tensor:
         """For each held query head, the position of its KV head among the held KV heads."""
@@ -149,63 +157,20 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, cache=None) -> torch.Tensor:
         n, d = x.shape[0], self.head_dim
-        rotary = self.rotary[0]
-        q = rotary(self.wq(x).view(n, len(self.head_ids), d), meta.positions)
-        k = rotary(self.wk(x).view(n, len(self.kv_head_ids), d), meta.positions)
-        v = self.wv(x).view(n, len(self.kv_head_ids), d)
-        kv_index = self.kv_index(x.device)
+        h, kv = len(self.head_ids), len(self.kv_head_ids)
+        qkv = self.qkv(x).view(n, h + 2 * kv, d)
+        rotary, kv_index = self.rotary[0], self.kv_index(x.device)
         if isinstance(meta, PagedAttentionMetadata):
-            cache.write(meta.slots, k, v)
+            # q and k rotated, k and v written to the cache: one launch on CUDA
+            q = ops.rotary_into_cache(qkv, h, kv, meta.positions, meta.slots, rotary.cos,
+                                      rotary.sin, cache)
             out = paged_attention(q, cache.k, cache.v, meta,
                                   None if self._grouped else kv_index)
         else:
-            out = causal_attention(q, k, v, meta.lengths, kv_index)
-        return self.wo(out.reshape(n, len(self.head_ids) * d))
-
-
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int],
-                     kv_index: torch.Tensor) -> torch.Tensor:
-    """Plain causal attention of each whole sequence over itself (no cache): the truth the
-    paged path is checked against. q [tokens, heads, d]; k, v [tokens, kv_heads, d]."""
-    outs, start = [], 0
-    for n in lengths:
-        qs = q[start:start + n].transpose(0, 1)
-        ks = k[start:start + n][:, kv_index].transpose(0, 1)
-        vs = v[start:start + n][:, kv_index].transpose(0, 1)
-        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(0, 1))
-        start += n
-    return torch.cat(outs)
-
-
-def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    meta: PagedAttentionMetadata, kv_index: torch.Tensor | None = None
-                    ) -> torch.Tensor:
-    """Varlen causal attention over the paged cache: q [tokens, heads, d]; k/v_cache
-    [blocks, block_size, kv_heads, d]. Scores per (query, block) pair, a softmax over all
-    pairs of a query (max and sum reduced by query row), values summed back per query.
-    `kv_index` maps query heads to KV heads when they are not in equal runs (None: runs of
-    heads / kv_heads query heads per KV head, grouped without copying keys)."""
-    n, heads, d = q.shape
-    if kv_index is not None:
-        k_cache, v_cache = k_cache[:, :, kv_index], v_cache[:, :, kv_index]
-    kv_heads = k_cache.shape[2]
-    groups = heads // kv_heads
-    pq, pairs = meta.pair_query, meta.pair_query.shape[0]
-    # tiny per-pair products: broadcast multiply + sum beats batched GEMMs of [groups, d]
-    kb = k_cache[meta.pair_block].transpose(1, 2).unsqueeze(2)   # [P, kv_heads, 1, B, d]
-    vb = v_cache[meta.pair_block].transpose(1, 2).unsqueeze(2)   # [P, kv_heads, 1, B, d]
-    qp = q[pq].view(pairs, kv_heads, groups, 1, d)
-    scores = (qp * kb).sum(-1) / math.sqrt(d)                    # [P, kv_heads, groups, B]
-    last = meta.last_pair
-    scores[last] = scores[last].masked_fill(meta.last_hidden[:, None, None, :], float("-inf"))
-    row = pq[:, None, None].expand(pairs, kv_heads, groups)
-    top = scores.new_full((n, kv_heads, groups), float("-inf")).scatter_reduce(
-        0, row, scores.amax(-1), "amax")
-    weights = torch.exp(scores - top[pq][..., None])
-    total = scores.new_zeros((n, kv_heads, groups)).index_add_(0, pq, weights.sum(-1))
-    out = q.new_zeros((n, kv_heads, groups, d)).index_add_(
-        0, pq, (weights.unsqueeze(-1) * vb).sum(-2))
-    return (out / total[..., None]).view(n, heads, d)
+            qk = rotary(qkv[:, :h + kv], meta.positions)
+            out = causal_attention(qk[:, :h], qk[:, h:], qkv[:, h + kv:], meta.lengths,
+                                   kv_index)
+        return self.wo(out.reshape(n, h * d))
 
 
 class FeedForward(nn.Module):
@@ -216,9 +181,10 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(hidden, intermediate, bias=False)
         self.w3 = nn.Linear(hidden, intermediate, bias=False)
         self.w2 = nn.Linear(intermediate, hidden, bias=False)
+        self.w13 = FusedProjection(self.w1, self.w3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(ops.silu_mul(self.w13(x)))
 
 
 def route(gate: nn.Linear, x: torch.Tensor, top_k: int, renormalize: bool = True
@@ -295,10 +261,18 @@ class Block(nn.Module):
         self.ffn = MoE(spec) if spec.is_moe else FeedForward(spec.hidden_size,
                                                               spec.intermediate_size)
 
-    def forward(self, h: torch.Tensor, meta: AttentionMetadata, kv_cache=None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata,
+                kv_cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block on the residual stream held as (h, residual), whose sum is the stream:
+        each pending add is fused into the norm after it (one launch on CUDA). Returns the
+        new pair: (this block's MLP output, the stream before it)."""
         cache = kv_cache.layer(self.layer_id) if kv_cache is not None else None
-        h = h + self.attention(self.attention_norm(h), meta, cache)
-        return h + self.ffn(self.ffn_norm(h))
+        if residual is None:
+            x, residual = self.attention_norm(h), h
+        else:
+            x, residual = self.attention_norm(h, residual)
+        x, residual = self.ffn_norm(self.attention(x, meta, cache), residual)
+        return self.ffn(x), residual
 
 
 class Transformer(nn.Module):
@@ -317,9 +291,10 @@ class Transformer(nn.Module):
         return self.tok_embeddings(tokens)
 
     def run_layers(self, h: torch.Tensor, meta: AttentionMetadata, kv_cache=None) -> torch.Tensor:
+        residual = None
         for block in self.layers:
-            h = block(h, meta, kv_cache)
-        return h
+            h, residual = block(h, residual, meta, kv_cache)
+        return h if residual is None else h + residual
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.output(self.norm(h))

@@ -24,6 +24,7 @@ from .batch import (
 )
 from .checkpoint import load_checkpoint_model
 from .context import ParallelContext
+from .decode_graphs import DecodeGraphs, graphs_unsupported
 from .ep import apply_ep
 from .kv_cache import PagedKVCache, blocks_needed
 from .model import DTYPES, Transformer, init_weights
@@ -76,6 +77,9 @@ class ReferenceModelRunner:
         self.model: Transformer | None = None
         self.kv_cache: PagedKVCache | None = None
         self.sampler = Sampler()
+        self.graphs: DecodeGraphs | None = None
+        self.eager_reason: str | None = None
+        """Why decode steps run eagerly (None once CUDA graphs are captured by warmup)."""
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | None = None) -> None:
         """Build the full model (seeded, or from a full state dict), then keep our share; with
@@ -105,11 +109,22 @@ class ReferenceModelRunner:
             head_dim=spec.head_dim,
             dtype=self.dtype,
             device=self.ctx.device,
+            scratch=graphs_unsupported(self.ctx) is None,
         )
         return self.kv_cache
 
     def warmup(self) -> None:
+        """One dummy step; then, where graphs_unsupported says nothing against it, capture
+        the decode steps' CUDA graphs (executor/decode_graphs.py)."""
         self.run_dummy()
+        self.eager_reason = graphs_unsupported(self.ctx)
+        if self.eager_reason is None and self._cache().scratch_block is None:
+            self.eager_reason = "the KV cache was allocated without a scratch block"
+        if self.eager_reason is None:
+            graphs = DecodeGraphs(self.model, self._cache(), self.ctx.config.serve.max_num_seqs,
+                                  self.ctx.model.max_seq_len)
+            graphs.capture()
+            self.graphs = graphs
 
     def run_step(self, chunks: Sequence[ChunkLike],
                  sampling: Sequence[SamplingLike | None] | None = None) -> StepOutput:
@@ -117,9 +132,11 @@ class ReferenceModelRunner:
         if not chunks:
             self.run_dummy()
             return StepOutput(logits=None)
+        indices = [getattr(c, "output_index", 0) for c in chunks if c.sample]
+        if self.graphs is not None and self.graphs.fits(chunks):
+            return self._sample(self.graphs.run(chunks), sampling, indices)
         step = build_step(chunks, self.ctx.kv_block_size, self.ctx.device,
                           max_seq_len=self.ctx.model.max_seq_len)
-        indices = [getattr(c, "output_index", 0) for c in chunks if c.sample]
         return self._run(step, self._cache(), sampling, indices)
 
     def run_prefill(self, batch: PrefillBatch) -> StepOutput:
@@ -138,12 +155,16 @@ class ReferenceModelRunner:
         if batch is None:
             self.run_dummy()
             return StepOutput(logits=None)
-        step = build_step(batch, self.ctx.kv_block_size, self.ctx.device,
-                          max_seq_len=self.ctx.model.max_seq_len)
-        out = self._run(step, kv_cache, None, [])
+        chunks = batch.chunks()
+        if kv_cache is self.kv_cache and self.graphs is not None and self.graphs.fits(chunks):
+            out = self._sample(self.graphs.run(chunks), None, [])
+        else:
+            step = build_step(batch, self.ctx.kv_block_size, self.ctx.device,
+                              max_seq_len=self.ctx.model.max_seq_len)
+            out = self._run(step, kv_cache, None, [])
         tokens = (torch.tensor(out.next_tokens, dtype=torch.long, device=self.ctx.device)
                   if self.ctx.is_last_stage
-                  else torch.empty(step.num_seqs, dtype=torch.long, device=self.ctx.device))
+                  else torch.empty(len(chunks), dtype=torch.long, device=self.ctx.device))
         out.next_tokens = share_tokens(self.ctx, tokens).tolist()
         return out
 
@@ -166,8 +187,11 @@ class ReferenceModelRunner:
             return StepOutput(logits=None)
         if step.num_seqs == 0:
             return StepOutput(logits=None)
-        logits = model.head(h[step.last_rows]).float()
-        params = list(sampling) if sampling is not None else [None] * step.num_seqs
+        return self._sample(model.head(h[step.last_rows]).float(), sampling, output_indices)
+
+    def _sample(self, logits: torch.Tensor, sampling: Sequence[SamplingLike | None] | None,
+                output_indices: list[int]) -> StepOutput:
+        params = list(sampling) if sampling is not None else [None] * logits.shape[0]
         return StepOutput(logits=logits,
                           next_tokens=self.sampler.sample(logits, params, output_indices))
 

@@ -2,21 +2,30 @@
 
 In one run on the same device: (a) the copy bandwidth of a large device-to-device copy (bytes
 read + written / time) and the dense bf16 matmul rate; (b) the runner's one-forward step
-(`ReferenceModelRunner.run_step`, the step the engine drives) for decode at --batches with
---context tokens already in the paged KV cache, and the achieved fraction of the roofline:
-(weight bytes + KV bytes read) / step time / copy bandwidth; (c) prefill throughput at
---prefill prompt lengths as a fraction of the matmul rate (2 x params FLOPs per token, the
-attention FLOPs ignored). Weights are the reference model's seeded random ones in the model's
-dtype; the KV cache is filled with random values (decode reads it whatever it holds).
-Medians over --iters timed steps after warm-up, CUDA events.
+(`ReferenceModelRunner.run_step`, the step the engine drives, host work and sampling
+included) for decode at --batches with --context tokens already in the paged KV cache, once
+eagerly and once replayed from the runner's CUDA graphs (`warmup()` captures them), and the
+achieved fraction of the roofline: (weight bytes + KV bytes read) / step time / copy
+bandwidth; (c) prefill throughput at --prefill prompt lengths as a fraction of the matmul
+rate (2 x params FLOPs per token, the attention FLOPs ignored). With --accuracy, (d) the bf16
+model against the same weights in fp32 over a prefill and --accuracy decode steps: the max
+logit error and the greedy-token agreement (teacher-forced by the fp32 tokens), and the
+first step where free-running bf16 greedy decoding departs from fp32's.
+
+Weights are the reference model's seeded random ones; the KV cache is filled with random
+values (decode reads it whatever it holds). Medians over --iters timed steps after warm-up,
+CUDA events. `PYPTO_KERNELS=torch` in the environment times torch's own ops instead of the
+Triton kernels (the eager baseline before them).
 
 Usage (on a GPU): python scripts/bench_decode.py [--model dense-1.5b-shape] [--batches 1,8,32,128]
-       [--context 1024] [--prefill 512,2048,8192] [--iters 20] [--json FILE]
+       [--context 1024] [--prefill 512,2048,8192] [--modes eager,graphs] [--iters 20]
+       [--accuracy 32] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -73,11 +82,11 @@ def matmul_rate(n: int = 8192) -> float:
     return 2 * n ** 3 / t
 
 
-def build(model: str, max_seq_len: int, num_blocks: int, block_size: int):
+def build(model: str, max_seq_len: int, num_blocks: int, block_size: int, max_batch: int):
     cfg = resolve_config(model_profile_name=model, overrides={
         "model": {"dtype": "bfloat16", "max_seq_len": max_seq_len},
         "cluster": {"platform": "cuda"},
-        "serve": {"kv_block_size": block_size}})
+        "serve": {"kv_block_size": block_size, "max_num_seqs": max_batch}})
     path = Path(tempfile.mkdtemp()) / "config.json"
     path.write_text(cfg.model_dump_json())
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -88,7 +97,95 @@ def build(model: str, max_seq_len: int, num_blocks: int, block_size: int):
     cache = runner.init_kv_cache(num_blocks)
     cache.k.normal_()
     cache.v.normal_()
+    runner.warmup()  # captures the decode graphs where the runner supports them
     return ctx, runner
+
+
+def weights_read(w_bytes: int, spec, batch: int, elem: int) -> float:
+    """Weight bytes a step of `batch` tokens reads: all of a dense model's; for a MoE, the
+    dense part plus the experts its tokens touch, expected under uniform top-k routing
+    (num_experts x (1 - (1 - k / num_experts) ^ batch) per layer)."""
+    if not spec.is_moe:
+        return w_bytes
+    expert = 3 * spec.hidden_size * spec.intermediate_size * elem * spec.num_layers
+    touched = spec.num_experts * (1 - (1 - spec.experts_per_token / spec.num_experts) ** batch)
+    return w_bytes - spec.num_experts * expert + touched * expert
+
+
+def profile_step(runner: ReferenceModelRunner, chunks: list, steps: int = 10) -> dict:
+    """GPU kernel time per step by kernel name over `steps` steps, against the wall time:
+    the difference is time the GPU waited (launch gaps, host work)."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(3):
+        runner.run_step(chunks)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            runner.run_step(chunks)
+        end.record()
+        end.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type.name == "CUDA" and e.device_time_total > 0:
+            kernels.setdefault(e.name[:60], []).append(e.device_time_total / steps)
+    rows = sorted(((sum(v), len(v) // steps, k) for k, v in kernels.items()), reverse=True)
+    busy = sum(r[0] for r in rows)
+    wall = start.elapsed_time(end) * 1e3 / steps
+    print(f"profile: {wall:.0f} us per step, GPU kernels busy {busy:.0f} us "
+          f"({busy / wall:.0%}); top kernels (us per step, launches per step):")
+    for us, count, name in rows[:14]:
+        print(f"  {us:8.1f} us  x{count:<4d} {name}")
+    return {"wall_us": wall, "busy_us": busy,
+            "kernels": [{"us": us, "per_step": n, "name": k} for us, n, k in rows]}
+
+
+def accuracy(runner: ReferenceModelRunner, steps: int, prompt_len: int = 64) -> dict:
+    """bf16 (the runner) against the same seeded weights in fp32: max logit error per step
+    and greedy agreement, teacher-forced by fp32's tokens; then free-running bf16 greedy
+    tokens against fp32's, the first step where they part."""
+    ctx = runner.ctx
+    fp32 = ctx.config.model_copy(update={"model": ctx.model.model_copy(
+        update={"dtype": "float32"})})
+    ref = ReferenceModelRunner(dataclasses.replace(ctx, config=fp32))
+    ref.load_weights()
+    bs = ctx.kv_block_size
+    blocks = (prompt_len + steps) // bs + 1
+    ref.init_kv_cache(blocks)
+    prompt = [(31 * i + 7) % ctx.model.vocab_size for i in range(prompt_len)]
+    table = list(range(blocks))
+
+    def step(r, tokens, start):
+        chunk = [SeqChunk(seq_id=0, token_ids=tokens, start_pos=start, block_table=table,
+                          sample=True)]
+        out = r.run_step(chunk)
+        return out.logits[0].float(), out.next_tokens[0]
+
+    errors, agree, tokens, pos = [], 0, prompt, 0
+    for _ in range(steps + 1):  # the prefill, then `steps` decodes, both fed fp32's tokens
+        want, want_tok = step(ref, tokens, pos)
+        got, got_tok = step(runner, tokens, pos)
+        errors.append(((got - want).abs().max() / want.abs().max()).item())
+        agree += got_tok == want_tok
+        pos += len(tokens)
+        tokens = [want_tok]
+    free = {}
+    for name, r in (("fp32", ref), ("bf16", runner)):
+        tokens, pos, seq = prompt, 0, []
+        for _ in range(steps + 1):
+            _, tok = step(r, tokens, pos)
+            seq.append(tok)
+            pos += len(tokens)
+            tokens = [tok]
+        free[name] = seq
+    parted = next((i for i, (a, b) in enumerate(zip(free["fp32"], free["bf16"], strict=True))
+                   if a != b), None)
+    return {"prompt_tokens": prompt_len, "decode_steps": steps,
+            "max_rel_logit_err": max(errors), "rel_logit_err_per_step": errors,
+            "teacher_forced_agreement": agree / (steps + 1),
+            "free_running_first_difference": parted}
 
 
 def main() -> None:
@@ -98,7 +195,11 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--prefill", default="512,2048,8192")
     ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--modes", default="eager,graphs")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--accuracy", type=int, default=0, metavar="STEPS")
+    ap.add_argument("--profile", action="store_true",
+                    help="also list the GPU kernels of a batch-1 decode step (torch.profiler)")
     ap.add_argument("--json")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -106,29 +207,48 @@ def main() -> None:
     bs, ctx_len = args.block_size, args.context
     per_seq = ctx_len // bs + 1
     num_blocks = max(max(batches) * per_seq, max(prefills) // bs + 1)
-    ctx, runner = build(args.model, max(ctx_len + 1, max(prefills)) + 1, num_blocks, bs)
+    ctx, runner = build(args.model, max(ctx_len + 1, max(prefills)) + 1, num_blocks, bs,
+                        max(batches))
+    graphs = runner.graphs
     spec = ctx.model
     w_bytes = weight_bytes(ctx.rank_info, spec, expert_parallel=False)
     kv_tok = kv_bytes_per_token(ctx.rank_info, spec)
     # A step reads B embedding rows, not the table: the roofline counts every other weight.
-    w_bytes -= len(ctx.rank_info.vocab) * spec.hidden_size * runner.kv_cache.k.element_size()
+    elem = runner.kv_cache.k.element_size()
+    w_bytes -= len(ctx.rank_info.vocab) * spec.hidden_size * elem
     bw, flops = copy_bandwidth(), matmul_rate()
     out = {"device": torch.cuda.get_device_name(), "model": args.model,
            "weight_bytes_read": w_bytes, "kv_bytes_per_token": kv_tok,
-           "copy_bandwidth_Bps": bw, "matmul_flops": flops, "decode": [], "prefill": []}
+           "copy_bandwidth_Bps": bw, "matmul_flops": flops,
+           "kernels": os.environ.get("PYPTO_KERNELS", "triton"),
+           "graphs": {"buckets": graphs.buckets, "capture_s": graphs.capture_s}
+           if graphs else {"eager_reason": runner.eager_reason}, "decode": [], "prefill": []}
     print(f"{out['device']}: copy {bw / 1e9:,.0f} GB/s, bf16 matmul {flops / 1e12:,.0f} TFLOP/s;"
-          f" weights read per step {w_bytes / 1e9:.2f} GB, KV {kv_tok} B/token")
-    for b in batches:
-        chunks = [SeqChunk(seq_id=i, token_ids=[(7 * i) % spec.vocab_size], start_pos=ctx_len,
-                           block_table=list(range(i * per_seq, (i + 1) * per_seq)), sample=True)
-                  for i in range(b)]
-        t = timed(lambda chunks=chunks: runner.run_step(chunks), args.iters)
-        moved = w_bytes + b * (ctx_len + 1) * kv_tok
-        frac = moved / t / bw
-        out["decode"].append({"batch": b, "step_s": t, "bytes": moved, "roofline": frac})
-        print(f"decode batch {b:4d} @ {ctx_len}: {t * 1e3:8.2f} ms/step, "
-              f"{b / t:10,.0f} tok/s, roofline {frac:6.1%}")
-    params = w_bytes / 2
+          f" weights read per step {w_bytes / 1e9:.2f} GB, KV {kv_tok} B/token; "
+          f"kernels {out['kernels']}; graphs {out['graphs']}")
+    for mode in args.modes.split(","):
+        if mode == "graphs" and graphs is None:
+            print(f"decode graphs: not captured ({runner.eager_reason})")
+            continue
+        runner.graphs = graphs if mode == "graphs" else None
+        for b in batches:
+            chunks = [SeqChunk(seq_id=i, token_ids=[(7 * i) % spec.vocab_size],
+                               start_pos=ctx_len, sample=True,
+                               block_table=list(range(i * per_seq, (i + 1) * per_seq)))
+                      for i in range(b)]
+            t = timed(lambda chunks=chunks: runner.run_step(chunks), args.iters)
+            moved = weights_read(w_bytes, spec, b, elem) + b * (ctx_len + 1) * kv_tok
+            frac = moved / t / bw
+            out["decode"].append({"mode": mode, "batch": b, "step_s": t, "bytes": moved,
+                                  "roofline": frac})
+            print(f"decode {mode:6s} batch {b:4d} @ {ctx_len}: {t * 1e3:8.3f} ms/step, "
+                  f"{b / t:10,.0f} tok/s, roofline {frac:6.1%}")
+    runner.graphs = graphs
+    if args.profile:
+        out["profile"] = profile_step(runner, [SeqChunk(seq_id=0, token_ids=[1], start_pos=ctx_len,
+                                                        block_table=list(range(per_seq)),
+                                                        sample=True)])
+    params = weights_read(w_bytes, spec, 1, elem) / elem  # active parameters per token
     for n in prefills:
         chunk = [SeqChunk(seq_id=0, token_ids=[i % spec.vocab_size for i in range(n)],
                           start_pos=0, block_table=list(range(n // bs + 1)), sample=True)]
@@ -143,6 +263,13 @@ def main() -> None:
         out["prefill"].append({"tokens": n, "step_s": t, "tok_per_s": n / t, "matmul": frac})
         print(f"prefill {n:5d} tokens: {t * 1e3:8.2f} ms, {n / t:10,.0f} tok/s, "
               f"{frac:6.1%} of matmul rate")
+    if args.accuracy:
+        out["accuracy"] = acc = accuracy(runner, args.accuracy)
+        print(f"bf16 vs fp32 over a {acc['prompt_tokens']}-token prefill + {args.accuracy} "
+              f"decodes: max relative logit error {acc['max_rel_logit_err']:.2e}, "
+              f"teacher-forced greedy agreement {acc['teacher_forced_agreement']:.1%}, "
+              f"free-running tokens first differ at step "
+              f"{acc['free_running_first_difference']}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     distributed.destroy_distributed()

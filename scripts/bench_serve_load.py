@@ -3,11 +3,14 @@
 For each concurrency in --concurrency it sends --requests streamed completions (closed loop:
 each client sends its next request when its last one ends) of --prompt-tokens bytes and
 --max-tokens new tokens (ignore_eos), and prints throughput (requests/s, generated tokens/s),
-time to first token, inter-token latency and end-to-end latency (p50 / p99). Loopback only.
+time to first token, inter-token latency and end-to-end latency (p50 / p99), and the share of
+prompt tokens served from the prefix cache (the usage's cached_tokens). With
+--shared-prefixes N each prompt is one of N fixed --prefix-tokens-byte prefixes (a system
+prompt) followed by its own --prompt-tokens bytes. Loopback only.
 
 Usage: python scripts/bench_serve_load.py --url http://127.0.0.1:8000 [--model tiny-moe]
        [--concurrency 1,8,32,128] [--requests 64] [--prompt-tokens 128] [--max-tokens 64]
-       [--json FILE]
+       [--shared-prefixes 0] [--prefix-tokens 512] [--json FILE]
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ async def one(client: httpx.AsyncClient, url: str, body: dict, out: dict) -> Non
                 chunk = json.loads(line[6:])
                 if chunk.get("choices") and chunk["choices"][0].get("text"):
                     stamps.append(time.perf_counter())
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                    out["prompt"] += usage["prompt_tokens"]
+                    out["cached"] += (usage.get("prompt_tokens_details") or {}).get(
+                        "cached_tokens", 0) or 0
     if stamps:
         out["ttft"].append(stamps[0] - start)
         out["itl"].extend(b - a for a, b in zip(stamps, stamps[1:], strict=False))
@@ -51,14 +59,20 @@ async def one(client: httpx.AsyncClient, url: str, body: dict, out: dict) -> Non
     out["tokens"] += body["max_tokens"]
 
 
+def text(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(string.ascii_letters) for _ in range(n))
+
+
 async def level(url: str, model: str, concurrency: int, requests: int, prompt_tokens: int,
-                max_tokens: int, rng: random.Random) -> dict:
-    out = {"ttft": [], "itl": [], "e2e": [], "tokens": 0, "errors": 0}
+                max_tokens: int, rng: random.Random, prefixes: list[str]) -> dict:
+    out = {"ttft": [], "itl": [], "e2e": [], "tokens": 0, "errors": 0, "prompt": 0,
+           "cached": 0}
     queue: asyncio.Queue[dict] = asyncio.Queue()
     for _ in range(requests):
-        prompt = "".join(rng.choice(string.ascii_letters) for _ in range(prompt_tokens))
+        prompt = (rng.choice(prefixes) if prefixes else "") + text(rng, prompt_tokens)
         queue.put_nowait({"model": model, "prompt": prompt, "max_tokens": max_tokens,
-                          "stream": True, "ignore_eos": True, "temperature": 0})
+                          "stream": True, "ignore_eos": True, "temperature": 0,
+                          "stream_options": {"include_usage": True}})
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         async def worker() -> None:
@@ -72,7 +86,8 @@ async def level(url: str, model: str, concurrency: int, requests: int, prompt_to
             "req_per_s": done / wall, "tok_per_s": out["tokens"] / wall,
             "ttft_p50": pct(out["ttft"], .5), "ttft_p99": pct(out["ttft"], .99),
             "itl_p50": pct(out["itl"], .5), "itl_p99": pct(out["itl"], .99),
-            "e2e_p50": pct(out["e2e"], .5), "e2e_p99": pct(out["e2e"], .99)}
+            "e2e_p50": pct(out["e2e"], .5), "e2e_p99": pct(out["e2e"], .99),
+            "cached_share": out["cached"] / out["prompt"] if out["prompt"] else 0.0}
 
 
 def main() -> None:
@@ -83,21 +98,26 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--shared-prefixes", type=int, default=0)
+    ap.add_argument("--prefix-tokens", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     rows = []
     print(f"{'conc':>5} {'req/s':>8} {'tok/s':>9} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} "
-          f"{'p99':>8} {'e2e p50':>8} {'p99':>8} {'errors':>6}")
+          f"{'p99':>8} {'e2e p50':>8} {'p99':>8} {'errors':>6} {'cached':>6}")
     for c in (int(x) for x in args.concurrency.split(",")):
+        # fresh prefixes per level: a level is never served from the previous one's cache
+        prefixes = [text(rng, args.prefix_tokens) for _ in range(args.shared_prefixes)]
         r = asyncio.run(level(args.url, args.model, c, max(args.requests, c),
-                              args.prompt_tokens, args.max_tokens, rng))
+                              args.prompt_tokens, args.max_tokens, rng, prefixes))
         rows.append(r)
         ms = {k: r[k] * 1e3 for k in r if k.endswith(("p50", "p99"))}
         print(f"{c:5d} {r['req_per_s']:8.2f} {r['tok_per_s']:9.1f} {ms['ttft_p50']:8.1f}ms "
               f"{ms['ttft_p99']:7.1f}ms {ms['itl_p50']:7.2f}ms {ms['itl_p99']:7.2f}ms "
-              f"{ms['e2e_p50']:7.0f}ms {ms['e2e_p99']:7.0f}ms {r['errors']:6d}")
+              f"{ms['e2e_p50']:7.0f}ms {ms['e2e_p99']:7.0f}ms {r['errors']:6d} "
+              f"{r['cached_share']:6.1%}")
     print("median e2e over levels:", statistics.median(r["e2e_p50"] for r in rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -90,3 +90,36 @@ def test_more_workers_than_gpus_is_refused_before_anything_starts(pypto_launch, 
                       str(repo_root / "tests/gpu/cuda_worker.py"), str(tmp_path)], timeout=60)
     assert r.returncode == 2
     assert "--nproc-per-node" in r.stderr and "Traceback" not in r.stderr
+
+
+DENSE = {**MODEL, "num_experts": 0, "max_seq_len": 64}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_from_cuda_graphs_equals_eager_decode(pypto_launch, repo_root, tmp_path, dtype):
+    path = tmp_path / "dense.json"
+    path.write_text(json.dumps({"model": {**DENSE, "dtype": dtype},
+                                "serve": {"max_num_seqs": 8, "kv_block_size": 4},
+                                "cluster": {"platform": "cuda", "devices_per_node": 1}}))
+    r = pypto_launch(["--config", str(path), "--standalone",
+                      str(repo_root / "tests/gpu/graphs_worker.py"), str(tmp_path)], timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "graphs.json").read_text())
+    assert res["eager_reason"] is None and res["buckets"] == [1, 2, 4, 8], res
+    # every decode step after the prefill replayed a graph (24 new tokens: 23 decode steps)
+    assert res["replays"] == 23, res
+    assert res["tokens"]["graphs"] == res["tokens"]["eager"]
+    # the same kernels in the same order: only the padding rows differ
+    assert res["max_rel_err"] <= (1e-5 if dtype == "float32" else 1e-2), res
+
+
+def test_triton_kernels_equal_their_torch_versions_on_the_gpu(repo_root):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(repo_root / "tests/executor/kernel_check.py"),
+                        "cuda"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    cases = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(cases) == 9
+    for case in cases:
+        assert case["max_abs_err"] <= (0.02 if "bfloat16" in case["dtype"] else 1e-5), case

@@ -1,0 +1,148 @@
+"""CUDA graphs for the decode-only steps of a one-rank replica, one graph per batch bucket.
+
+At small batch a decode step is bound by kernel launches, not by the GPU (docs/benchmarks.md):
+a few hundred small kernels, each waiting for the host. Replaying a captured graph launches
+them all at once. Each bucket's graph runs the whole model (embedding, layers with the paged
+decode-attention kernel, LM head) over static input buffers; a step of n decodes copies its
+tokens, positions, cache slots, context lengths and block tables into the first n rows,
+points the rows up to the bucket at the cache's scratch block (they write there and read
+only there), replays the graph of the smallest bucket >= n and returns its n rows of logits.
+The attention kernel reads each row's context length from the buffer, so one graph serves
+every context length. Graphs share one memory pool, captured largest first (vLLM's order).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Sequence
+
+import torch
+
+from .attention import PagedAttentionMetadata
+from .batch import ChunkLike, check_max_seq_len
+from .context import ParallelContext
+from .kv_cache import PagedKVCache
+from .model import Transformer
+from .ops import use_triton
+
+
+def graph_buckets(max_batch: int) -> list[int]:
+    """Batch sizes that get a graph: 1, 2, 4, 8, then two per doubling (12, 16, 24, 32, ...),
+    and max_batch itself; a step pads up to the next one (at most a third more rows)."""
+    sizes, b = [1, 2, 4, 8], 8
+    while b < max_batch:
+        sizes += [b + b // 2, 2 * b]
+        b *= 2
+    return sorted({s for s in sizes if s < max_batch} | {max_batch})
+
+
+def graphs_unsupported(ctx: ParallelContext) -> str | None:
+    """Why this rank's decode steps run eagerly, or None when they replay CUDA graphs."""
+    if ctx.config.serve.enforce_eager:
+        return "serve.enforce_eager is set"
+    if ctx.device.type != "cuda":
+        return f"the device is {ctx.device.type}, not CUDA"
+    if not use_triton(torch.empty(0, device=ctx.device)):
+        return "Triton is not installed (or PYPTO_KERNELS=torch)"
+    if ctx.tp.world_size > 1 or ctx.pp.world_size > 1:
+        return "the replica spans several ranks (TP/PP collectives are not captured yet)"
+    if ctx.model.is_moe:
+        return "MoE routing reads expert counts on the host each step"
+    return None
+
+
+class DecodeGraphs:
+    """The captured graphs of one runner and the static buffers they read."""
+
+    def __init__(self, model: Transformer, kv_cache: PagedKVCache, max_batch: int,
+                 max_seq_len: int):
+        self.model, self.kv_cache, self.max_seq_len = model, kv_cache, max_seq_len
+        self.block_size = kv_cache.block_size
+        self.buckets = graph_buckets(max_batch)
+        device = kv_cache.k.device
+        width = -(-max_seq_len // self.block_size)
+        # rows: tokens, positions, slots, context lengths (int64, one copy per step)
+        self.inputs = torch.zeros((4, max_batch), dtype=torch.long, device=device)
+        self.tables = torch.full((max_batch, width), kv_cache.scratch_block, dtype=torch.int32,
+                                 device=device)
+        self._pad = (0, 0, kv_cache.scratch_block * self.block_size, 1)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        self.capture_s = 0.0
+        self.replays = 0
+
+    def _forward(self, b: int) -> torch.Tensor:
+        tokens, positions, slots, lens = self.inputs[:, :b]
+        meta = PagedAttentionMetadata(positions=positions, slots=slots, decode_rows=None,
+                                      block_tables=self.tables[:b], context_lens=lens,
+                                      prefills=[])
+        model = self.model
+        return model.head(model.run_layers(model.embed(tokens), meta, self.kv_cache)).float()
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture every bucket's graph (a warm-up run of each first: kernels compile and
+        cuBLAS picks its algorithms outside the capture)."""
+        start = time.perf_counter()
+        self._write([], self.buckets[-1])
+        pool = torch.cuda.graph_pool_handle()
+        for b in reversed(self.buckets):
+            self._forward(b)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.logits[b] = self._forward(b)
+            self.graphs[b] = graph
+        torch.cuda.synchronize()
+        self.capture_s = time.perf_counter() - start
+
+    def describe(self) -> str:
+        return (f"CUDA graphs for decode batches of {', '.join(map(str, self.buckets))} "
+                f"(captured in {self.capture_s:.1f} s)")
+
+    def fits(self, chunks: Sequence[ChunkLike]) -> bool:
+        """A step of only sampled one-token chunks, no more than the largest bucket."""
+        return (0 < len(chunks) <= self.buckets[-1]
+                and all(len(c.token_ids) == 1 and c.sample for c in chunks))
+
+    def _write(self, chunks: Sequence[ChunkLike], b: int) -> None:
+        """Copy the step's rows into the static buffers; rows len(chunks)..b-1 are padding."""
+        bs, n = self.block_size, len(chunks)
+        rows = [[], [], [], []]
+        width = 0
+        flat: list[int] = []
+        for c in chunks:
+            pos, table = c.start_pos, c.block_table
+            need = pos // bs + 1
+            if need > len(table):
+                raise IndexError(f"position {pos} needs {need} blocks, but the block table "
+                                 f"has {len(table)}")
+            rows[0].append(c.token_ids[0])
+            rows[1].append(pos)
+            rows[2].append(table[pos // bs] * bs + pos % bs)
+            rows[3].append(pos + 1)
+            width = max(width, need)
+        for c in chunks:
+            row = c.block_table[:width]
+            flat.extend(row)
+            flat.extend([row[0]] * (width - len(row)))
+        values = [v for i, row in enumerate(rows) for v in row + [self._pad[i]] * (b - n)]
+        host = torch.frombuffer(bytearray(struct.pack(f"<{len(values)}q", *values)),
+                                dtype=torch.long)
+        self.inputs[:, :b].copy_(host.view(4, b), non_blocking=True)
+        if flat:
+            tables = torch.frombuffer(bytearray(struct.pack(f"<{len(flat)}i", *flat)),
+                                      dtype=torch.int32)
+            self.tables[:n, :width].copy_(tables.view(n, width), non_blocking=True)
+
+    @torch.inference_mode()
+    def run(self, chunks: Sequence[ChunkLike]) -> torch.Tensor:
+        """Logits [len(chunks), vocab] (fp32) of one decode step, by graph replay."""
+        check_max_seq_len([c.start_pos + 1 for c in chunks], self.max_seq_len,
+                          "shorten the sequence")
+        b = next(size for size in self.buckets if size >= len(chunks))
+        self._write(chunks, b)
+        self.graphs[b].replay()
+        self.replays += 1
+        return self.logits[b][:len(chunks)].clone()

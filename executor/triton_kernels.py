@@ -1,0 +1,261 @@
+"""Triton kernels for the GPU step: paged decode attention, RMSNorm, rotary, SiLU-and-mul.
+
+Each replaces a chain of small torch kernels by one launch (the decode step at small batch is
+launch-bound, see docs/benchmarks.md) and runs under CUDA graph capture. Imported only on
+CUDA (executor/ops.py decides); `TRITON_INTERPRET=1` runs them on the CPU for tests.
+
+Decode attention is split-K ("flash-decoding"): program (row, kv head, split) reads its
+share of the row's live blocks straight from the paged cache (no gather, nothing past the
+context) for the query heads of that KV head, and keeps a running max, sum and weighted
+value; a second kernel merges the splits. The split count is fixed per launch shape, so a
+captured graph replays for any context length.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+TARGET_PROGRAMS = 512
+"""Decode attention aims at about this many programs (rows x KV heads x splits): enough to
+fill an H200's 132 multiprocessors a few times over at batch 1."""
+MAX_SPLITS = 32
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+@triton.jit
+def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_ptr, l_ptr,
+                         stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_tr,
+                         num_heads, num_splits, scale,
+                         GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         D_P: tl.constexpr, BLOCK_SIZE: tl.constexpr, BS_P: tl.constexpr):
+    row = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    ctx = tl.load(lens_ptr + row)
+    num_blocks = tl.cdiv(ctx, BLOCK_SIZE)
+    per_split = tl.cdiv(num_blocks, num_splits)
+    first = split * per_split
+    last = tl.minimum(first + per_split, num_blocks)
+    g = tl.arange(0, GROUP_P)
+    dd = tl.arange(0, D_P)
+    t = tl.arange(0, BS_P)
+    gmask = g < GROUP
+    dmask = dd < HEAD_DIM
+    heads = kvh * GROUP + g
+    q = tl.load(q_ptr + row * stride_qt + heads[:, None] * stride_qh + dd[None, :],
+                mask=gmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    m = tl.full([GROUP_P], float("-inf"), tl.float32)
+    lsum = tl.zeros([GROUP_P], tl.float32)
+    acc = tl.zeros([GROUP_P, D_P], tl.float32)
+    j = first
+    while j < last:  # a while loop: Triton's interpreter (tests) cannot range() over it
+        block = tl.load(tables_ptr + row * stride_tr + j).to(tl.int64)
+        tmask = (t < BLOCK_SIZE) & (j * BLOCK_SIZE + t < ctx)
+        offs = block * stride_cb + t[:, None] * stride_cs + kvh * stride_ch + dd[None, :]
+        kvmask = tmask[:, None] & dmask[None, :]
+        k = tl.load(k_ptr + offs, mask=kvmask, other=0.0).to(tl.float32)
+        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale
+        s = tl.where(tmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        v = tl.load(v_ptr + offs, mask=kvmask, other=0.0).to(tl.float32)
+        lsum = lsum * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        m = m_new
+        j += 1
+    part = (row * num_heads + heads) * num_splits + split
+    tl.store(m_ptr + part, m, mask=gmask)
+    tl.store(l_ptr + part, lsum, mask=gmask)
+    tl.store(acc_ptr + part[:, None] * D_P + dd[None, :], acc, mask=gmask[:, None])
+
+
+@triton.jit
+def _decode_merge_kernel(acc_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_heads,
+                         num_splits, HEAD_DIM: tl.constexpr, D_P: tl.constexpr,
+                         S_P: tl.constexpr):
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    s = tl.arange(0, S_P)
+    dd = tl.arange(0, D_P)
+    smask = s < num_splits
+    part = (row * num_heads + head) * num_splits + s
+    m = tl.load(m_ptr + part, mask=smask, other=float("-inf"))
+    lsum = tl.load(l_ptr + part, mask=smask, other=0.0)
+    acc = tl.load(acc_ptr + part[:, None] * D_P + dd[None, :], mask=smask[:, None], other=0.0)
+    top = tl.max(m, axis=0)
+    w = tl.exp(m - top)  # an empty split has m = -inf: weight 0
+    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * lsum, axis=0)
+    tl.store(out_ptr + row * stride_ot + head * stride_oh + dd,
+             out.to(out_ptr.dtype.element_ty), mask=dd < HEAD_DIM)
+
+
+def decode_splits(rows: int, kv_heads: int) -> int:
+    """Splits per (row, KV head): enough programs to fill the GPU, at most MAX_SPLITS."""
+    return max(1, min(MAX_SPLITS, -(-TARGET_PROGRAMS // (rows * kv_heads))))
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor
+                           ) -> torch.Tensor:
+    """q [rows, heads, d] (last dim contiguous); caches [blocks, block_size, kv_heads, d]
+    (same strides); block_tables [rows, width] int32; context_lens [rows] int64, >= 1."""
+    rows, heads, d = q.shape
+    _, block_size, kv_heads, _ = k_cache.shape
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
+        raise ValueError("paged_decode_attention needs K and V caches of one layout and a "
+                         "contiguous head dimension")
+    out = torch.empty((rows, heads, d), dtype=q.dtype, device=q.device)
+    if rows == 0:
+        return out
+    splits, d_p, group = decode_splits(rows, kv_heads), _pow2(d), heads // kv_heads
+    acc = torch.empty((rows, heads, splits, d_p), dtype=torch.float32, device=q.device)
+    m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
+    lsum = torch.empty_like(m)
+    _decode_split_kernel[(rows, kv_heads, splits)](
+        q, k_cache, v_cache, block_tables, context_lens, acc, m, lsum,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), heads, splits, d ** -0.5,
+        GROUP=group, GROUP_P=_pow2(group), HEAD_DIM=d, D_P=d_p, BLOCK_SIZE=block_size,
+        BS_P=_pow2(block_size))
+    _decode_merge_kernel[(rows, heads)](
+        acc, m, lsum, out, out.stride(0), out.stride(1), heads, splits,
+        HEAD_DIM=d, D_P=d_p, S_P=_pow2(splits))
+    return out
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, stride_x, stride_r, stride_o,
+                     stride_s, n, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if ADD:  # the residual stream: x + residual, rounded as a separate add would round it
+        x += tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+        x = x.to(sum_ptr.dtype.element_ty)
+        tl.store(sum_ptr + row * stride_s + cols, x, mask=mask)
+        x = x.to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n + eps)
+    tl.store(out_ptr + row * stride_o + cols, (x * inv * w).to(out_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None
+             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """x [rows, n] (rows may be strided, n contiguous) normalised and scaled, in fp32; with
+    `residual`, (norm(x + residual), x + residual) in one pass."""
+    rows, n = x.shape
+    out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    total = torch.empty_like(out) if residual is not None else out
+    if rows:
+        res = residual if residual is not None else x
+        _rms_norm_kernel[(rows,)](x, res, weight, out, total, x.stride(0), res.stride(0),
+                                  out.stride(0), total.stride(0), n, eps,
+                                  ADD=residual is not None, BLOCK=_pow2(n))
+    return out if residual is None else (out, total)
+
+
+@triton.jit
+def _rotary_kernel(x_ptr, pos_ptr, cos_ptr, sin_ptr, stride_t, stride_h, stride_table,
+                   num_heads, HALF: tl.constexpr, HALF_P: tl.constexpr, HEADS: tl.constexpr):
+    t = tl.program_id(0)
+    h = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
+    i = tl.arange(0, HALF_P)
+    pos = tl.load(pos_ptr + t)
+    cos = tl.load(cos_ptr + pos * stride_table + i, mask=i < HALF, other=0.0)
+    sin = tl.load(sin_ptr + pos * stride_table + i, mask=i < HALF, other=0.0)
+    mask = (h[:, None] < num_heads) & (i[None, :] < HALF)
+    base = x_ptr + t * stride_t + h[:, None] * stride_h + i[None, :]
+    x1 = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
+    ty = x_ptr.dtype.element_ty
+    tl.store(base, (x1 * cos[None, :] - x2 * sin[None, :]).to(ty), mask=mask)
+    tl.store(base + HALF, (x2 * cos[None, :] + x1 * sin[None, :]).to(ty), mask=mask)
+
+
+def rotary_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+            ) -> torch.Tensor:
+    """Rotate x [tokens, heads, d] (last dim contiguous) in place by its rows' positions;
+    cos/sin [max_seq_len, d / 2] fp32 tables."""
+    tokens, heads, d = x.shape
+    if tokens:
+        per = min(_pow2(heads), 8)
+        _rotary_kernel[(tokens, -(-heads // per))](
+            x, positions, cos, sin, x.stride(0), x.stride(1), cos.stride(0), heads,
+            HALF=d // 2, HALF_P=_pow2(d // 2), HEADS=per)
+    return x
+
+
+@triton.jit
+def _rotary_cache_kernel(qkv_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr,
+                         stride_t, stride_h, stride_table, stride_cs, stride_ch, num_heads,
+                         num_kv_heads, HALF: tl.constexpr, HALF_P: tl.constexpr):
+    t = tl.program_id(0)
+    head = tl.program_id(1)
+    i = tl.arange(0, HALF_P)
+    mask = i < HALF
+    src = qkv_ptr + t * stride_t + head * stride_h + i
+    x1 = tl.load(src, mask=mask, other=0.0)
+    x2 = tl.load(src + HALF, mask=mask, other=0.0)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if head >= num_heads + num_kv_heads:  # a value head: copied into the cache as it is
+        dst = v_ptr + slot * stride_cs + (head - num_heads - num_kv_heads) * stride_ch + i
+        tl.store(dst, x1, mask=mask)
+        tl.store(dst + HALF, x2, mask=mask)
+    else:
+        pos = tl.load(pos_ptr + t)
+        cos = tl.load(cos_ptr + pos * stride_table + i, mask=mask, other=0.0)
+        sin = tl.load(sin_ptr + pos * stride_table + i, mask=mask, other=0.0)
+        a, b = x1.to(tl.float32), x2.to(tl.float32)
+        ty = qkv_ptr.dtype.element_ty
+        r1, r2 = (a * cos - b * sin).to(ty), (b * cos + a * sin).to(ty)
+        if head < num_heads:  # a query head: rotated in place
+            tl.store(src, r1, mask=mask)
+            tl.store(src + HALF, r2, mask=mask)
+        else:  # a key head: rotated into the cache
+            dst = k_ptr + slot * stride_cs + (head - num_heads) * stride_ch + i
+            tl.store(dst, r1, mask=mask)
+            tl.store(dst + HALF, r2, mask=mask)
+
+
+def rotary_into_cache(qkv: torch.Tensor, num_heads: int, num_kv_heads: int,
+                      positions: torch.Tensor, slots: torch.Tensor, cos: torch.Tensor,
+                      sin: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor) -> None:
+    """qkv [tokens, heads + 2 kv_heads, d]: rotate the query heads in place and write the
+    rotated keys and the values at their cache slots; k/v_flat [slots, kv_heads, d]."""
+    tokens, total, d = qkv.shape
+    if tokens:
+        _rotary_cache_kernel[(tokens, total)](
+            qkv, positions, slots, cos, sin, k_flat, v_flat, qkv.stride(0), qkv.stride(1),
+            cos.stride(0), k_flat.stride(0), k_flat.stride(1), num_heads, num_kv_heads,
+            HALF=d // 2, HALF_P=_pow2(d // 2))
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, n, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n
+    a = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(x_ptr + row * stride_x + n + cols, mask=mask, other=0.0).to(tl.float32)
+    y = a / (1.0 + tl.exp(-a)) * b
+    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [rows, 2n] -> silu(x[:, :n]) * x[:, n:] as [rows, n]."""
+    rows, n = x.shape[0], x.shape[1] // 2
+    out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    if rows:
+        block = min(_pow2(n), 1024)
+        _silu_mul_kernel[(rows, -(-n // block))](x, out, x.stride(0), out.stride(0), n,
+                                                 BLOCK=block)
+    return out

@@ -1,0 +1,104 @@
+"""Each Triton kernel against its torch version: `python kernel_check.py [cpu|cuda]`, on the
+CPU under TRITON_INTERPRET=1 (Triton's interpreter), or on a GPU.
+
+Prints one JSON line per case: its name and the max abs error."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from pypto_serving.executor import ops, triton_kernels
+from pypto_serving.executor.attention import gathered_decode_attention
+from pypto_serving.executor.kv_cache import LayerCache
+
+
+def decode_cases(device: str):
+    gen = torch.Generator().manual_seed(0)
+    for heads, kv_heads, d, block_size, lens, dtype in [
+        (4, 2, 16, 4, [1, 5, 16, 17, 40], torch.float32),
+        (6, 2, 8, 8, [3, 9], torch.float32),       # 3 query heads per KV head
+        (4, 4, 32, 16, [1, 33], torch.float32),    # no grouping
+        (8, 2, 64, 16, [70, 2], torch.bfloat16),
+    ]:
+        blocks = sum(-(-n // block_size) for n in lens) + 3
+        shape = (blocks, block_size, kv_heads, d)
+        k = torch.randn(shape, generator=gen).to(dtype)
+        v = torch.randn(shape, generator=gen).to(dtype)
+        perm = torch.randperm(blocks, generator=gen).tolist()
+        width = max(-(-n // block_size) for n in lens) + 1
+        tables, used = [], 0
+        for n in lens:
+            need = -(-n // block_size)
+            row = perm[used:used + need]
+            used += need
+            tables.append(row + [row[0]] * (width - need))
+        tables = torch.tensor(tables, dtype=torch.int32)
+        ctx = torch.tensor(lens, dtype=torch.long)
+        # q as the strided view the model passes: a slice of a wider row
+        q = torch.randn(len(lens), heads + 3, d, generator=gen).to(dtype)[:, :heads]
+        q, k, v, tables, ctx = (t.to(device) for t in (q, k, v, tables, ctx))
+        got = triton_kernels.paged_decode_attention(q, k, v, tables, ctx)
+        want = gathered_decode_attention(q, k, v, tables, ctx)
+        yield f"decode h{heads} kv{kv_heads} d{d} bs{block_size} {dtype}", got, want
+
+
+def elementwise_cases(device: str):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 48, generator=gen).to(device)
+    w = torch.randn(48, generator=gen).to(device)
+    yield "rms_norm", triton_kernels.rms_norm(x, w, 1e-6), _torch(ops.rms_norm, x, w, 1e-6)
+    r = torch.randn(5, 48, generator=gen).to(device)
+    got, want = triton_kernels.rms_norm(x, w, 1e-6, r), _torch(ops.rms_norm, x, w, 1e-6, r)
+    yield "add_rms_norm", torch.cat(got), torch.cat(want)
+    qk = torch.randn(5, 7, 16, generator=gen).to(device)
+    pos = torch.tensor([0, 3, 9, 1, 30], device=device)
+    angles = torch.outer(torch.arange(32.0), torch.rand(8, generator=gen))
+    cos, sin = angles.cos().to(device), angles.sin().to(device)
+    want = _torch(ops.rotary, qk.clone(), pos, cos, sin)
+    yield "rotary", triton_kernels.rotary_(qk.clone(), pos, cos, sin), want
+    yield "rotary_into_cache", *rotary_into_cache_case(device, gen, cos, sin)
+    y = torch.randn(3, 2 * 1500, generator=gen).to(device)
+    yield "silu_mul", triton_kernels.silu_mul(y), _torch(ops.silu_mul, y)
+
+
+def rotary_into_cache_case(device: str, gen: torch.Generator, cos: torch.Tensor,
+                           sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """4 tokens of 3 query + 2 KV heads into a cache of 6 blocks x 4 slots: the rotated
+    queries and the whole cache afterwards, by the kernel and by torch."""
+    qkv = torch.randn(4, 3 + 2 * 2, 16, generator=gen).to(device)
+    pos = torch.tensor([0, 5, 6, 13], device=device)
+    slots = torch.tensor([2, 21, 22, 9], device=device)
+    results = []
+    for version in ("triton", "torch"):
+        cache = LayerCache(torch.zeros(6, 4, 2, 16, device=device),
+                           torch.zeros(6, 4, 2, 16, device=device))
+        x = qkv.clone()
+        if version == "triton":
+            triton_kernels.rotary_into_cache(x, 3, 2, pos, slots, cos, sin, *cache.flat())
+            q = x[:, :3]
+        else:
+            cache = LayerCache(cache.k.cpu(), cache.v.cpu())
+            q = ops.rotary_into_cache(x.cpu(), 3, 2, pos.cpu(), slots.cpu(), cos.cpu(),
+                                      sin.cpu(), cache)
+        results.append(torch.cat([q.flatten().cpu(), cache.k.flatten().cpu(),
+                                  cache.v.flatten().cpu()]))
+    return results[0], results[1]
+
+
+def _torch(fn, *args):
+    """The torch version of an op (what ops uses off CUDA), on the CPU."""
+    return fn(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def main(device: str) -> None:
+    for name, got, want in [*decode_cases(device), *elementwise_cases(device)]:
+        err = (got.float().cpu() - want.float().cpu()).abs().max().item()
+        print(json.dumps({"case": name, "max_abs_err": err, "shape": list(got.shape),
+                          "dtype": str(got.dtype)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "cpu")
