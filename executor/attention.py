@@ -119,14 +119,16 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     elif k.shape[1] != heads:  # grouped heads, expanded: SDPA's flash kernel then applies
         k = k.repeat_interleave(heads // k.shape[1], dim=1)
         v = v.repeat_interleave(heads // v.shape[1], dim=1)
-    qt, kt, vt = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    # [1, heads, tokens, d]: SDPA's fused (flash / memory-efficient) kernels take 4-D inputs
+    # only; 3-D ones fall back to the math path, which materialises every score
+    qt, kt, vt = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
     if span.start == 0:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
     else:
         seen = (torch.arange(end, device=q.device)[None, :]
                 <= torch.arange(span.start, end, device=q.device)[:, None])
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=seen)
-    return out.transpose(0, 1)
+    return out[0].transpose(0, 1)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int],

@@ -5,9 +5,10 @@ launch-bound, see docs/benchmarks.md) and runs under CUDA graph capture. Importe
 CUDA (executor/ops.py decides); `TRITON_INTERPRET=1` runs them on the CPU for tests.
 
 Decode attention is split-K ("flash-decoding"): program (row, kv head, split) reads its
-share of the row's live blocks straight from the paged cache (no gather, nothing past the
-context) for the query heads of that KV head, and keeps a running max, sum and weighted
-value; a second kernel merges the splits. The split count is fixed per launch shape, so a
+share of the row's live positions straight from the paged cache (no gather, nothing past the
+context), tile by tile across pages, for the query heads of that KV head (padded to 16 for
+the tensor cores), and keeps a running max, sum and weighted value; a second kernel merges
+the splits. The split count is fixed per launch shape, so a
 captured graph replays for any context length.
 """
 
@@ -21,52 +22,63 @@ TARGET_PROGRAMS = 512
 """Decode attention aims at about this many programs (rows x KV heads x splits): enough to
 fill an H200's 132 multiprocessors a few times over at batch 1."""
 MAX_SPLITS = 32
+DECODE_TILE = 64
+"""Cached positions one decode-attention program reads per iteration (half that for head
+dims above 64, to keep the K and V tiles in registers)."""
 
 
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-@triton.jit
+# Arguments that change from step to step (q's strides: a view of the QKV output or a gathered
+# copy; the block-table width; the split count) are not specialised on: a new value would
+# compile a new variant (hundreds of ms) in the middle of serving.
+@triton.jit(do_not_specialize=["stride_qt", "stride_qh", "stride_tr", "num_splits"])
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_ptr, l_ptr,
                          stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_tr,
                          num_heads, num_splits, scale,
                          GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         D_P: tl.constexpr, BLOCK_SIZE: tl.constexpr, BS_P: tl.constexpr):
+                         D_P: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):
     row = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     ctx = tl.load(lens_ptr + row)
-    num_blocks = tl.cdiv(ctx, BLOCK_SIZE)
-    per_split = tl.cdiv(num_blocks, num_splits)
+    tiles = tl.cdiv(ctx, TILE)
+    per_split = tl.cdiv(tiles, num_splits)
     first = split * per_split
-    last = tl.minimum(first + per_split, num_blocks)
+    last = tl.minimum(first + per_split, tiles)
     g = tl.arange(0, GROUP_P)
     dd = tl.arange(0, D_P)
-    t = tl.arange(0, BS_P)
+    n = tl.arange(0, TILE)
     gmask = g < GROUP
     dmask = dd < HEAD_DIM
     heads = kvh * GROUP + g
     q = tl.load(q_ptr + row * stride_qt + heads[:, None] * stride_qh + dd[None, :],
-                mask=gmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                mask=gmask[:, None] & dmask[None, :], other=0.0)
     m = tl.full([GROUP_P], float("-inf"), tl.float32)
     lsum = tl.zeros([GROUP_P], tl.float32)
     acc = tl.zeros([GROUP_P, D_P], tl.float32)
     j = first
     while j < last:  # a while loop: Triton's interpreter (tests) cannot range() over it
-        block = tl.load(tables_ptr + row * stride_tr + j).to(tl.int64)
-        tmask = (t < BLOCK_SIZE) & (j * BLOCK_SIZE + t < ctx)
-        offs = block * stride_cb + t[:, None] * stride_cs + kvh * stride_ch + dd[None, :]
-        kvmask = tmask[:, None] & dmask[None, :]
-        k = tl.load(k_ptr + offs, mask=kvmask, other=0.0).to(tl.float32)
-        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale
-        s = tl.where(tmask[None, :], s, float("-inf"))
+        # a tile of TILE positions, over as many pages as it takes: their K and V rows are
+        # gathered in one load each, so a program waits for memory once per tile
+        pos = j * TILE + n
+        valid = pos < ctx
+        page = tl.load(tables_ptr + row * stride_tr + pos // BLOCK_SIZE, mask=valid,
+                       other=0).to(tl.int64)
+        offs = (page[:, None] * stride_cb + (pos % BLOCK_SIZE)[:, None] * stride_cs
+                + kvh * stride_ch + dd[None, :])
+        kvmask = valid[:, None] & dmask[None, :]
+        k = tl.load(k_ptr + offs, mask=kvmask, other=0.0)
+        v = tl.load(v_ptr + offs, mask=kvmask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [GROUP_P, TILE]
+        s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m - m_new)
-        v = tl.load(v_ptr + offs, mask=kvmask, other=0.0).to(tl.float32)
         lsum = lsum * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m = m_new
         j += 1
     part = (row * num_heads + heads) * num_splits + split
@@ -75,7 +87,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
     tl.store(acc_ptr + part[:, None] * D_P + dd[None, :], acc, mask=gmask[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_merge_kernel(acc_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_heads,
                          num_splits, HEAD_DIM: tl.constexpr, D_P: tl.constexpr,
                          S_P: tl.constexpr):
@@ -113,7 +125,9 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     out = torch.empty((rows, heads, d), dtype=q.dtype, device=q.device)
     if rows == 0:
         return out
-    splits, d_p, group = decode_splits(rows, kv_heads), _pow2(d), heads // kv_heads
+    # tl.dot needs every side >= 16: query heads of a KV head and the head dim padded
+    splits, group = decode_splits(rows, kv_heads), heads // kv_heads
+    d_p = max(16, _pow2(d))
     acc = torch.empty((rows, heads, splits, d_p), dtype=torch.float32, device=q.device)
     m = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
     lsum = torch.empty_like(m)
@@ -121,15 +135,15 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q, k_cache, v_cache, block_tables, context_lens, acc, m, lsum,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), heads, splits, d ** -0.5,
-        GROUP=group, GROUP_P=_pow2(group), HEAD_DIM=d, D_P=d_p, BLOCK_SIZE=block_size,
-        BS_P=_pow2(block_size))
+        GROUP=group, GROUP_P=max(16, _pow2(group)), HEAD_DIM=d, D_P=d_p, BLOCK_SIZE=block_size,
+        TILE=DECODE_TILE if d_p <= 64 else DECODE_TILE // 2)
     _decode_merge_kernel[(rows, heads)](
         acc, m, lsum, out, out.stride(0), out.stride(1), heads, splits,
         HEAD_DIM=d, D_P=d_p, S_P=_pow2(splits))
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_x", "stride_r", "stride_o", "stride_s"])
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, stride_x, stride_r, stride_o,
                      stride_s, n, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)

@@ -3,7 +3,9 @@
 For each concurrency in --concurrency it sends --requests streamed completions (closed loop:
 each client sends its next request when its last one ends) of --prompt-tokens bytes and
 --max-tokens new tokens (ignore_eos), and prints throughput (requests/s, generated tokens/s),
-time to first token, inter-token latency and end-to-end latency (p50 / p99), and the share of
+time to first token, inter-token latency (between streamed chunks with text), time per output
+token (TPOT: after the first, by the usage's token count, as chunks may carry several tokens'
+text or none) and end-to-end latency (p50 / p99), and the share of
 prompt tokens served from the prefix cache (the usage's cached_tokens). With
 --shared-prefixes N each prompt is one of N fixed --prefix-tokens-byte prefixes (a system
 prompt) followed by its own --prompt-tokens bytes. Loopback only.
@@ -37,6 +39,7 @@ def pct(values: list[float], q: float) -> float:
 async def one(client: httpx.AsyncClient, url: str, body: dict, out: dict) -> None:
     start = time.perf_counter()
     stamps: list[float] = []
+    generated = 0
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             out["errors"] += 1
@@ -49,13 +52,17 @@ async def one(client: httpx.AsyncClient, url: str, body: dict, out: dict) -> Non
                     stamps.append(time.perf_counter())
                 if chunk.get("usage"):
                     usage = chunk["usage"]
+                    generated = usage["completion_tokens"]
                     out["prompt"] += usage["prompt_tokens"]
                     out["cached"] += (usage.get("prompt_tokens_details") or {}).get(
                         "cached_tokens", 0) or 0
+    end = time.perf_counter()
     if stamps:
         out["ttft"].append(stamps[0] - start)
         out["itl"].extend(b - a for a, b in zip(stamps, stamps[1:], strict=False))
-    out["e2e"].append(time.perf_counter() - start)
+        if generated > 1:  # a chunk may carry several tokens' text, or none: count tokens
+            out["tpot"].append((end - stamps[0]) / (generated - 1))
+    out["e2e"].append(end - start)
     out["tokens"] += body["max_tokens"]
 
 
@@ -65,7 +72,7 @@ def text(rng: random.Random, n: int) -> str:
 
 async def level(url: str, model: str, concurrency: int, requests: int, prompt_tokens: int,
                 max_tokens: int, rng: random.Random, prefixes: list[str]) -> dict:
-    out = {"ttft": [], "itl": [], "e2e": [], "tokens": 0, "errors": 0, "prompt": 0,
+    out = {"ttft": [], "itl": [], "tpot": [], "e2e": [], "tokens": 0, "errors": 0, "prompt": 0,
            "cached": 0}
     queue: asyncio.Queue[dict] = asyncio.Queue()
     for _ in range(requests):
@@ -86,6 +93,7 @@ async def level(url: str, model: str, concurrency: int, requests: int, prompt_to
             "req_per_s": done / wall, "tok_per_s": out["tokens"] / wall,
             "ttft_p50": pct(out["ttft"], .5), "ttft_p99": pct(out["ttft"], .99),
             "itl_p50": pct(out["itl"], .5), "itl_p99": pct(out["itl"], .99),
+            "tpot_p50": pct(out["tpot"], .5), "tpot_p99": pct(out["tpot"], .99),
             "e2e_p50": pct(out["e2e"], .5), "e2e_p99": pct(out["e2e"], .99),
             "cached_share": out["cached"] / out["prompt"] if out["prompt"] else 0.0}
 
@@ -106,7 +114,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     rows = []
     print(f"{'conc':>5} {'req/s':>8} {'tok/s':>9} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} "
-          f"{'p99':>8} {'e2e p50':>8} {'p99':>8} {'errors':>6} {'cached':>6}")
+          f"{'p99':>8} {'TPOT p50':>8} {'p99':>8} {'e2e p50':>8} {'p99':>8} {'errors':>6} "
+          f"{'cached':>6}")
     for c in (int(x) for x in args.concurrency.split(",")):
         # fresh prefixes per level: a level is never served from the previous one's cache
         prefixes = [text(rng, args.prefix_tokens) for _ in range(args.shared_prefixes)]
@@ -116,6 +125,7 @@ def main() -> None:
         ms = {k: r[k] * 1e3 for k in r if k.endswith(("p50", "p99"))}
         print(f"{c:5d} {r['req_per_s']:8.2f} {r['tok_per_s']:9.1f} {ms['ttft_p50']:8.1f}ms "
               f"{ms['ttft_p99']:7.1f}ms {ms['itl_p50']:7.2f}ms {ms['itl_p99']:7.2f}ms "
+              f"{ms['tpot_p50']:7.2f}ms {ms['tpot_p99']:7.2f}ms "
               f"{ms['e2e_p50']:7.0f}ms {ms['e2e_p99']:7.0f}ms {r['errors']:6d} "
               f"{r['cached_share']:6.1%}")
     print("median e2e over levels:", statistics.median(r["e2e_p50"] for r in rows))

@@ -1,7 +1,8 @@
 """The GPU step's Triton kernels (paged decode attention, RMSNorm, rotary, SiLU-and-mul) equal
 their torch versions, run here on the CPU by Triton's interpreter (tests/gpu runs them on a
 GPU). The attention cases cover grouped and ungrouped heads, a group of 3, context lengths
-that end inside, at and past a block, block tables in shuffled order and bf16."""
+that end inside, at and past a block, block tables in shuffled order and fp16 (bf16 on the
+GPU)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 pytest.importorskip("triton")
 
 CHECK = Path(__file__).with_name("kernel_check.py")
-TOLERANCE = {"float32": 1e-5, "bfloat16": 0.02}  # bf16: one rounding of outputs of ~2
+TOLERANCE = {"float32": 1e-5, "float16": 0.004}  # fp16: one rounding of outputs of ~2
 
 
 def run_kernel_check(device: str) -> list[dict]:
