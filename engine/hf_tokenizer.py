@@ -89,8 +89,9 @@ class HFTokenizer:
 
     @property
     def eos_token_id(self) -> int | None:
-        """The stop token the engine watches: the tokenizer's eos_token when it is one of
-        generation_config's (the chat turn end, e.g. <|im_end|>, <|eot_id|>), else the first."""
+        """The main end token: the tokenizer's eos_token when it is one of generation_config's
+        (the chat turn end, e.g. <|im_end|>, <|eot_id|>), else the first. The engine stops
+        at every id of `stop_token_ids`, not only this one."""
         eos = self.special_tokens.get("eos_token")
         eos_id = self._tok.token_to_id(eos) if eos is not None else None
         if eos_id in self._stop_ids:
