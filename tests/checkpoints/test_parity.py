@@ -149,9 +149,12 @@ def test_ep4_both_placements_equal_transformers(ep4_results, hf_runs):
 def test_each_rank_holds_only_its_shard(layout_results, hf_reference):
     """Under TP 2, PP 2 and EP over TP 2 each rank holds well under the model; under TP and
     PP the two halves add up to it, but for the replicated norms (EP also replicates the
-    router and the shared expert)."""
+    router and the shared expert). No layout's load imported sympy or torch._dynamo (what
+    building on the meta device with torch's Python kernels costs: ~75 MiB per rank)."""
     cases, by_rank = layout_results
     for case in cases:
+        for rank, results in by_rank.items():  # loading ran no Python meta kernel
+            assert results[case["name"]]["heavy_imports"] == [], (case["name"], rank)
         if "ep-dp2" in case["name"]:
             continue  # DP replicas each hold the attention in full
         full = sum(p.numel() for p in hf_reference[case["arch"]].parameters())
