@@ -124,10 +124,33 @@ def _assert_equal_transformers(cases, by_rank, hf_runs) -> None:
         assert seen == set(range(len(case["prompts"]))), case["name"]
 
 
+HELD_EXPERTS = {
+    2: {"linear": [[0, 1, 2], [3, 4, 5]], "round_robin": [[0, 2, 4], [1, 3, 5]]},
+    4: {"linear": [[0, 1], [2, 3], [4], [5]], "round_robin": [[0, 4], [1, 5], [2], [3]]},
+}
+"""EP size -> placement -> the experts each EP rank must hold (6 experts)."""
+
+
+def _assert_held_experts(cases, by_rank, ep_size: int) -> None:
+    """Each EP rank of each EP case loaded exactly its placement's experts, in every layer."""
+    for case in cases:
+        parallel = case["config"]["parallel"]
+        if not parallel.get("enable_expert_parallel"):
+            continue
+        want = HELD_EXPERTS[ep_size][parallel.get("expert_placement_strategy", "linear")]
+        for results in by_rank.values():
+            res = results[case["name"]]
+            held = want[res["ep_rank"]]
+            assert res["experts"] == {str(layer): held for layer in range(4)}, case["name"]
+
+
 def test_tp_pp_ep_layouts_equal_transformers(layout_results, hf_runs):
+    """TP 2, PP 2, EP 2 (linear over TP 2, round robin over DP 2): tokens and logits equal
+    transformers', and each EP rank loaded exactly its experts."""
     cases, by_rank = layout_results
     assert sorted(by_rank) == [0, 1]
     _assert_equal_transformers(cases, by_rank, hf_runs)
+    _assert_held_experts(cases, by_rank, ep_size=2)
 
 
 def test_ep4_both_placements_equal_transformers(ep4_results, hf_runs):
@@ -137,13 +160,7 @@ def test_ep4_both_placements_equal_transformers(ep4_results, hf_runs):
     cases, by_rank = ep4_results
     assert sorted(by_rank) == [0, 1, 2, 3]
     _assert_equal_transformers(cases, by_rank, hf_runs)
-    want = {"linear": [[0, 1], [2, 3], [4], [5]], "round_robin": [[0, 4], [1, 5], [2], [3]]}
-    for case in cases:
-        strategy = case["config"]["parallel"]["expert_placement_strategy"]
-        for results in by_rank.values():
-            res = results[case["name"]]
-            held = want[strategy][res["ep_rank"]]
-            assert res["experts"] == {str(layer): held for layer in range(4)}, case["name"]
+    _assert_held_experts(cases, by_rank, ep_size=4)
 
 
 def test_each_rank_holds_only_its_shard(layout_results, hf_reference):
