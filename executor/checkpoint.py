@@ -69,6 +69,9 @@ def load_checkpoint_model(ctx: ParallelContext) -> Transformer:
     for block in model.layers:
         block.attention.rotary = [rotary]
     load_shard(model, ctx)
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # a tensor built on meta that the checkpoint does not fill: fail here, not later
+        raise RuntimeError(f"not filled from the checkpoint (still on meta): {left[:3]}")
     return model.eval()
 
 
