@@ -121,6 +121,9 @@ class TensorEntry:
     offset: int = 0
 
 
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+"""safetensors dtypes the weights may be stored in (converted to model.dtype on load)."""
+
 MAX_HEADER_BYTES = 100 << 20
 """safetensors' own limit on the JSON header."""
 
@@ -200,6 +203,9 @@ def checkpoint_issues(spec) -> list[ConfigIssue]:
         elif entry.shape != shapes[ours]:
             wrong.append(f"{disk} has shape {list(entry.shape)}, config.json implies "
                          f"{list(shapes[ours])}")
+        elif entry.dtype not in FLOAT_DTYPES:
+            wrong.append(f"{disk} is stored as {entry.dtype}; weights must be one of "
+                         f"{', '.join(FLOAT_DTYPES)}")
     issues = []
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .block_manager import BlockManager
@@ -78,12 +79,14 @@ class Engine:
         max_num_batched_tokens: int,
         max_model_len: int,
         tokenizer: Tokenizer,
-        eos_token_id: int | None = None,
+        eos_token_ids: Iterable[int] | None = None,
     ):
         self.executor = executor
         self.tokenizer = tokenizer
-        self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
-        """End-of-sequence id (None: the tokenizer's)."""
+        self.eos_token_ids = frozenset(
+            tokenizer.stop_token_ids if eos_token_ids is None else eos_token_ids)
+        """End-of-sequence ids, each ending a request unless it sets ignore_eos (None: the
+        tokenizer's stop_token_ids, i.e. generation_config.json's eos_token_id list)."""
         self.block_manager = BlockManager(num_blocks, block_size)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_num_batched_tokens,
@@ -120,7 +123,7 @@ class Engine:
         self.scheduler.add(req)
         self._next_seq_id += 1
         self._requests[rid] = req
-        self._outputs[rid] = OutputProcessor(req, self.tokenizer, self.eos_token_id)
+        self._outputs[rid] = OutputProcessor(req, self.tokenizer, self.eos_token_ids)
 
     def abort(self, rid: str) -> RequestOutput | None:
         """End a request now (its blocks go back at once); its final output, or None if

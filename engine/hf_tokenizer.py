@@ -74,23 +74,23 @@ class HFTokenizer:
         self._stop_ids = self._eos_ids(generation, model)
 
     def _eos_ids(self, generation: Mapping[str, Any], model: Mapping[str, Any]) -> tuple[int, ...]:
-        """generation_config's eos_token_id (one or a list), else the tokenizer's eos_token,
-        else config.json's."""
-        value = generation.get("eos_token_id")
-        ids = value if isinstance(value, list) else [value]
-        if ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            return tuple(ids)
+        """The ids transformers' generate stops at: generation_config's eos_token_id (one or a
+        list), else config.json's (what generate falls back to), else the tokenizer's
+        eos_token."""
+        for source in (generation, model):
+            value = source.get("eos_token_id")
+            ids = value if isinstance(value, list) else [value]
+            if ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                return tuple(ids)
         eos = self.special_tokens.get("eos_token")
-        if eos is not None and self._tok.token_to_id(eos) is not None:
-            return (self._tok.token_to_id(eos),)
-        value = model.get("eos_token_id")
-        ids = value if isinstance(value, list) else [value]
-        return tuple(i for i in ids if isinstance(i, int))
+        eos_id = self._tok.token_to_id(eos) if eos is not None else None
+        return () if eos_id is None else (eos_id,)
 
     @property
     def eos_token_id(self) -> int | None:
-        """The stop token the engine watches: the tokenizer's eos_token when it is one of
-        generation_config's (the chat turn end, e.g. <|im_end|>, <|eot_id|>), else the first."""
+        """The main end token: the tokenizer's eos_token when it is one of generation_config's
+        (the chat turn end, e.g. <|im_end|>, <|eot_id|>), else the first. The engine stops
+        at every id of `stop_token_ids`, not only this one."""
         eos = self.special_tokens.get("eos_token")
         eos_id = self._tok.token_to_id(eos) if eos is not None else None
         if eos_id in self._stop_ids:

@@ -2,8 +2,9 @@
 
 Per request: an incremental detokenizer that emits only text that cannot change any more
 (a token that ends inside a multi-byte character waits for the rest), and the stop rules:
-max_tokens -> "length"; an id of stop_token_ids, or the end-of-sequence token unless
-ignore_eos -> "stop" (its text is not shown); a stop string -> "stop", the text cut before
+max_tokens -> "length"; an id of stop_token_ids, or one of the model's end-of-sequence ids
+(every id of generation_config.json's eos_token_id) unless ignore_eos -> "stop" (its text is
+not shown); a stop string -> "stop", the text cut before
 it. Text that might be the start of a stop string is held back until it is resolved.
 """
 
@@ -93,11 +94,12 @@ class IncrementalDetokenizer:
 class OutputProcessor:
     """One request's detokenizer and stop rules; `on_token` is called once per new token."""
 
-    def __init__(self, req: Request, tokenizer: Tokenizer, eos_token_id: int | None):
+    def __init__(self, req: Request, tokenizer: Tokenizer, eos_token_ids: frozenset[int]):
         self.req = req
         sampling = req.sampling
         self.stop_ids = frozenset(sampling.stop_token_ids)
-        self.eos = None if sampling.ignore_eos else eos_token_id
+        if not sampling.ignore_eos:
+            self.stop_ids |= eos_token_ids
         self.stops = tuple(s for s in sampling.stop if s)
         self.detok = IncrementalDetokenizer(tokenizer, req.prompt_token_ids)
         self.text = ""
@@ -111,7 +113,7 @@ class OutputProcessor:
         """Apply one new token (already appended to the request); return the text to send
         now and the finish reason if the request ends with it."""
         reason: FinishReason | None = None
-        if token_id in self.stop_ids or token_id == self.eos:
+        if token_id in self.stop_ids:
             self._append(self.detok.flush())  # the stop token's own text is not shown
             reason = "stop"
         else:

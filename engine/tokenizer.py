@@ -20,6 +20,11 @@ class Tokenizer(Protocol):
     def eos_token_id(self) -> int | None: ...
 
     @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Every end-of-sequence id of the model: each one ends a generation."""
+        ...
+
+    @property
     def vocab_size(self) -> int: ...
 
     def encode(self, text: str) -> list[int]: ...
@@ -41,6 +46,10 @@ class ByteTokenizer:
     @property
     def eos_token_id(self) -> int:
         return self.EOS
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return (self.EOS,)
 
     @property
     def vocab_size(self) -> int:

@@ -1,13 +1,19 @@
 """Loading a Hugging Face-format checkpoint into the plain model, each rank reading its shard.
 
-The model is built on the meta device (no memory), cut down by pp/tp/ep exactly as for the
-seeded model, and only then are its remaining parameters filled: each from its on-disk
-tensor (core/checkpoint.py's name table and the safetensors header offsets it read), reading
-exactly the bytes of the rows or columns this rank owns (its heads, MLP columns, layers,
-experts, vocabulary rows) into memory of that size. Not safetensors' `get_slice`: in
-safetensors 0.8 its slices are views of a mmap of the whole tensor, so touching a column
-slice pages the whole tensor into the rank's RSS (measured: TP 4 ranks peaked at ~290 MiB
-over base for a 60 MiB shard). A rank's peak memory is its shard, not the model.
+The model is built with its parameters on the meta device (no memory), cut down by pp/tp/ep
+exactly as for the seeded model, and only then are its remaining parameters filled: each from
+its on-disk tensor (core/checkpoint.py's name table and the safetensors header offsets it
+read), reading exactly the bytes of the rows or columns this rank owns (its heads, MLP
+columns, layers, experts, vocabulary rows) into memory of that size. Not safetensors'
+`get_slice`: in safetensors 0.8 its slices are views of a mmap of the whole tensor, so
+touching a column slice pages the whole tensor into the rank's RSS (measured: TP 4 ranks
+peaked at ~290 MiB over base for a 60 MiB shard). A rank's peak memory is its shard, not the
+model.
+
+Only the parameters go to the meta device, not the whole construction (`torch.device("meta")`):
+on meta, the rotary table's arithmetic and the embedding's normal_ run torch's Python
+reference kernels, whose first use imports sympy and torch._dynamo: ~75 MiB more RSS on every
+rank and ~1.5 s (docs/benchmarks.md). The rotary table is built for real, once.
 """
 
 from __future__ import annotations
@@ -18,27 +24,54 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..core.checkpoint import TensorEntry, checkpoint_index, full_shapes, weight_names
 from .context import ParallelContext
 from .ep import apply_ep
-from .model import DTYPES, Rotary, Transformer
+from .model import DTYPES, Transformer
 from .pp import apply_pp
 from .tp import apply_tp, shared_columns
+
+_PARAMETER_FACTORIES = frozenset((torch.empty, torch.ones, torch.zeros))
+"""What the plain model's modules allocate their parameters with (nn.Linear, nn.Embedding:
+empty; RMSNorm: ones)."""
+_FILLS = frozenset(("normal_", "uniform_", "fill_", "zero_", "kaiming_uniform_",
+                    "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "trunc_normal_",
+                    "constant_", "ones_", "zeros_"))
+"""In-place initialisations: on a meta tensor they change nothing."""
+
+
+class ParametersOnMeta(TorchFunctionMode):
+    """Building and cutting down a module with its parameters on the meta device (factories
+    without a device), without torch's Python meta kernels: initialisations of meta tensors
+    are skipped and a meta clone (TP's column slices) is a new meta tensor of its shape.
+    Everything else (the rotary table) is real."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in _PARAMETER_FACTORIES and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        elif func is torch.Tensor.clone and args[0].is_meta:
+            return torch.empty(args[0].shape, dtype=args[0].dtype, device="meta")
+        elif getattr(func, "__name__", None) in _FILLS:
+            target = args[0] if args else kwargs.get("tensor")  # nn.init passes it by name
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
 
 
 def load_checkpoint_model(ctx: ParallelContext) -> Transformer:
     """This rank's share of the model at ctx.model.path, in ctx.model.dtype on ctx.device."""
-    spec = ctx.model
-    with torch.device("meta"):
-        model = Transformer(spec)
-    model = apply_ep(apply_tp(apply_pp(model, ctx), ctx), ctx)
-    rotary = Rotary(spec.head_dim, spec.max_seq_len, spec.rope_theta,
-                    spec.rope_scaling).to(ctx.device)
-    model.rotary = rotary
+    with ParametersOnMeta():
+        model = apply_ep(apply_tp(apply_pp(Transformer(ctx.model), ctx), ctx), ctx)
+    rotary = model.rotary.to(ctx.device)  # built for real: the same table the seeded model has
     for block in model.layers:
         block.attention.rotary = [rotary]
     load_shard(model, ctx)
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # a tensor built on meta that the checkpoint does not fill: fail here, not later
+        raise RuntimeError(f"not filled from the checkpoint (still on meta): {left[:3]}")
     return model.eval()
 
 

@@ -5,7 +5,10 @@ rank reading only its shard), next to transformers' `from_pretrained` of the sam
 A random Llama-shaped checkpoint of a few hundred MB (fp32) is written once to a temp folder.
 Each rank reports its RSS after imports (the runtime's base), its peak RSS (ru_maxrss) after
 loading and reading every weight once (weights a loader leaves mmap'd count only once paged
-in) and the load seconds; medians over --runs, runs interleaved. Usage:
+in), the load seconds and whether loading imported sympy / torch._dynamo (torch's Python meta
+kernels pull them in); medians over --runs, runs interleaved. The baseline rows build the
+model the earlier way, all of it under `torch.device("meta")`, then read the same shard.
+Usage:
 
     .venv/bin/python scripts/bench_load.py [--runs 3] [--hidden 768] [--layers 6]
 """
@@ -33,11 +36,27 @@ ctx = distributed.init_distributed()
 base = psutil.Process().memory_info().rss
 start = time.perf_counter()
 runner = ReferenceModelRunner(ctx)
-runner.load_weights()
+if sys.argv[1:] == ["meta-device-build"]:  # the earlier build: everything on meta
+    import torch
+    from pypto_serving.executor import checkpoint as ck
+    from pypto_serving.executor.model import Rotary, Transformer
+    spec = ctx.model
+    with torch.device("meta"):
+        model = Transformer(spec)
+    model = ck.apply_ep(ck.apply_tp(ck.apply_pp(model, ctx), ctx), ctx)
+    model.rotary = Rotary(spec.head_dim, spec.max_seq_len, spec.rope_theta, spec.rope_scaling)
+    for block in model.layers:
+        block.attention.rotary = [model.rotary]
+    ck.load_shard(model, ctx)
+    runner.model = model
+else:
+    runner.load_weights()
 took = time.perf_counter() - start
+heavy = "sympy" in sys.modules or "torch._dynamo" in sys.modules
 touched = sum(float(p.sum()) for p in runner.model.parameters())  # page in mmap'd weights
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("RESULT " + json.dumps({"rank": ctx.rank, "base": base, "peak": peak, "s": took}))
+print("RESULT " + json.dumps({"rank": ctx.rank, "base": base, "peak": peak, "s": took,
+                              "heavy": heavy}))
 distributed.destroy_distributed()
 """
 
@@ -49,9 +68,11 @@ base = psutil.Process().memory_info().rss
 start = time.perf_counter()
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
 took = time.perf_counter() - start
+heavy = "sympy" in sys.modules or "torch._dynamo" in sys.modules
 touched = sum(float(p.sum()) for p in model.parameters())  # page in mmap'd weights
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("RESULT " + json.dumps({"rank": 0, "base": base, "peak": peak, "s": took}))
+print("RESULT " + json.dumps({"rank": 0, "base": base, "peak": peak, "s": took,
+                              "heavy": heavy}))
 """
 
 
@@ -102,9 +123,10 @@ def main() -> None:
         jobs = {"transformers from_pretrained": [str(BIN / "python"), str(Path(tmp) / "theirs.py"),
                                                  str(folder)]}
         for tp in (1, 2, 4):
-            jobs[f"pypto TP {tp}"] = [str(BIN / "pypto"), "launch", "--standalone",
-                                      "--platform", "cpu", "--model", str(folder), "-tp",
-                                      str(tp), str(Path(tmp) / "ours.py")]
+            for label, extra in (("", []), (" meta-device build", ["meta-device-build"])):
+                jobs[f"pypto TP {tp}{label}"] = [
+                    str(BIN / "pypto"), "launch", "--standalone", "--platform", "cpu",
+                    "--model", str(folder), "-tp", str(tp), str(Path(tmp) / "ours.py"), *extra]
         results: dict[str, list[list[dict]]] = {k: [] for k in jobs}
         for _ in range(args.runs):
             for name, cmd in jobs.items():
@@ -112,15 +134,17 @@ def main() -> None:
     mib = 1 << 20
     print(f"checkpoint {size / mib:.0f} MiB fp32 (hidden {args.hidden}, {args.layers} layers, "
           f"vocab 16384); {platform.node()}, {os.cpu_count()} cores; medians of {args.runs}")
-    print(f"{'loader':30} {'ranks':>5} {'load s':>7} {'base MiB':>9} {'peak MiB':>9} "
-          f"{'peak-base':>9} {'(size/ranks)':>12}")
+    print(f"{'loader':34} {'ranks':>5} {'load s':>7} {'base MiB':>9} {'peak MiB':>9} "
+          f"{'peak-base':>9} {'(size/ranks)':>12} {'sympy/dynamo':>12}")
     for name, runs in results.items():
         ranks = len(runs[0])
         med = {k: statistics.median(max(r[k] for r in one) for one in runs)
                for k in ("s", "base", "peak")}
         grown = statistics.median(max(r["peak"] - r["base"] for r in one) for one in runs)
-        print(f"{name:30} {ranks:>5} {med['s']:>7.2f} {med['base'] / mib:>9.0f} "
-              f"{med['peak'] / mib:>9.0f} {grown / mib:>9.0f} {size / ranks / mib:>12.0f}")
+        heavy = "yes" if any(r["heavy"] for one in runs for r in one) else "no"
+        print(f"{name:34} {ranks:>5} {med['s']:>7.2f} {med['base'] / mib:>9.0f} "
+              f"{med['peak'] / mib:>9.0f} {grown / mib:>9.0f} {size / ranks / mib:>12.0f} "
+              f"{heavy:>12}")
 
 
 if __name__ == "__main__":

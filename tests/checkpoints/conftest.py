@@ -10,6 +10,19 @@ import pytest
 from hf_models import ARCHS, save_hf_checkpoint
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """transformers and our in-process model on one intra-op thread while a module runs: on the
+    shared 2-core host a second OpenMP thread waits on a busy core (seen: one-rank parity
+    steps 0.2 s alone, 10-40 s next to another job)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def hf_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """arch -> folder (config.json, safetensors, tokenizer files)."""

@@ -15,6 +15,9 @@ from pypto_serving.executor.tiny_checkpoint import VOCAB_SIZE, write_tokenizer
 
 ARCHS = ("llama", "qwen2", "mixtral", "qwen2-moe")
 MOE_ARCHS = ("mixtral", "qwen2-moe")
+NUM_EXPERTS = 6
+"""Experts per MoE layer: over EP 4 the linear ([0,1] [2,3] [4] [5]) and round-robin
+([0,4] [1,5] [2] [3]) placements differ, and two ranks hold fewer experts than the others."""
 
 _COMMON = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -36,9 +39,9 @@ def hf_config(arch: str):
     if arch == "qwen2":
         return tf.Qwen2Config(**_COMMON, tie_word_embeddings=False)
     if arch == "mixtral":
-        return tf.MixtralConfig(**_COMMON, num_local_experts=4, num_experts_per_tok=2,
+        return tf.MixtralConfig(**_COMMON, num_local_experts=NUM_EXPERTS, num_experts_per_tok=2,
                                 sliding_window=None)
-    return tf.Qwen2MoeConfig(**{**_COMMON, "intermediate_size": 96}, num_experts=4,
+    return tf.Qwen2MoeConfig(**{**_COMMON, "intermediate_size": 96}, num_experts=NUM_EXPERTS,
                              num_experts_per_tok=2, moe_intermediate_size=64,
                              shared_expert_intermediate_size=128, norm_topk_prob=False,
                              tie_word_embeddings=False)

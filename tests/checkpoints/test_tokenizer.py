@@ -3,6 +3,7 @@ load without torch (the router uses them)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -61,6 +62,24 @@ def test_stop_tokens_from_generation_config(folder, hf_tokenizer):
     assert ours.stop_token_ids == (1, 3)  # <|end_of_text|>, <|im_end|>
     assert ours.eos_token_id == 3  # tokenizer_config's eos_token, a chat turn's end
     assert hf_tokenizer.convert_ids_to_tokens([1, 3]) == ["<|end_of_text|>", "<|im_end|>"]
+
+
+def test_stop_tokens_fall_back_as_transformers_generate_does(folder, tmp_path):
+    """No generation_config.json: config.json's eos_token_id (transformers builds its
+    generation config from it), not the tokenizer's eos_token; neither: the eos_token."""
+    import shutil
+
+    from transformers import GenerationConfig, PretrainedConfig
+
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    (bare / "generation_config.json").unlink()
+    want = GenerationConfig.from_model_config(PretrainedConfig.from_pretrained(bare))
+    assert HFTokenizer(bare).stop_token_ids == (want.eos_token_id,) == (1,)
+    config = json.loads((bare / "config.json").read_text())
+    del config["eos_token_id"]
+    (bare / "config.json").write_text(json.dumps(config))
+    assert HFTokenizer(bare).stop_token_ids == (3,)  # <|im_end|>, tokenizer_config's
 
 
 def test_template_errors_are_named(folder, tmp_path):

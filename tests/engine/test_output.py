@@ -12,11 +12,12 @@ from pypto_serving.engine.tokenizer import ByteTokenizer, Tokenizer
 TOK = ByteTokenizer()
 
 
-def feed(sampling: SamplingParams, text_or_ids, prompt: str = "hi") -> tuple[list[str], str]:
+def feed(sampling: SamplingParams, text_or_ids, prompt: str = "hi",
+         eos_ids: tuple[int, ...] = TOK.stop_token_ids) -> tuple[list[str], str]:
     """Feed tokens one by one as the engine does; the text chunks sent and the reason."""
     ids = TOK.encode(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
     req = Request("r", 0, TOK.encode(prompt), sampling)
-    proc = OutputProcessor(req, TOK, TOK.eos_token_id)
+    proc = OutputProcessor(req, TOK, frozenset(eos_ids))
     sent: list[str] = []
     for t in ids:
         req.token_ids.append(t)
@@ -73,6 +74,17 @@ def test_eos_stops_unless_ignore_eos_and_its_text_is_not_shown():
     assert feed(SamplingParams(max_tokens=9), [104, 0, 105]) == (["h", ""], "stop")
     sent, reason = feed(SamplingParams(max_tokens=3, ignore_eos=True), [104, 0, 105])
     assert reason == "length" and "".join(sent) == "h\x00i"
+
+
+def test_every_eos_id_stops_unless_ignore_eos():
+    """A checkpoint's generation_config may list several eos ids: each one ends the request."""
+    for eos in (ord("!"), ord("?")):
+        sent, reason = feed(SamplingParams(max_tokens=9), f"ok{chr(eos)}more",
+                            eos_ids=(ord("!"), ord("?")))
+        assert ("".join(sent), reason) == ("ok", "stop")
+    sent, reason = feed(SamplingParams(max_tokens=5, ignore_eos=True), "ok!?m",
+                        eos_ids=(ord("!"), ord("?")))
+    assert ("".join(sent), reason) == ("ok!?m", "length")
 
 
 def test_stop_token_ids_stop():
