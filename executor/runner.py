@@ -50,20 +50,6 @@ class ModelRunner(Protocol):
     def warmup(self) -> None:
         """Run one throwaway step so the first real one pays no start-up cost."""
 
-    def _warm_eager_kernels(self) -> None:
-        """Two eager steps on the first KV blocks (free: nothing is cached yet), so the
-        kernels of mixed and decode-only steps are compiled before the first request: a
-        prefill over two pages next to a decode, then two decodes."""
-        cache, spec = self._cache(), self.ctx.model
-        bs = cache.block_size
-        n = min(2 * bs + 1, spec.max_seq_len - 1)
-        need = -(-n // bs)
-        if n < 2 or cache.num_blocks < need + 1:
-            return
-        tokens = [i % spec.vocab_size for i in range(n)]
-        self.run_step([StepChunk(tokens, 0, list(range(need))), StepChunk([1], 0, [need])])
-        self.run_step([StepChunk([1], n, list(range(need + 1))), StepChunk([1], 1, [need])])
-
     def run_step(self, chunks: Sequence[ChunkLike],
                  sampling: Sequence[SamplingLike | None] | None = None) -> StepOutput:
         """One forward over a ragged step (prefill chunks and decodes mixed); the last stage
