@@ -46,11 +46,14 @@ class FusedProjection:
 
     def __init__(self, *linears: nn.Linear):
         self.linears = linears
-        self._key: tuple | None = None
+        self._fused_from: list[tuple[nn.Parameter, int]] = []
 
-    def _current_key(self) -> tuple:
-        return tuple((lin.weight.data_ptr(), lin.weight.shape, lin.weight.dtype)
-                     for lin in self.linears)
+    def _still_fused(self) -> bool:
+        """Each layer still holds the parameter we fused, on the storage we gave it (a cheap
+        check: it runs at every call)."""
+        return bool(self._fused_from) and all(
+            lin._parameters["weight"] is w and w.data_ptr() == ptr
+            for lin, (w, ptr) in zip(self.linears, self._fused_from, strict=True))
 
     def _fuse(self) -> None:
         with torch.no_grad():
@@ -64,10 +67,10 @@ class FusedProjection:
                 if biased:
                     lin.bias.data = self.bias[row:row + rows]
                 row += rows
-        self._key = self._current_key()
+        self._fused_from = [(lin.weight, lin.weight.data_ptr()) for lin in self.linears]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._key != self._current_key():
+        if not self._still_fused():
             self._fuse()
         return F.linear(x, self.weight, self.bias)
 
