@@ -191,13 +191,26 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
                            code="invalid_api_key")
 
     async def read_body(request: Request) -> bytes:
+        """The body, read from the ASGI receive channel (refused past the size limit)."""
         limit = settings.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise APIError(413, f"the body is {declared} bytes, over the limit of {limit} "
                            "(serve.max_request_bytes)", code="request_too_large")
-        chunks, size = [], 0
-        async for chunk in request.stream():
+        receive = request.receive
+        msg = await receive()
+        body = msg.get("body", b"")
+        if not msg.get("more_body"):  # the usual case: one message
+            if len(body) > limit:
+                raise APIError(413, f"the body is over the limit of {limit} bytes "
+                               "(serve.max_request_bytes)", code="request_too_large")
+            return body
+        chunks, size = [body], len(body)
+        while msg.get("more_body"):
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise APIError(499, "the client closed the request")
+            chunk = msg.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise APIError(413, f"the body is over the limit of {limit} bytes "
@@ -288,7 +301,7 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
             finally:
                 state.active -= 1
         try:
-            stream = relay(job, meta)
+            stream = relay(job)
             first = await anext(stream)  # refusals become a plain error response
         except BaseException:
             state.active -= 1
@@ -297,40 +310,51 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
-    async def relay(job: Job, meta: _Meta) -> AsyncIterator[dict]:
-        """The pool's outputs with the router's latency metrics taken on the way."""
+    def timed(job: Job) -> Callable[[dict], None]:
+        """An observer of one request's outputs taking the router's latency metrics (TTFT,
+        ITL, e2e and the finish counters); a RESTART starts its clock's first token anew."""
         start = time.perf_counter()
         first_at = last_at = 0.0
-        series = replica = None
-        async for msg in pool.generate(job):
+        series: Any = None
+        replica = None
+
+        def see(msg: dict) -> None:
+            nonlocal first_at, last_at, series, replica
             now = time.perf_counter()
             if msg is RESTART:
                 metrics.retries.labels(settings.model).inc()
                 first_at = 0.0
-                yield msg
-                continue
+                return
             if msg["replica"] != replica:
                 replica = msg["replica"]
                 series = metrics.series(replica)
             if msg.get("token_ids") or msg.get("text"):
                 if not first_at:
                     first_at = now
-                    series.ttft.observe(now - start)  # type: ignore[union-attr]
+                    series.ttft.observe(now - start)
                 else:
-                    series.itl.observe(now - last_at)  # type: ignore[union-attr]
+                    series.itl.observe(now - last_at)
                 last_at = now
             if msg.get("finished"):
-                series.finished(  # type: ignore[union-attr]
-                    str(msg.get("finish_reason") or "stop"),
-                    prompt=int(msg.get("prompt_tokens", len(job.prompt_token_ids))),
-                    completion=int(msg.get("completion_tokens", 0)),
-                    cached=int(msg.get("cached_tokens", 0)), e2e_s=now - start)
+                series.finished(str(msg.get("finish_reason") or "stop"),
+                                prompt=int(msg.get("prompt_tokens", len(job.prompt_token_ids))),
+                                completion=int(msg.get("completion_tokens", 0)),
+                                cached=int(msg.get("cached_tokens", 0)), e2e_s=now - start)
+        return see
+
+    async def relay(job: Job) -> AsyncIterator[dict]:
+        """The pool's outputs, observed on the way (the streamed path)."""
+        see = timed(job)
+        async for msg in pool.generate(job):
+            see(msg)
             yield msg
 
     async def complete(job: Job, meta: _Meta) -> Response:
         parts: list[str] = []
         final: dict = {}
-        async for msg in relay(job, meta):
+        see = timed(job)
+        async for msg in pool.generate(job):
+            see(msg)
             if msg is RESTART:
                 parts.clear()
                 continue
@@ -483,17 +507,24 @@ def _usage(final: dict, prompt_len: int) -> dict:
 
 async def _until_disconnect(request: Request, work: Any) -> Response:
     """Await `work` (a coroutine making the response) unless the client leaves first: then
-    this task is cancelled, which aborts the request on its replica."""
+    this task is cancelled, which aborts the request on its replica. The watch is one task on
+    the ASGI receive (answered once the body was read only by a disconnect)."""
     me = asyncio.current_task()
     left = False
 
-    async def watch() -> None:
-        nonlocal left
-        await _disconnected(request.receive)
-        left = True
-        me.cancel()  # type: ignore[union-attr]
+    def on_message(done: asyncio.Future) -> None:
+        nonlocal left, watcher
+        if done.cancelled() or done.exception() is not None:
+            return
+        if done.result()["type"] == "http.disconnect":
+            left = True
+            me.cancel()  # type: ignore[union-attr]
+        else:  # not expected after the body; keep watching
+            watcher = asyncio.ensure_future(request.receive())
+            watcher.add_done_callback(on_message)
 
-    watcher = asyncio.ensure_future(watch())
+    watcher = asyncio.ensure_future(request.receive())
+    watcher.add_done_callback(on_message)
     try:
         return await work
     except asyncio.CancelledError:
@@ -504,8 +535,3 @@ async def _until_disconnect(request: Request, work: Any) -> Response:
         return _error_response(APIError(499, "the client closed the request"))
     finally:
         watcher.cancel()
-
-
-async def _disconnected(receive: Callable) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
