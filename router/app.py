@@ -107,7 +107,7 @@ class RouterApp(FastAPI):
                 request = Request(scope, receive, send)
                 try:
                     response = await endpoint(request)
-                except Exception as e:  # noqa: BLE001 - every refusal answers, never a 500 page
+                except Exception as e:  # every refusal answers as an OpenAI error object
                     response = self.on_error(request, e)
                 await response(scope, receive, send)
                 return
