@@ -97,6 +97,7 @@ class ReplicaClient:
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._talking = False
+        self._drain_due = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -175,8 +176,10 @@ class ReplicaClient:
         except zmq.ZMQError as e:  # Again: no peer connected (it died); others: closed
             self.mark_down(f"send failed ({e})")
             raise ReplicaDown(f"replica {self.replica} is gone") from None
-        # ZMQ's FD is edge-triggered and a send may consume the edge of a pending input
-        if self._loop is not None:
+        # ZMQ's FD is edge-triggered and a send may consume the edge of a pending input: look
+        # once after this loop turn's sends (not once per send: a burst of 32 is one look)
+        if self._loop is not None and not self._drain_due:
+            self._drain_due = True
             self._loop.call_soon(self._drain)
 
     # -- load ----------------------------------------------------------------------------
@@ -197,6 +200,7 @@ class ReplicaClient:
 
     def _drain(self) -> None:
         """Every frame waiting on the socket (its FD only signals an edge)."""
+        self._drain_due = False
         sock = self._sock
         while not sock.closed and int(sock.getsockopt(_EVENTS)) & _POLLIN:
             try:
