@@ -96,7 +96,6 @@ class RouterMetrics:
                                "replica failed.", ["model_name"], registry=r)
         self.errors = Counter("pypto:request_errors", "Requests ended with an error, by HTTP "
                               "status.", ["model_name", "status"], registry=r)
-
         self._series: dict[int, ReplicaSeries] = {}
 
     def series(self, replica: int) -> ReplicaSeries:
