@@ -9,6 +9,7 @@ collector; latencies and finish reasons are measured by the router per request.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -95,15 +96,46 @@ class RouterMetrics:
                                "replica failed.", ["model_name"], registry=r)
         self.errors = Counter("pypto:request_errors", "Requests ended with an error, by HTTP "
                               "status.", ["model_name", "status"], registry=r)
+        self._series: dict[int, ReplicaSeries] = {}
+
+    def series(self, replica: int) -> ReplicaSeries:
+        """The replica's labelled children, looked up once (a `labels()` call costs a few
+        microseconds, and a request takes several)."""
+        s = self._series.get(replica)
+        if s is None:
+            s = self._series[replica] = ReplicaSeries(self, (self.model, str(replica)))
+        return s
 
     def finished(self, replica: int, reason: str, *, prompt: int, completion: int,
                  cached: int, e2e_s: float) -> None:
-        lv = (self.model, str(replica))
-        self.success.labels(*lv, reason).inc()
-        self.prompt_tokens.labels(*lv).inc(prompt)
-        self.generation_tokens.labels(*lv).inc(completion)
-        self.cached_tokens.labels(*lv).inc(cached)
-        self.e2e.labels(*lv).observe(e2e_s)
+        self.series(replica).finished(reason, prompt=prompt, completion=completion,
+                                      cached=cached, e2e_s=e2e_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ReplicaSeries:
+    """One replica's children of the router's per-request metrics."""
+
+    def __init__(self, m: RouterMetrics, lv: tuple[str, str]) -> None:
+        self._success_of = m.success
+        self._lv = lv
+        self.ttft = m.ttft.labels(*lv)
+        self.itl = m.itl.labels(*lv)
+        self.e2e = m.e2e.labels(*lv)
+        self.prompt_tokens = m.prompt_tokens.labels(*lv)
+        self.generation_tokens = m.generation_tokens.labels(*lv)
+        self.cached_tokens = m.cached_tokens.labels(*lv)
+        self._success: dict[str, Any] = {}
+
+    def finished(self, reason: str, *, prompt: int, completion: int, cached: int,
+                 e2e_s: float) -> None:
+        success = self._success.get(reason)
+        if success is None:
+            success = self._success[reason] = self._success_of.labels(*self._lv, reason)
+        success.inc()
+        self.prompt_tokens.inc(prompt)
+        self.generation_tokens.inc(completion)
+        self.cached_tokens.inc(cached)
+        self.e2e.observe(e2e_s)

@@ -88,6 +88,16 @@ class PowerOfTwo:
         return least_loaded_of(self._rng.sample(list(candidates), 2)).replica
 
 
+HOME_BLOCKS = 4
+"""Blocks that name a prefix for PrefixAware's homes (64 tokens at block size 16): deep enough
+that prompts sharing only a chat template's header are different prefixes."""
+
+
+def prefix_key(hashes: Sequence[int]) -> int | None:
+    """The chained hash of a prompt's first HOME_BLOCKS blocks (None without a full block)."""
+    return hashes[min(len(hashes), HOME_BLOCKS) - 1] if hashes else None
+
+
 class PrefixAware:
     """The replica holding the longest cached prefix of the prompt (least-loaded among ties).
 
@@ -95,13 +105,27 @@ class PrefixAware:
     replica differ by more than `abs_threshold` pending requests and the busiest has more than
     `rel_threshold` times the idlest's, affinity gives way and the least-loaded replica is
     chosen, so a hot prefix never piles every request onto one replica.
+
+    A prompt that no replica holds any of goes to its prefix's home. Each prefix (the hash of
+    its first HOME_BLOCKS blocks, or of all of them when shorter) is given a home when first
+    seen: the replica that is home to the fewest prefixes (least-loaded among those). It keeps
+    it while that replica is ready, even after the replica evicted it. So the set of prefixes
+    is spread evenly and each replica's cache holds its share, instead of every cold prefix
+    landing on whichever replica is idlest at that moment (which leaves one replica's cache
+    over-full and thrashing). The home follows the replica the prefix was last sent to.
     """
 
     name = "prefix_aware"
 
-    def __init__(self, abs_threshold: int = 64, rel_threshold: float = 1.5) -> None:
+    def __init__(self, abs_threshold: int = 64, rel_threshold: float = 1.5,
+                 max_prefixes: int = 65_536) -> None:
         self.abs_threshold = abs_threshold
         self.rel_threshold = rel_threshold
+        self.max_prefixes = max_prefixes
+        self._homes: OrderedDict[int, int] = OrderedDict()
+        """Prefix key (prefix_key) -> home replica, least recently routed first."""
+        self._homed: dict[int, int] = {}
+        """Replica -> how many prefixes call it home."""
 
     def imbalanced(self, candidates: Sequence[Candidate]) -> bool:
         loads = [c.pending_requests for c in candidates]
@@ -109,10 +133,43 @@ class PrefixAware:
         return hi - lo > self.abs_threshold and hi > self.rel_threshold * lo
 
     def choose(self, candidates: Sequence[Candidate], request: RouteRequest) -> int:
-        if self.imbalanced(candidates):
+        if self.imbalanced(candidates):  # a load decision: the prefix keeps its home
             return least_loaded_of(candidates).replica
+        root = prefix_key(request.block_hashes)
         best = max(c.cached_blocks for c in candidates)
-        return least_loaded_of([c for c in candidates if c.cached_blocks == best]).replica
+        if best > 0 or root is None:
+            chosen = least_loaded_of([c for c in candidates if c.cached_blocks == best]).replica
+        else:
+            chosen = self._home_of(root, candidates)
+        if root is not None:
+            self._set_home(root, chosen)
+        return chosen
+
+    def home(self, hashes: Sequence[int]) -> int | None:
+        """The home replica of the prefix of a prompt with these block hashes, if any."""
+        key = prefix_key(hashes)
+        return None if key is None else self._homes.get(key)
+
+    def _home_of(self, root: int, candidates: Sequence[Candidate]) -> int:
+        home = self._homes.get(root)
+        if home is not None and any(c.replica == home for c in candidates):
+            return home
+        homed = self._homed
+        return min(candidates, key=lambda c: (homed.get(c.replica, 0), c.pending_tokens,
+                                              c.pending_requests, c.replica)).replica
+
+    def _set_home(self, root: int, replica: int) -> None:
+        homes, homed = self._homes, self._homed
+        old = homes.get(root)
+        if old != replica:
+            if old is not None:
+                homed[old] -= 1
+            homes[root] = replica
+            homed[replica] = homed.get(replica, 0) + 1
+        homes.move_to_end(root)
+        while len(homes) > self.max_prefixes:
+            _, gone = homes.popitem(last=False)
+            homed[gone] -= 1
 
 
 class Session:

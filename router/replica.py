@@ -33,6 +33,9 @@ REPLICA_DOWN = {"op": "replica_down"}
 
 STATS_INTERVAL_S = 0.25
 
+# Plain ints: pyzmq's enum flags cost a microsecond or two per operation on the hot path.
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+
 
 class ReplicaDown(RuntimeError):
     """The replica cannot take the request (it is gone or going)."""
@@ -94,6 +97,7 @@ class ReplicaClient:
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._talking = False
+        self._drain_due = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -168,12 +172,14 @@ class ReplicaClient:
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
-            self._sock.send(protocol.encode(message), flags=zmq.NOBLOCK)  # copied: small
+            self._sock.send(protocol.encode(message), _NOBLOCK)  # copied: small
         except zmq.ZMQError as e:  # Again: no peer connected (it died); others: closed
             self.mark_down(f"send failed ({e})")
             raise ReplicaDown(f"replica {self.replica} is gone") from None
-        # ZMQ's FD is edge-triggered and a send may consume the edge of a pending input
-        if self._loop is not None:
+        # ZMQ's FD is edge-triggered and a send may consume the edge of a pending input: look
+        # once after this loop turn's sends (not once per send: a burst of 32 is one look)
+        if self._loop is not None and not self._drain_due:
+            self._drain_due = True
             self._loop.call_soon(self._drain)
 
     # -- load ----------------------------------------------------------------------------
@@ -194,10 +200,11 @@ class ReplicaClient:
 
     def _drain(self) -> None:
         """Every frame waiting on the socket (its FD only signals an edge)."""
+        self._drain_due = False
         sock = self._sock
-        while not sock.closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while not sock.closed and int(sock.getsockopt(_EVENTS)) & _POLLIN:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 break
             try:

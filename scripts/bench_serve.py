@@ -7,6 +7,8 @@ added latency, each beside sglang-router (the `bench` extra) in the same run.
    ours:  client -HTTP-> our router -ZMQ-> engine      vs  client -ZMQ-> engine
    sglang: client -HTTP-> sglang-router -HTTP-> our per-replica front -ZMQ-> engine
            vs client -HTTP-> that front directly
+   HTTP floor: client -HTTP-> a bare uvicorn app with a canned answer (the HTTP exchange
+   alone, which ours pays and direct ZMQ does not).
    Non-streaming completions, max_tokens 1, at concurrency 1 and 32 (aiohttp client).
 2. Policies. Real replica workers (`python -m pypto_serving.engine.worker` under the
    launcher's ServiceLaunch, as `pypto serve` starts them) with a small KV pool, and two
@@ -68,6 +70,36 @@ def run_instant_replica() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.run(stop)
+
+
+def run_http_floor() -> None:
+    """A bare uvicorn ASGI app answering every request with a canned completion: what any
+    Python HTTP front pays (client and server HTTP work), with nothing behind it."""
+    import uvicorn
+
+    from pypto_serving.router.server import bind, run_loop
+
+    body = json.dumps({"id": "cmpl-0", "object": "text_completion", "created": 0,
+                       "model": MODEL, "choices": [{"index": 0, "text": "A", "logprobs": None,
+                                                    "finish_reason": "length"}],
+                       "usage": {"prompt_tokens": 11, "completion_tokens": 1,
+                                 "total_tokens": 12}}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    sock = bind("127.0.0.1", 0)
+    print(f"URL http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False,
+                            lifespan="off")
+    run_loop(uvicorn.Server(config).serve(sockets=[sock]))
 
 
 def run_router(endpoints: list[str], policy: str, external: bool) -> None:
@@ -321,7 +353,9 @@ def http_latency(url: str, n: int, concurrency: int) -> list[float]:
 def bench_added_latency(args, table) -> None:
     replica = Helper([sys.executable, __file__, "--mode", "instant-replica"])
     endpoint = replica.expect("ENDPOINT ")
-    helpers = [replica]
+    floor = Helper([sys.executable, __file__, "--mode", "http-floor"])
+    floor_url = floor.expect("URL ")
+    helpers = [replica, floor]
     try:
         ours, (ours_url,) = our_router([endpoint], "least_loaded")
         front, (front_url,) = our_router([endpoint], "least_loaded", external=True)
@@ -338,6 +372,7 @@ def bench_added_latency(args, table) -> None:
                     asyncio.run(zmq_latency(endpoint, n, conc)))
                 rows.setdefault("ours", []).append(http_latency(ours_url, n, conc))
                 rows.setdefault("front", []).append(http_latency(front_url, n, conc))
+                rows.setdefault("http floor", []).append(http_latency(floor_url, n, conc))
                 if sg is not None:
                     rows.setdefault("sglang", []).append(http_latency(sg_url, n, conc))
             med = {k: (statistics.median(pct(r, 50) for r in v),
@@ -349,7 +384,9 @@ def bench_added_latency(args, table) -> None:
                     "ours_p50_ms": med["ours"][0] * 1e3, "ours_p99_ms": med["ours"][1] * 1e3,
                     "ours_added_p50_ms": ours_add[0] * 1e3,
                     "ours_added_p99_ms": ours_add[1] * 1e3,
-                    "front_p50_ms": med["front"][0] * 1e3, "front_p99_ms": med["front"][1] * 1e3}
+                    "front_p50_ms": med["front"][0] * 1e3, "front_p99_ms": med["front"][1] * 1e3,
+                    "http_floor_p50_ms": med["http floor"][0] * 1e3,
+                    "http_floor_p99_ms": med["http floor"][1] * 1e3}
             if sg is not None:
                 line |= {"sglang_p50_ms": med["sglang"][0] * 1e3,
                          "sglang_p99_ms": med["sglang"][1] * 1e3,
@@ -458,14 +495,15 @@ def render(latency: list[dict], policies: list[dict], args) -> None:
     if latency:
         t = Table(title="router added latency (non-streaming, max_tokens 1, instant engine; "
                   f"aiohttp client; medians of {args.runs} runs)", title_justify="left")
-        for col in ("conc", "direct ZMQ p50", "ours p50", "ours p99", "ours added p50",
-                    "ours added p99", "front p50", "sglang p50", "sglang p99",
-                    "sglang added p50", "sglang added p99"):
+        for col in ("conc", "direct ZMQ p50", "HTTP floor p50", "ours p50", "ours p99",
+                    "ours added p50", "ours added p99", "front p50", "sglang p50",
+                    "sglang p99", "sglang added p50", "sglang added p99"):
             t.add_column(col, justify="right")
         for r in latency:
             def f(k: str, r: dict = r) -> str:
                 return f"{r[k]:.2f} ms" if k in r else "-"
-            t.add_row(str(r["concurrency"]), f("direct_zmq_p50_ms"), f("ours_p50_ms"),
+            t.add_row(str(r["concurrency"]), f("direct_zmq_p50_ms"), f("http_floor_p50_ms"),
+                      f("ours_p50_ms"),
                       f("ours_p99_ms"), f("ours_added_p50_ms"), f("ours_added_p99_ms"),
                       f("front_p50_ms"), f("sglang_p50_ms"), f("sglang_p99_ms"),
                       f("sglang_added_p50_ms"), f("sglang_added_p99_ms"))
@@ -488,7 +526,8 @@ def render(latency: list[dict], policies: list[dict], args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mode", choices=("bench", "instant-replica", "router"), default="bench",
+    ap.add_argument("--mode", choices=("bench", "instant-replica", "router", "http-floor"),
+                    default="bench",
                     help=argparse.SUPPRESS)
     ap.add_argument("--endpoints", help=argparse.SUPPRESS)
     ap.add_argument("--external", action="store_true", help=argparse.SUPPRESS)
@@ -516,6 +555,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.mode == "instant-replica":
         return run_instant_replica()
+    if args.mode == "http-floor":
+        return run_http_floor()
     if args.mode == "router":
         return run_router(args.endpoints.split(","), args.policy, args.external)
     if args.sglang and not _has_sglang():

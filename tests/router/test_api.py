@@ -180,6 +180,26 @@ def test_metrics_parse_with_prometheus_parser(one):
     assert itl[0].value == 2
 
 
+def test_metrics_count_tokens_per_replica_and_refusals_by_status(one):
+    c = client(one.url)
+    c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3)
+    c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2)
+    for _ in range(2):  # refused on the completion route: counted, by status
+        assert httpx.post(one.url + "/v1/completions", json={"model": "nope", "prompt": "x"}
+                          ).status_code == 400
+    fams = {f.name: f for f in text_string_to_metric_families(
+        httpx.get(one.url + "/metrics").text)}
+
+    def total(name: str, **labels: str) -> float:
+        return sum(s.value for s in fams[name].samples if s.name == name + "_total"
+                   and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert total("pypto:prompt_tokens", replica="0") == 2 * len(IDS)
+    assert total("pypto:generation_tokens", replica="0") == 5
+    assert total("pypto:request_success", replica="0", finished_reason="length") == 2
+    assert total("pypto:request_errors", status="400") == 2
+
+
 def test_concurrency_limit_answers_429(peers, make_router):
     peers.append(EnginePeer(0, step_s=0.02))
     r = make_router(max_concurrent_requests=1)

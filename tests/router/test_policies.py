@@ -17,6 +17,7 @@ from pypto_serving.router.policies import (
     RouteRequest,
     Session,
     make_policy,
+    prefix_key,
 )
 from pypto_serving.router.prefix_index import PrefixIndex
 
@@ -80,6 +81,62 @@ def test_prefix_aware_load_guard_switches_to_least_loaded():
     small = [Candidate(0, 70, 5, cached_blocks=8), Candidate(1, 10, 1, cached_blocks=0)]
     assert PrefixAware(64, 1.5).choose(small, REQ) == 0
     assert PrefixAware(2, 1.5).choose(small, REQ) == 1
+
+
+def prompt(prefix: int, *rest: int) -> RouteRequest:
+    """A request whose prompt starts with a four-block prefix named `prefix` (block hashes
+    prefix*10 .. prefix*10+3), then blocks `rest`."""
+    blocks = (*range(prefix * 10, prefix * 10 + 4), *rest)
+    return RouteRequest(16 * len(blocks), block_hashes=blocks)
+
+
+def home(p: PrefixAware, prefix: int) -> int | None:
+    return p.home(prompt(prefix).block_hashes)
+
+
+def test_prefix_aware_spreads_cold_prefixes_over_the_replicas():
+    # replica 0 is idler: least-loaded alone would put every new prefix there
+    p = PrefixAware()
+    cands = [Candidate(0, 0, 0), Candidate(1, 50, 1)]
+    picks = [p.choose(cands, prompt(k, 999)) for k in (1, 2, 3, 4, 5, 6)]
+    assert sorted(picks) == [0, 0, 0, 1, 1, 1]
+    assert picks[0] == 0  # the first goes to the least loaded of the (all empty) homes
+
+
+def test_prefix_aware_sends_an_evicted_prefix_back_to_its_home():
+    p = PrefixAware()
+    cands = [Candidate(0), Candidate(1)]
+    assert p.choose(cands, prompt(1)) == 0
+    assert p.choose(cands, prompt(2)) == 1  # 2's home is 1
+    # replica 1 evicted prefix 2 and is now the busier one: 2 still goes home
+    busy_1 = [Candidate(0, 0, 0), Candidate(1, 500, 4)]
+    assert p.choose(busy_1, prompt(2, 999)) == 1
+    assert home(p, 2) == 1
+    # its home left: the prefix is re-homed on a ready replica, and stays there after
+    assert p.choose([Candidate(0)], prompt(2)) == 0
+    assert p.choose(cands, prompt(2)) == 0 and home(p, 2) == 0
+
+
+def test_prefix_aware_home_follows_the_cached_copy_but_not_the_load_guard():
+    p = PrefixAware(abs_threshold=4, rel_threshold=1.5)
+    assert p.choose([Candidate(0), Candidate(1)], prompt(7)) == 0
+    # the prefix is cached on 1 only (say 0 evicted it): longest match wins, home moves to 1
+    held_on_1 = [Candidate(0, 0, 0, cached_blocks=0), Candidate(1, 10, 1, cached_blocks=1)]
+    assert p.choose(held_on_1, prompt(7)) == 1 and home(p, 7) == 1
+    # the load guard sends one away: that is a load decision, the home stays
+    hot_1 = [Candidate(0, 0, 0), Candidate(1, 900, 9, cached_blocks=1)]
+    assert p.choose(hot_1, prompt(7)) == 0 and home(p, 7) == 1
+
+
+def test_prefix_homes_are_bounded_and_keyed_deeper_than_a_template_header():
+    p = PrefixAware(max_prefixes=2)
+    for k in (1, 2, 3):
+        p.choose([Candidate(0), Candidate(1)], prompt(k))
+    assert home(p, 1) is None and home(p, 3) is not None
+    # two prompts sharing only their first block (a chat header) are different prefixes
+    assert prefix_key([5, 6, 7, 8, 9]) == 8 and prefix_key([5, 6]) == 6
+    assert prefix_key([5, 61, 71, 81]) != prefix_key([5, 62, 72, 82])
+    assert prefix_key([]) is None
 
 
 def test_session_sticks_while_the_replica_is_ready_then_moves():
