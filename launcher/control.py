@@ -54,20 +54,23 @@ def keep_alive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-class ControlChannel:
-    """This node's end of the control channel: `links` maps a node rank to its Link.
-    `warn` gets one line per dropped message."""
+class LinkMesh:
+    """This node's ends of the launchers' links (node 0: one to every other node; another
+    node: one to node 0), read as lines without blocking. The control channel and the
+    service's group channel are both one of these; `what` names their messages in warnings,
+    `max_line` bounds a line."""
 
     def __init__(self, node_rank: int, nnodes: int, links: dict[int, Link],
-                 warn: Callable[[str], None] = lambda _: None):
+                 warn: Callable[[str], None], what: str, max_line: int):
+        from . import wire
+
         self.node_rank = node_rank
         self.nnodes = nnodes
+        self.max_line = max_line
         self._links = dict(links)
         self._buffers: dict[int, bytes] = {node: b"" for node in links}
         self._done: set[int] = set()
-        from . import wire
-
-        self.warn = wire.CappedWarnings(warn, "control messages")
+        self.warn = wire.CappedWarnings(warn, what)
         self.stopped: RemoteStop | None = None
         for link in self._links.values():
             link.sock.setblocking(False)
@@ -75,6 +78,54 @@ class ControlChannel:
     def sockets(self) -> dict[int, socket.socket]:
         """The open connections, by the node rank at the other end."""
         return {node: link.sock for node, link in self._links.items()}
+
+    def _receive_lines(self, node: int) -> list[bytes] | None:
+        """The complete lines that arrived from `node` ([] for none yet); None when its
+        connection just ended (it is dropped: see _went_away)."""
+        link = self._links.get(node)
+        if link is None:
+            return []
+        try:
+            data = link.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(node)
+            return None
+        *lines, rest = (self._buffers[node] + data).split(b"\n")
+        if len(rest) > self.max_line:
+            self.warn(f"node {node} sent a line over {self.max_line} bytes; dropped")
+            rest = b""
+        self._buffers[node] = rest
+        return lines
+
+    def _went_away(self, node: int) -> RemoteStop | None:
+        """A connection's end without `done` is a stop (the first one learned is kept)."""
+        if node in self._done or self.stopped is not None:
+            return None
+        self.stopped = RemoteStop(node, f"the launcher of node {node} went away "
+                                        "(connection closed)")
+        return self.stopped
+
+    def close(self) -> None:
+        for node in list(self._links):
+            self._drop(node)
+
+    def _drop(self, node: int) -> None:
+        link = self._links.pop(node, None)
+        self._buffers.pop(node, None)
+        if link is not None:
+            link.sock.close()
+
+
+class ControlChannel(LinkMesh):
+    """This node's end of the control channel. `warn` gets one line per dropped message."""
+
+    def __init__(self, node_rank: int, nnodes: int, links: dict[int, Link],
+                 warn: Callable[[str], None] = lambda _: None):
+        super().__init__(node_rank, nnodes, links, warn, "control messages", MAX_BUFFER)
 
     def send_stop(self, why: str) -> None:
         """Tell every other node (through node 0) to stop its workers, and why."""
@@ -86,28 +137,10 @@ class ControlChannel:
 
     def read(self, node: int) -> RemoteStop | None:
         """Handle what arrived from `node`; a RemoteStop the first time a stop is learned."""
-        link = self._links.get(node)
-        if link is None:
-            return None
-        try:
-            data = link.sock.recv(65536)
-        except BlockingIOError:
-            return None
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(node)
-            if node in self._done or self.stopped is not None:
-                return None
-            return self._stop(RemoteStop(node, f"the launcher of node {node} went away "
-                                               "(connection closed)"))
-        self._buffers[node] += data
-        *lines, rest = self._buffers[node].split(b"\n")
-        if len(rest) > MAX_BUFFER:
-            self.warn(f"node {node} sent a control line over {MAX_BUFFER} bytes; dropped")
-            rest = b""
-        self._buffers[node] = rest
-        found = None
+        lines = self._receive_lines(node)
+        if lines is None:
+            return self._went_away(node)
+        link, found = self._links.get(node), None
         for line in lines:
             message = self._check(node, link, line)
             if message is None:
@@ -124,21 +157,11 @@ class ControlChannel:
         """The message on `line` if it parses, verifies and is next in sequence."""
         from . import wire
 
-        message, why = wire.parse(wire.ControlMessage, line)
-        if message is None:
+        fields, why = wire.receive(wire.ControlMessage, link, line, node, self.node_rank,
+                                   self.nnodes)
+        if fields is None:
             self.warn(f"dropped a control message from node {node}: {why}")
-            return None
-        fields = message.model_dump()
-        why = wire.admit(link, fields, message.mac, message.seq, message.node, node,
-                         self.node_rank, self.nnodes)
-        if why is not None:
-            self.warn(f"dropped a control message from node {node}: {why}")
-            return None
         return fields
-
-    def close(self) -> None:
-        for node in list(self._links):
-            self._drop(node)
 
     def _stop(self, stop: RemoteStop) -> RemoteStop:
         self.stopped = stop
@@ -151,30 +174,9 @@ class ControlChannel:
         """Send `message` (its op, node and why) on every link but `but`, MAC'd per link."""
         from . import wire
 
+        fields = {"op": message["op"], "node": message["node"],
+                  "why": message.get("why", "") if message["op"] == "stop" else ""}
         for node, link in list(self._links.items()):
-            if node == but:
-                continue
-            fields = {"op": message["op"], "node": message["node"], "seq": link.sent}
-            if message["op"] == "stop":
-                fields["why"] = message.get("why", "")
-            else:
-                fields["why"] = ""
-            direction = "up" if link.joiner else "down"
-            fields["mac"] = wire.mac(link.key, direction, wire.canonical(fields))
-            link.sent += 1
-            sock = link.sock
-            try:
-                sock.settimeout(SEND_TIMEOUT)
-                sock.sendall(wire.encode(fields))
-            except OSError:
-                pass
-            finally:
-                try:
-                    sock.setblocking(False)
-                except OSError:
-                    pass
+            if node != but:
+                wire.send(link, fields, SEND_TIMEOUT)
 
-    def _drop(self, node: int) -> None:
-        link = self._links.pop(node, None)
-        if link is not None:
-            link.sock.close()

@@ -28,7 +28,7 @@ from pydantic import Field, StringConstraints
 
 from ..core.errors import one_line
 from . import wire
-from .control import Link, RemoteStop
+from .control import Link, LinkMesh, RemoteStop
 from .errors import LaunchError
 
 MAX_BUFFER = 1 << 20  # of a partial line from one peer (payloads of a whole group)
@@ -56,27 +56,16 @@ class GroupMessage(wire._Message):
     addrs: dict[str, Annotated[str, StringConstraints(max_length=255)]] | None = None
 
 
-class GroupChannel:
+class GroupChannel(LinkMesh):
     """This node's end: `links` maps a node rank to its authenticated Link (node 0: every
     other node; other nodes: node 0 only). `warn` gets one line per dropped message."""
 
     def __init__(self, node_rank: int, nnodes: int, links: dict[int, Link],
                  warn: Callable[[str], None] = lambda _: None):
-        self.node_rank = node_rank
-        self.nnodes = nnodes
-        self._links = dict(links)
-        self._buffers: dict[int, bytes] = {node: b"" for node in links}
-        self._done: set[int] = set()
-        self.warn = wire.CappedWarnings(warn, "group messages")
-        self.stopped: RemoteStop | None = None
+        super().__init__(node_rank, nnodes, links, warn, "group messages", MAX_BUFFER)
         self._addrs: dict[int, str] | None = None
         self._early: list[dict[str, Any]] = []
         self._asked: set[int] = set()
-        for link in self._links.values():
-            link.sock.setblocking(False)
-
-    def sockets(self) -> dict[int, Any]:
-        return {node: link.sock for node, link in self._links.items()}
 
     def send_ready(self, group: int, attempt: int, rank: int, payload: dict) -> None:
         # JSON carries the payload across nodes: bytes and other non-JSON values as text
@@ -138,26 +127,11 @@ class GroupChannel:
     def read(self, node: int) -> list[dict[str, Any]]:
         """The group messages that arrived from `node` (relayed on when this is node 0).
         A stop, or the connection's end without `done`, sets `stopped`."""
+        lines = self._receive_lines(node)
+        if lines is None:
+            self._went_away(node)
+            return []
         link = self._links.get(node)
-        if link is None:
-            return []
-        try:
-            data = link.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(node)
-            if node not in self._done and self.stopped is None:
-                self.stopped = RemoteStop(node, f"the launcher of node {node} went away "
-                                                "(connection closed)")
-            return []
-        *lines, rest = (self._buffers[node] + data).split(b"\n")
-        if len(rest) > MAX_BUFFER:
-            self.warn(f"node {node} sent a line over {MAX_BUFFER} bytes; dropped")
-            rest = b""
-        self._buffers[node] = rest
         found = []
         for line in lines:
             message = self._check(node, link, line)
@@ -183,53 +157,19 @@ class GroupChannel:
     def _check(self, node: int, link: Link, line: bytes) -> dict[str, Any] | None:
         """The message on `line` if it parses, verifies, is next in sequence and speaks
         for a node it may speak for."""
-        if len(line) > MAX_BUFFER:
-            self.warn(f"dropped a message from node {node}: {len(line)} bytes")
-            return None
-        try:
-            message = GroupMessage.model_validate_json(line)
-        except ValueError as e:
-            self.warn(f"dropped a message from node {node}: {one_line(str(e), 200)}")
-            return None
-        fields = message.model_dump(exclude_none=True)
-        why = wire.admit(link, fields, message.mac, message.seq, message.node, node,
-                         self.node_rank, self.nnodes)
-        if why is not None:
+        fields, why = wire.receive(GroupMessage, link, line, node, self.node_rank,
+                                   self.nnodes, max_line=MAX_BUFFER)
+        if fields is None:
             self.warn(f"dropped a message from node {node}: {why}")
-            return None
         return fields
-
-    def close(self) -> None:
-        for node in list(self._links):
-            self._drop(node)
 
     def _send(self, message: dict) -> None:
         self._relay({**message, "node": self.node_rank}, but=None)
 
     def _relay(self, message: dict, but: int | None) -> None:
         """Send `message` on every link but `but`, with that link's sequence and MAC."""
+        fields = {k: v for k, v in message.items() if k not in ("seq", "mac") and v is not None}
         for node, link in list(self._links.items()):
-            if node == but:
-                continue
-            fields = {k: v for k, v in message.items()
-                      if k not in ("seq", "mac") and v is not None}
-            fields["seq"] = link.sent
-            direction = "up" if link.joiner else "down"
-            fields["mac"] = wire.mac(link.key, direction, wire.canonical(fields))
-            link.sent += 1
-            try:
-                link.sock.settimeout(SEND_TIMEOUT)
-                link.sock.sendall(json.dumps(fields, separators=(",", ":")).encode() + b"\n")
-            except OSError:
-                pass
-            finally:
-                try:
-                    link.sock.setblocking(False)
-                except OSError:
-                    pass
+            if node != but:
+                wire.send(link, fields, SEND_TIMEOUT)
 
-    def _drop(self, node: int) -> None:
-        link = self._links.pop(node, None)
-        self._buffers.pop(node, None)
-        if link is not None:
-            link.sock.close()

@@ -101,41 +101,7 @@ class GroupWorkers:
     # --- output -----------------------------------------------------------------------------
 
     def read(self, w: Worker, num: int, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.out.feed(w.local_rank, num, data)
-            return
-        self._close_pipe(w, fd, num)
-
-    def _close_pipe(self, w: Worker, fd: int, num: int) -> None:
-        if fd not in w.open_fds:
-            return
-        self.sel.unregister(fd)
-        os.close(fd)
-        w.open_fds.discard(fd)
-        self.out.close_stream(w.local_rank, num)
-
-    def _drain(self, w: Worker) -> None:
-        """Read what an ended worker left in its pipes, then close them."""
-        for fd, num in ((w.stdout_fd, 1), (w.stderr_fd, 2)):
-            for _ in range(64):
-                if fd not in w.open_fds:
-                    break
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    data = b""
-                if not data:
-                    break
-                self.out.feed(w.local_rank, num, data)
-            self._close_pipe(w, fd, num)
+        w.read_pipe(self.sel, self.out, num, fd)
 
     # --- ends -------------------------------------------------------------------------------
 
@@ -150,7 +116,7 @@ class GroupWorkers:
                     w.returncode, w.ended = code, time.time()
             if w.returncode is not None and w.local_rank not in self.ended:
                 self.ended.add(w.local_rank)
-                self._drain(w)
+                w.drain_pipes(self.sel, self.out, close=True)
                 found.append(w)
         return found
 

@@ -361,7 +361,7 @@ class Supervisor:
                         sel.unregister(key.fd)
                         os.close(key.fd)
                     else:
-                        self._read(sel, w, num, key.fd)
+                        w.read_pipe(sel, self.out, num, key.fd)
                 for w in self.workers:
                     if w.popen is not None and w.returncode is None:
                         code = w.popen.poll()
@@ -374,7 +374,7 @@ class Supervisor:
                 batch = []
                 for w in self.workers:
                     if w.returncode is not None and w.local_rank not in ends:
-                        self._drain_worker(sel, w)
+                        w.drain_pipes(sel, self.out, close=False)
                         ends[w.local_rank] = self._end_of(w)
                         batch.append(ends[w.local_rank])
                 failed = [e for e in batch if e.returncode != 0]
@@ -449,36 +449,6 @@ class Supervisor:
                 continue
             self._end_unreported(w)
             ends[w.local_rank] = self._end_of(w)
-
-    def _read(self, sel: selectors.BaseSelector, w: Worker, fd_num: int, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.out.feed(w.local_rank, fd_num, data)
-            return
-        sel.unregister(fd)
-        os.close(fd)
-        w.open_fds.discard(fd)
-        self.out.close_stream(w.local_rank, fd_num)
-
-    def _drain_worker(self, sel: selectors.BaseSelector, w: Worker) -> None:
-        """Read what a just-ended worker left in its pipes, so its tail is complete."""
-        for fd, fd_num in ((w.stdout_fd, 1), (w.stderr_fd, 2)):
-            for _ in range(64):
-                if fd not in w.open_fds:
-                    break
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    break
-                if not data:
-                    self._read(sel, w, fd_num, fd)
-                    break
-                self.out.feed(w.local_rank, fd_num, data)
 
     def _end_of(self, w: Worker) -> WorkerEnd:
         assert w.returncode is not None

@@ -167,10 +167,11 @@ def encode(message: _Message | Mapping[str, object]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
 
-def parse(model: type[_Message], line: bytes) -> tuple[_Message | None, str]:
+def parse(model: type[_Message], line: bytes, max_line: int = MAX_LINE
+          ) -> tuple[_Message | None, str]:
     """(message, "") or (None, why it is not one), `why` safe to print."""
-    if len(line) > MAX_LINE:
-        return None, f"a line of {len(line)} bytes (at most {MAX_LINE})"
+    if len(line) > max_line:
+        return None, f"a line of {len(line)} bytes (at most {max_line})"
     try:
         return model.model_validate_json(line), ""
     except ValidationError as e:
@@ -211,3 +212,33 @@ class CappedWarnings:
             self._warn(text)
         elif self._count == self._limit + 1:
             self._warn(f"more dropped {self._what} are not reported")
+
+
+def receive(model: type[_Message], link, line: bytes, peer: int, node_rank: int, nnodes: int,
+            max_line: int = MAX_LINE) -> tuple[dict | None, str]:
+    """The fields (None values left out) of the `model` message on `line` from `peer`, if it
+    parses and `admit` takes it; else (None, why it was dropped)."""
+    message, why = parse(model, line, max_line)
+    if message is None:
+        return None, why
+    fields = message.model_dump(exclude_none=True)
+    why = admit(link, fields, message.mac, message.seq, message.node, peer, node_rank, nnodes)
+    return (None, why) if why is not None else (fields, "")
+
+
+def send(link, fields: Mapping[str, object], timeout: float) -> None:
+    """Send `fields` (no seq, no mac) on `link` with its next sequence number and its MAC.
+    Best effort: a peer that cannot take it within `timeout` is found dead by its silence."""
+    message = {**fields, "seq": link.sent}
+    message["mac"] = mac(link.key, "up" if link.joiner else "down", canonical(message))
+    link.sent += 1
+    try:
+        link.sock.settimeout(timeout)
+        link.sock.sendall(encode(message))
+    except OSError:
+        pass
+    finally:
+        try:
+            link.sock.setblocking(False)
+        except OSError:
+            pass

@@ -16,6 +16,7 @@ exactly one OS thread and no initialised CUDA. Otherwise every worker is a fresh
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -23,12 +24,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import zygote as zygote_protocol
 from .prctl import die_with_parent
 from .target import Target
 
 POLL = 0.1  # seconds between signal checks while waiting for the zygote
+READ_CHUNK = 65536
+MAX_DRAIN_READS = 64  # an ended worker's leftovers; a grandchild holding the pipe may not end
 FORK_REPLY_TIMEOUT = 30.0
 
 
@@ -56,6 +60,58 @@ class Worker:
         """Record a raw wait status (from the zygote) as a Popen-style return code."""
         self.returncode = os.waitstatus_to_exitcode(status)
         self.ended = time.time()
+
+    # Its output pipes, read without blocking into `out` (the job's OutputRouter or the
+    # service's ServiceOutput: feed / close_stream by local rank and stream 1 or 2).
+
+    def read_pipe(self, sel: selectors.BaseSelector, out: PipeSink, num: int, fd: int) -> None:
+        """One read of a ready pipe: hand on what came, or close the pipe at its end."""
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            out.feed(self.local_rank, num, data)
+        else:
+            self.close_pipe(sel, out, num, fd)
+
+    def close_pipe(self, sel: selectors.BaseSelector, out: PipeSink, num: int, fd: int) -> None:
+        if fd not in self.open_fds:
+            return
+        sel.unregister(fd)
+        os.close(fd)
+        self.open_fds.discard(fd)
+        out.close_stream(self.local_rank, num)
+
+    def drain_pipes(self, sel: selectors.BaseSelector, out: PipeSink, close: bool) -> None:
+        """Read what the ended worker left in its pipes, so its tail is complete; with
+        `close`, close them after (else they close at their end, as read_pipe finds it)."""
+        for fd, num in ((self.stdout_fd, 1), (self.stderr_fd, 2)):
+            for _ in range(MAX_DRAIN_READS):
+                if fd not in self.open_fds:
+                    break
+                try:
+                    data = os.read(fd, READ_CHUNK)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    self.close_pipe(sel, out, num, fd)
+                    break
+                out.feed(self.local_rank, num, data)
+            if close:
+                self.close_pipe(sel, out, num, fd)
+
+
+class PipeSink(Protocol):
+    """Where a worker's output goes."""
+
+    def feed(self, local_rank: int, num: int, data: bytes) -> None: ...
+
+    def close_stream(self, local_rank: int, num: int) -> None: ...
 
 
 def fork_rule_allows(method: str, platform: str, nproc: int,

@@ -12,15 +12,12 @@ torch's Python meta kernels pull in (sympy, torch._dynamo: ~75 MiB) were importe
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).parents[1] / "executor"))  # the shared case loop
+from case_worker import run_cases  # noqa: E402
 
-from pypto_serving.core.loader import parse_config
-from pypto_serving.core.topology import resolve_topology
-from pypto_serving.executor import distributed
 from pypto_serving.executor.generate import greedy_generate
 from pypto_serving.executor.runner import ReferenceModelRunner
 
@@ -49,20 +46,5 @@ def run_case(case: dict, ctx) -> dict:
     return out
 
 
-def main(cases_path: str, out_dir: str) -> None:
-    cases = json.loads(Path(cases_path).read_text())
-    torch.set_num_threads(1)
-    ctx = distributed.init_distributed()
-    results = {}
-    for case in cases:
-        config = parse_config(case["config"], source=case["name"])
-        if config != ctx.config:
-            ctx = distributed.init_model_parallel(resolve_topology(config))
-        results[case["name"]] = run_case(case, ctx)
-        ctx.world.barrier()
-    Path(out_dir, f"rank{ctx.rank}.json").write_text(json.dumps(results))
-    distributed.destroy_distributed()
-
-
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    run_cases(run_case)

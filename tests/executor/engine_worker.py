@@ -12,16 +12,9 @@ dummy steps. Each rank writes OUT_DIR/rank{R}.json for the test to judge.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from pathlib import Path
+from case_worker import run_cases
 
-import torch
-
-from pypto_serving.core.loader import parse_config
 from pypto_serving.core.memory import kv_bytes_per_token, weight_bytes
-from pypto_serving.core.topology import resolve_topology
 from pypto_serving.engine.engine import Engine
 from pypto_serving.engine.sampling_params import SamplingParams
 from pypto_serving.engine.tokenizer import ByteTokenizer
@@ -126,24 +119,5 @@ def run_case(case: dict, ctx) -> dict:
     return result
 
 
-def main(cases_path: str, out_dir: str) -> None:
-    cases = json.loads(Path(cases_path).read_text())
-    torch.set_num_threads(1)
-    ctx = distributed.init_distributed()
-    runs = os.environ.get("PYPTO_TEST_RUNS_FILE")  # the suite checks this job ran once
-    if runs and ctx.rank == 0:
-        with open(runs, "a") as f:
-            f.write(f"{os.getpid()}\n")
-    results = {}
-    for case in cases:
-        config = parse_config(case["config"], source=case["name"])
-        if config != ctx.config:
-            ctx = distributed.init_model_parallel(resolve_topology(config))
-        results[case["name"]] = run_case(case, ctx)
-        ctx.world.barrier()
-    Path(out_dir, f"rank{ctx.rank}.json").write_text(json.dumps(results))
-    distributed.destroy_distributed()
-
-
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    run_cases(run_case)

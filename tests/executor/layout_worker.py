@@ -10,16 +10,11 @@ on the same prompts, and writes what it saw to OUT_DIR/rank{R}.json for the test
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from pathlib import Path
-
 import torch
+from case_worker import run_cases
 from expert_spy import ExpertSpy
 
-from pypto_serving.core.loader import parse_config
-from pypto_serving.core.topology import GroupUnavailableError, resolve_topology
+from pypto_serving.core.topology import GroupUnavailableError
 from pypto_serving.executor import distributed
 from pypto_serving.executor.batch import PrefillBatch
 from pypto_serving.executor.ep import expert_modules
@@ -132,26 +127,12 @@ def check_collectives(ctx) -> dict:
     return out
 
 
-def main(cases_path: str, out_dir: str) -> None:
-    cases = json.loads(Path(cases_path).read_text())
-    torch.set_num_threads(1)
-    ctx = distributed.init_distributed()
-    runs = os.environ.get("PYPTO_TEST_RUNS_FILE")  # the suite checks this job ran once
-    if runs and ctx.rank == 0:
-        with open(runs, "a") as f:
-            f.write(f"{os.getpid()}\n")
-    results = {}
-    for case in cases:
-        config = parse_config(case["config"], source=case["name"])
-        if config != ctx.config:
-            ctx = distributed.init_model_parallel(resolve_topology(config))
-        results[case["name"]] = run_case(case, ctx)
-        if case.get("collectives"):
-            results[case["name"]]["collectives"] = check_collectives(ctx)
-        ctx.world.barrier()
-    Path(out_dir, f"rank{ctx.rank}.json").write_text(json.dumps(results))
-    distributed.destroy_distributed()
+def run_case_and_collectives(case: dict, ctx) -> dict:
+    result = run_case(case, ctx)
+    if case.get("collectives"):
+        result["collectives"] = check_collectives(ctx)
+    return result
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    run_cases(run_case_and_collectives)
