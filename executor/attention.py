@@ -47,10 +47,6 @@ class PagedAttentionMetadata:
     prefills: list[PrefillSpan]
 
     @property
-    def num_tokens(self) -> int:
-        return self.positions.shape[0]
-
-    @property
     def num_decodes(self) -> int:
         return self.context_lens.shape[0]
 

@@ -139,7 +139,7 @@ def build_step(
     return _index_step(chunks, block_size, device, max_seq_len)
 
 
-def _tensor(values: list[int], device: torch.device, fmt: str = "q") -> torch.Tensor:
+def int_tensor(values: list[int], device: torch.device, fmt: str = "q") -> torch.Tensor:
     """int64 ("q") or int32 ("i") tensor of a flat list of ints: struct packs it at C speed
     (torch.tensor on a list of Python ints is several times slower)."""
     dtype = torch.long if fmt == "q" else torch.int32
@@ -197,12 +197,12 @@ def _index_step(chunks: Sequence[ChunkLike], block_size: int, device: torch.devi
     for table in decode_tables:
         flat_tables.extend(table)
         flat_tables.extend(repeat(table[0], width - len(table)))
-    blocks = _tensor(prefill_blocks, device)
+    blocks = int_tensor(prefill_blocks, device)
     meta = PagedAttentionMetadata(
-        positions=_tensor(positions, device), slots=_tensor(slots, device),
-        decode_rows=None if not spans else _tensor(decode_rows, device),
-        block_tables=_tensor(flat_tables, device, "i").view(len(decode_tables), width),
-        context_lens=_tensor(context_lens, device),
+        positions=int_tensor(positions, device), slots=int_tensor(slots, device),
+        decode_rows=None if not spans else int_tensor(decode_rows, device),
+        block_tables=int_tensor(flat_tables, device, "i").view(len(decode_tables), width),
+        context_lens=int_tensor(context_lens, device),
         prefills=[PrefillSpan(row, n, start, blocks[a:b]) for row, n, start, a, b in spans])
-    return StepInput(tokens=_tensor(tokens, device), meta=meta,
-                     last_rows=_tensor(last_rows, device))
+    return StepInput(tokens=int_tensor(tokens, device), meta=meta,
+                     last_rows=int_tensor(last_rows, device))

@@ -13,14 +13,13 @@ every context length. Graphs share one memory pool, captured largest first (vLLM
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Sequence
 
 import torch
 
 from .attention import PagedAttentionMetadata
-from .batch import ChunkLike, check_max_seq_len
+from .batch import ChunkLike, check_max_seq_len, int_tensor
 from .context import ParallelContext
 from .kv_cache import PagedKVCache
 from .model import Transformer
@@ -128,13 +127,11 @@ class DecodeGraphs:
             flat.extend(row)
             flat.extend([row[0]] * (width - len(row)))
         values = [v for i, row in enumerate(rows) for v in row + [self._pad[i]] * (b - n)]
-        host = torch.frombuffer(bytearray(struct.pack(f"<{len(values)}q", *values)),
-                                dtype=torch.long)
-        self.inputs[:, :b].copy_(host.view(4, b), non_blocking=True)
+        host = torch.device("cpu")
+        self.inputs[:, :b].copy_(int_tensor(values, host).view(4, b), non_blocking=True)
         if flat:
-            tables = torch.frombuffer(bytearray(struct.pack(f"<{len(flat)}i", *flat)),
-                                      dtype=torch.int32)
-            self.tables[:n, :width].copy_(tables.view(n, width), non_blocking=True)
+            self.tables[:n, :width].copy_(int_tensor(flat, host, "i").view(n, width),
+                                          non_blocking=True)
 
     @torch.inference_mode()
     def run(self, chunks: Sequence[ChunkLike]) -> torch.Tensor:
