@@ -47,7 +47,9 @@ def test_a_hang_ends_at_the_deadline_naming_the_rank_that_never_arrived(check_co
     # rank 3 never arrived anywhere: every wait is rooted at it, directly or through rank 2
     # (waiting for 3 in TP group 1 and so missing from DP group 0)
     assert all(d["root"] == [3] for d in deadlines)
-    direct = [d for d in deadlines if d["missing"] == [3]]
+    # waits rank 3 is missing from (on a loaded host a slow-starting rank 2 may be missing from
+    # the first one too: it is named with 3 then, and still rooted at 3)
+    direct = [d for d in deadlines if 3 in d["missing"]]
     assert direct and all(d["step"] == 0 or d["kind"] == "dp" for d in direct)
     for d in deadlines:  # each detected once the deadline passed, a poll (timeout/4) later
         assert d["timeout_s"] == timeout and d["detected_by"]
