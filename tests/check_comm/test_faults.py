@@ -50,7 +50,7 @@ def test_a_hang_ends_at_the_deadline_naming_the_rank_that_never_arrived(check_co
     # waits rank 3 is missing from (on a loaded host a slow-starting rank 2 may be missing from
     # the first one too: it is named with 3 then, and still rooted at 3)
     direct = [d for d in deadlines if 3 in d["missing"]]
-    assert direct and all(d["step"] == 0 or d["kind"] == "dp" for d in direct)
+    assert direct and all(d["step"] == 0 or d["kind"] == "dp" for d in direct), deadlines
     for d in deadlines:  # each detected once the deadline passed, a poll (timeout/4) later
         assert d["timeout_s"] == timeout and d["detected_by"]
         assert timeout < d["waited_s"] < timeout * 1.25 + 1.0
