@@ -81,12 +81,21 @@ class Deadline:
         self._thread.join()
 
     def _watch(self) -> None:
+        # Wake every `poll` to see what is armed, then sleep to the armed call's exact deadline:
+        # the rank that started waiting first is the first to report (and waited_s is the
+        # timeout, not the timeout plus up to a poll).
         poll = min(1.0, self.timeout_s / 4)
-        while not self._stop.wait(poll):
+        wait = poll
+        while not self._stop.wait(wait):
             current, since = self._current, self._since
-            if current is not None and time.monotonic() - since > self.timeout_s:
-                if current is self._current:  # still the same call
-                    self._expire(*current, time.monotonic() - since)
+            wait = poll
+            if current is None:
+                continue
+            left = since + self.timeout_s - time.monotonic()
+            if left > 0:
+                wait = left
+            elif current is self._current:  # still the same call
+                self._expire(*current, time.monotonic() - since)
 
     def _expire(self, step: CheckStep, group: int, members: tuple[int, ...],
                 waited: float) -> None:

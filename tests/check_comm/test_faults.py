@@ -47,13 +47,14 @@ def test_a_hang_ends_at_the_deadline_naming_the_rank_that_never_arrived(check_co
     # rank 3 never arrived anywhere: every wait is rooted at it, directly or through rank 2
     # (waiting for 3 in TP group 1 and so missing from DP group 0)
     assert all(d["root"] == [3] for d in deadlines)
-    # waits rank 3 is missing from (on a loaded host a slow-starting rank 2 may be missing from
-    # the first one too: it is named with 3 then, and still rooted at 3)
-    direct = [d for d in deadlines if 3 in d["missing"]]
-    assert direct and all(d["step"] == 0 or d["kind"] == "dp" for d in direct), deadlines
-    for d in deadlines:  # each detected once the deadline passed, a poll (timeout/4) later
+    # each report leads to a wait rank 3 is missing from: TP group 1's first step, or a DP
+    # step (whichever rank's deadline fired first, the launcher stops the rest)
+    for d in deadlines:
+        direct = [w for w in [d, *d["chain"]] if 3 in w.get("missing", ())]
+        assert direct and all(w["step"] == 0 or w["kind"] == "dp" for w in direct), d
+    for d in deadlines:  # each detected when its deadline passed
         assert d["timeout_s"] == timeout and d["detected_by"]
-        assert timeout < d["waited_s"] < timeout * 1.25 + 1.0
+        assert timeout <= d["waited_s"] < timeout + 1.0
     # it ended at the deadline, not at gloo's timeout (launch and import included)
     assert r.elapsed < 60
     assert "rank(s) 3 never arrived" in r.out
