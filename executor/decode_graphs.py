@@ -8,7 +8,8 @@ tokens, positions, cache slots, context lengths and block tables into the first 
 points the rows up to the bucket at the cache's scratch block (they write there and read
 only there), replays the graph of the smallest bucket >= n and returns its n rows of logits.
 The attention kernel reads each row's context length from the buffer, so one graph serves
-every context length. Graphs share one memory pool, captured largest first (vLLM's order).
+every context length; MoE layers take grouped_experts' sync-free paths at these sizes.
+Graphs share one memory pool, captured largest first (vLLM's order).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from .attention import PagedAttentionMetadata
 from .batch import ChunkLike, check_max_seq_len, int_tensor
 from .context import ParallelContext
+from .grouped_experts import MAX_SYNC_FREE_ROWS
 from .kv_cache import PagedKVCache
 from .model import Transformer
 from .ops import use_triton
@@ -46,9 +48,16 @@ def graphs_unsupported(ctx: ParallelContext) -> str | None:
         return "Triton is not installed (or PYPTO_KERNELS=torch)"
     if ctx.tp.world_size > 1 or ctx.pp.world_size > 1:
         return "the replica spans several ranks (TP/PP collectives are not captured yet)"
-    if ctx.model.is_moe:
-        return "MoE routing reads expert counts on the host each step"
+    if ctx.expert_parallel:
+        return "expert parallelism sends all2all sizes through the host each step"
     return None
+
+
+def graph_max_batch(ctx: ParallelContext) -> int:
+    """The largest decode batch with a graph: serve.max_num_seqs; for MoE at most
+    MAX_SYNC_FREE_ROWS (a bigger step sorts its rows by expert, which syncs)."""
+    batch = ctx.config.serve.max_num_seqs
+    return min(batch, MAX_SYNC_FREE_ROWS) if ctx.model.is_moe else batch
 
 
 class DecodeGraphs:

@@ -23,6 +23,7 @@ from torch import nn
 from ..core.config import ModelSpec, RopeScaling
 from . import ops
 from .attention import PagedAttentionMetadata, causal_attention, paged_attention
+from .grouped_experts import StackedExperts, grouped_experts, sync_free
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -55,9 +56,14 @@ class FusedProjection:
             lin._parameters["weight"] is w and w.data_ptr() == ptr
             for lin, (w, ptr) in zip(self.linears, self._fused_from, strict=True))
 
-    def _fuse(self) -> None:
+    def fuse_into(self, weight: torch.Tensor) -> None:
+        """Fuse into the caller's storage (one expert's slice of a layer's stacked experts)."""
+        self._fuse(into=weight)
+
+    def _fuse(self, into: torch.Tensor | None = None) -> None:
         with torch.no_grad():
-            self.weight = torch.cat([lin.weight.data for lin in self.linears])
+            parts = [lin.weight.data for lin in self.linears]
+            self.weight = torch.cat(parts) if into is None else torch.cat(parts, out=into)
             biased = all(lin.bias is not None for lin in self.linears)
             self.bias = torch.cat([lin.bias.data for lin in self.linears]) if biased else None
             row = 0
@@ -232,7 +238,9 @@ class SharedExpert(nn.Module):
 
 
 class MoE(nn.Module):
-    """Top-k routed SwiGLU experts; every expert sees only the tokens routed to it."""
+    """Top-k routed SwiGLU experts. A step of up to grouped_experts.MAX_SYNC_FREE_ROWS rows
+    runs them without a host sync (a decode step can be graphed); a bigger one sorts its
+    rows so that every expert sees only the tokens routed to it."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -244,13 +252,17 @@ class MoE(nn.Module):
         )
         self.shared = (SharedExpert(spec.hidden_size, spec.shared_expert_intermediate_size)
                        if spec.shared_expert_intermediate_size else None)
+        self.stacked = StackedExperts(self.experts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, ids = route(self.gate, x, self.top_k, self.renormalize)
-        token = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.top_k)
-        y = run_experts(x[token], ids.reshape(-1), dict(enumerate(self.experts)),
-                        len(self.experts))
-        out = torch.zeros_like(x).index_add_(0, token, y * weights.reshape(-1, 1))
+        if sync_free(x.shape[0]):
+            out = grouped_experts(x, weights, ids, self.stacked)
+        else:
+            token = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.top_k)
+            y = run_experts(x[token], ids.reshape(-1), dict(enumerate(self.experts)),
+                            len(self.experts))
+            out = torch.zeros_like(x).index_add_(0, token, y * weights.reshape(-1, 1))
         return out if self.shared is None else out + self.shared(x)
 
 

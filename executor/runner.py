@@ -25,7 +25,7 @@ from .batch import (
 )
 from .checkpoint import load_checkpoint_model
 from .context import ParallelContext
-from .decode_graphs import DecodeGraphs, graphs_unsupported
+from .decode_graphs import DecodeGraphs, graph_max_batch, graphs_unsupported
 from .ep import apply_ep
 from .kv_cache import PagedKVCache, blocks_needed
 from .model import DTYPES, Transformer, init_weights
@@ -124,7 +124,7 @@ class ReferenceModelRunner:
         if self.eager_reason is None and self._cache().scratch_block is None:
             self.eager_reason = "the KV cache was allocated without a scratch block"
         if self.eager_reason is None:
-            graphs = DecodeGraphs(self.model, self._cache(), self.ctx.config.serve.max_num_seqs,
+            graphs = DecodeGraphs(self.model, self._cache(), graph_max_batch(self.ctx),
                                   self.ctx.model.max_seq_len)
             graphs.capture()
             self.graphs = graphs

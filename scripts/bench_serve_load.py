@@ -3,7 +3,8 @@
 For each concurrency in --concurrency it sends --requests streamed completions (closed loop:
 each client sends its next request when its last one ends) of --prompt-tokens bytes and
 --max-tokens new tokens (ignore_eos), and prints throughput (requests/s, generated tokens/s),
-time to first token, inter-token latency (between streamed chunks with text), time per output
+time to first token (also the median of the first wave: the first --concurrency
+requests), inter-token latency (between streamed chunks with text), time per output
 token (TPOT: after the first, by the usage's token count, as chunks may carry several tokens'
 text or none) and end-to-end latency (p50 / p99), and the share of
 prompt tokens served from the prefix cache (the usage's cached_tokens). With
@@ -30,14 +31,21 @@ import httpx
 
 
 def pct(values: list[float], q: float) -> float:
+    """The q-quantile, interpolated between neighbours (numpy's default): with a
+    two-mode sample (a slow first wave, a fast second) the median lands between them
+    instead of on one."""
     if not values:
         return float("nan")
     values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+    at = q * (len(values) - 1)
+    lo = int(at)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (at - lo)
 
 
 async def one(client: httpx.AsyncClient, url: str, body: dict, out: dict) -> None:
     start = time.perf_counter()
+    sent = start - out["t0"]
     stamps: list[float] = []
     generated = 0
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
@@ -64,6 +72,10 @@ async def one(client: httpx.AsyncClient, url: str, body: dict, out: dict) -> Non
             out["tpot"].append((end - stamps[0]) / (generated - 1))
     out["e2e"].append(end - start)
     out["tokens"] += body["max_tokens"]
+    # each request on its own (seconds from the level's start), to tell a first wave's
+    # stall from a steady cost
+    out["requests"].append({"sent": sent, "ttft": stamps[0] - start if stamps else None,
+                            "e2e": end - start, "generated": generated})
 
 
 def text(rng: random.Random, n: int) -> str:
@@ -73,7 +85,7 @@ def text(rng: random.Random, n: int) -> str:
 async def level(url: str, model: str, concurrency: int, requests: int, prompt_tokens: int,
                 max_tokens: int, rng: random.Random, prefixes: list[str]) -> dict:
     out = {"ttft": [], "itl": [], "tpot": [], "e2e": [], "tokens": 0, "errors": 0, "prompt": 0,
-           "cached": 0}
+           "cached": 0, "requests": []}
     queue: asyncio.Queue[dict] = asyncio.Queue()
     for _ in range(requests):
         prompt = (rng.choice(prefixes) if prefixes else "") + text(rng, prompt_tokens)
@@ -85,17 +97,20 @@ async def level(url: str, model: str, concurrency: int, requests: int, prompt_to
         async def worker() -> None:
             while not queue.empty():
                 await one(client, url, queue.get_nowait(), out)
-        start = time.perf_counter()
+        start = out["t0"] = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
     done = len(out["e2e"])
+    by_sent = sorted(out["requests"], key=lambda r: r["sent"])
+    first_wave = [r["ttft"] for r in by_sent[:concurrency] if r["ttft"] is not None]
     return {"concurrency": concurrency, "requests": done, "errors": out["errors"],
             "req_per_s": done / wall, "tok_per_s": out["tokens"] / wall,
             "ttft_p50": pct(out["ttft"], .5), "ttft_p99": pct(out["ttft"], .99),
             "itl_p50": pct(out["itl"], .5), "itl_p99": pct(out["itl"], .99),
             "tpot_p50": pct(out["tpot"], .5), "tpot_p99": pct(out["tpot"], .99),
             "e2e_p50": pct(out["e2e"], .5), "e2e_p99": pct(out["e2e"], .99),
-            "cached_share": out["cached"] / out["prompt"] if out["prompt"] else 0.0}
+            "cached_share": out["cached"] / out["prompt"] if out["prompt"] else 0.0,
+            "ttft_first_wave_p50": pct(first_wave, .5), "per_request": by_sent}
 
 
 def main() -> None:
@@ -115,7 +130,7 @@ def main() -> None:
     rows = []
     print(f"{'conc':>5} {'req/s':>8} {'tok/s':>9} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} "
           f"{'p99':>8} {'TPOT p50':>8} {'p99':>8} {'e2e p50':>8} {'p99':>8} {'errors':>6} "
-          f"{'cached':>6}")
+          f"{'cached':>6} {'TTFT 1st wave':>13}")
     for c in (int(x) for x in args.concurrency.split(",")):
         # fresh prefixes per level: a level is never served from the previous one's cache
         prefixes = [text(rng, args.prefix_tokens) for _ in range(args.shared_prefixes)]
@@ -127,7 +142,7 @@ def main() -> None:
               f"{ms['ttft_p99']:7.1f}ms {ms['itl_p50']:7.2f}ms {ms['itl_p99']:7.2f}ms "
               f"{ms['tpot_p50']:7.2f}ms {ms['tpot_p99']:7.2f}ms "
               f"{ms['e2e_p50']:7.0f}ms {ms['e2e_p99']:7.0f}ms {r['errors']:6d} "
-              f"{r['cached_share']:6.1%}")
+              f"{r['cached_share']:6.1%} {ms['ttft_first_wave_p50']:11.1f}ms")
     print("median e2e over levels:", statistics.median(r["e2e_p50"] for r in rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -96,9 +96,12 @@ DENSE = {**MODEL, "num_experts": 0, "max_seq_len": 64}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_decode_from_cuda_graphs_equals_eager_decode(pypto_launch, repo_root, tmp_path, dtype):
-    path = tmp_path / "dense.json"
-    path.write_text(json.dumps({"model": {**DENSE, "dtype": dtype},
+@pytest.mark.parametrize("kind", ["dense", "moe"])  # MoE: 4 experts, top 2 (both paths)
+def test_decode_from_cuda_graphs_equals_eager_decode(pypto_launch, repo_root, tmp_path, dtype,
+                                                     kind):
+    path = tmp_path / "model.json"
+    model = DENSE if kind == "dense" else {**MODEL, "max_seq_len": 64}
+    path.write_text(json.dumps({"model": {**model, "dtype": dtype},
                                 "serve": {"max_num_seqs": 8, "kv_block_size": 4},
                                 "cluster": {"platform": "cuda", "devices_per_node": 1}}))
     r = pypto_launch(["--config", str(path), "--standalone",

@@ -1,0 +1,91 @@
+"""Routed experts without a host sync (executor/grouped_experts.py): the gathered and the
+all-experts paths equal the sorted path, the stacked weights are the experts' own storage,
+and a decode step of a MoE model, as the CUDA graphs capture it, calls no op that syncs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pypto_serving.core.config import ModelSpec
+from pypto_serving.executor.decode_graphs import DecodeGraphs
+from pypto_serving.executor.grouped_experts import MAX_SYNC_FREE_ROWS
+from pypto_serving.executor.kv_cache import PagedKVCache
+from pypto_serving.executor.model import MoE, build_reference_model, route, run_experts
+
+from .host_sync import HostSyncs
+
+SPEC = ModelSpec(name="t", num_layers=2, hidden_size=32, num_attention_heads=4, num_kv_heads=2,
+                 intermediate_size=48, num_experts=8, experts_per_token=2, vocab_size=64,
+                 max_seq_len=64)
+
+
+def _moe(spec: ModelSpec = SPEC, seed: int = 0) -> MoE:
+    return build_reference_model(spec, seed=seed).layers[0].ffn
+
+
+def _sorted(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """The sorted path on its own: each expert once on the rows routed to it."""
+    weights, ids = route(moe.gate, x, moe.top_k, moe.renormalize)
+    token = torch.arange(x.shape[0]).repeat_interleave(moe.top_k)
+    y = run_experts(x[token], ids.reshape(-1), dict(enumerate(moe.experts)), len(moe.experts))
+    out = torch.zeros_like(x).index_add_(0, token, y * weights.reshape(-1, 1))
+    return out if moe.shared is None else out + moe.shared(x)
+
+
+# 1-4 rows: 2-8 picks of 8 experts, gathered; 5 and 128: every expert; 129: sorted
+@pytest.mark.parametrize("rows", [1, 4, 5, MAX_SYNC_FREE_ROWS, MAX_SYNC_FREE_ROWS + 1])
+@pytest.mark.parametrize("variant", ["mixtral", "qwen2-moe"])
+def test_each_path_equals_the_sorted_experts(rows, variant):
+    spec = SPEC if variant == "mixtral" else SPEC.model_copy(
+        update={"shared_expert_intermediate_size": 40, "moe_renormalize": False})
+    moe = _moe(spec)
+    x = torch.randn(rows, SPEC.hidden_size, generator=torch.Generator().manual_seed(rows))
+    torch.testing.assert_close(moe(x), _sorted(moe, x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_stack_is_the_experts_own_storage_and_follows_a_dtype_change():
+    moe = _moe()
+    x = torch.randn(3, SPEC.hidden_size)
+    moe(x)
+    w13, w2 = moe.stacked.weights()
+    for e, expert in enumerate(moe.experts):  # views of the stack: nothing held twice
+        assert expert.w1.weight.untyped_storage().data_ptr() == w13.untyped_storage().data_ptr()
+        assert expert.w3.weight.data_ptr() == w13[e, SPEC.intermediate_size:].data_ptr()
+        assert expert.w2.weight.data_ptr() == w2[e].data_ptr()
+    moe.to(torch.float64)  # every weight replaced: stacked again from the new ones
+    x = x.double()
+    torch.testing.assert_close(moe(x), _sorted(moe, x), rtol=1e-12, atol=1e-12)
+    assert moe.stacked.weights()[0].dtype == torch.float64
+
+
+def test_the_detector_sees_the_sorted_paths_sync():
+    moe = _moe()
+    x = torch.randn(3, SPEC.hidden_size)
+    with HostSyncs() as syncs:
+        _sorted(moe, x)
+    assert "bincount" in syncs.found  # so an empty list below means something
+    with HostSyncs() as syncs:
+        moe(x)
+    assert syncs.found == []
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_a_moe_decode_step_as_the_graphs_capture_it_never_syncs(batch):
+    spec = SPEC.model_copy(update={"shared_expert_intermediate_size": 40})
+    model = build_reference_model(spec, seed=1)
+    cache = PagedKVCache(range(spec.num_layers), num_blocks=32, block_size=4,
+                         num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim, scratch=True)
+    graphs = DecodeGraphs(model, cache, max_batch=8, max_seq_len=spec.max_seq_len)
+
+    class Row:  # one decode: a token at position 5 of a sequence in blocks 2r, 2r + 1
+        def __init__(self, r):
+            self.token_ids, self.start_pos, self.block_table = [r + 1], 5, [2 * r, 2 * r + 1]
+            self.sample = True
+
+    b = next(size for size in graphs.buckets if size >= batch)
+    graphs._write([Row(r) for r in range(batch)], b)
+    with torch.inference_mode(), HostSyncs() as syncs:
+        logits = graphs._forward(b)
+    assert syncs.found == [] and logits.shape == (b, spec.vocab_size)
+    assert torch.isfinite(logits).all()
