@@ -98,6 +98,10 @@ class Engine:
         self._next_seq_id = 0
         self.num_steps = 0
         self.timing = StepTiming()
+        self.steps = {"prefill": 0, "decode": 0}
+        """Steps run, by kind: "decode" (only decodes), "prefill" (at least one prefill chunk)."""
+        self.step_seconds = {"prefill": 0.0, "decode": 0.0}
+        """The executor's seconds in them (the router shows both as counters)."""
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -150,9 +154,11 @@ class Engine:
 
     @staticmethod
     def _output(req: Request, token_ids: list[int], text: str) -> RequestOutput:
+        finished = req.is_finished
         return RequestOutput(
-            req.rid, token_ids, text, req.is_finished, req.finish_reason, req.num_prompt_tokens,
-            max(0, req.num_cached_tokens), req.num_output_tokens)
+            req.rid, token_ids, text, finished, req.finish_reason, req.num_prompt_tokens,
+            max(0, req.num_cached_tokens), req.num_output_tokens,
+            req.timings(time.monotonic()) if finished else None)
 
     @property
     def has_work(self) -> bool:
@@ -166,10 +172,23 @@ class Engine:
         t0 = time.perf_counter()
         scheduled = self.scheduler.schedule()
         t1 = time.perf_counter()
+        now = time.monotonic()
+        decode_only = True
+        for req, n in scheduled.scheduled:
+            if not req.scheduled_s:
+                req.scheduled_s = now
+            decode_only = decode_only and n == 1 and req.num_output_tokens > 0
         result = self.executor.execute(scheduled.plan)
         t2 = time.perf_counter()
+        if scheduled.scheduled:
+            kind = "decode" if decode_only else "prefill"
+            self.steps[kind] += 1
+            self.step_seconds[kind] += t2 - t1
         outputs: list[RequestOutput] = []
+        now = time.monotonic()
         for req, token in self.scheduler.update(scheduled, result.tokens):
+            if not req.first_token_s:
+                req.first_token_s = now
             proc = self._outputs[req.rid]
             text, reason = proc.on_token(token)
             if reason is not None:
@@ -196,6 +215,8 @@ class Engine:
             "prefix_hits": sched.prefix_hits,
             "prefix_queries": sched.prefix_queries,
             "num_preemptions": sched.num_preemptions,
+            "steps": dict(self.steps),
+            "step_seconds": dict(self.step_seconds),
         }
 
     def drain_kv_events(self) -> tuple[list[int], list[int]]:

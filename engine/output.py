@@ -37,14 +37,19 @@ class RequestOutput:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    timings: dict[str, float] | None = None
+    """On the final output: Request.timings (queue_s, prefill_s, decode_s)."""
 
     def to_message(self) -> dict:
         """The protocol's "output" message (engine/protocol.py)."""
-        return {"op": "output", "rid": self.rid, "token_ids": self.token_ids,
-                "text": self.text, "finished": self.finished,
-                "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
-                "cached_tokens": self.cached_tokens,
-                "completion_tokens": self.completion_tokens}
+        message = {"op": "output", "rid": self.rid, "token_ids": self.token_ids,
+                   "text": self.text, "finished": self.finished,
+                   "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
+                   "cached_tokens": self.cached_tokens,
+                   "completion_tokens": self.completion_tokens}
+        if self.timings is not None:
+            message["timings"] = self.timings
+        return message
 
 
 class IncrementalDetokenizer:

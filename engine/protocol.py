@@ -11,10 +11,14 @@ router -> engine
 engine -> router
   output   {op, rid, token_ids: [int] (new this step), text: str (new text), finished: bool,
             finish_reason: "stop"|"length"|"abort"|"error"|None, prompt_tokens: int,
-            cached_tokens: int, completion_tokens: int}
+            cached_tokens: int, completion_tokens: int, timings (on the final one):
+            {queue_s, prefill_s, decode_s: float, each only if reached}}
   error    {op, rid, code: int (400 bad request, 429 queue full, 500), message: str}
   stats    {op, waiting, running, pending_tokens, kv_usage (0..1), kv_blocks_total,
-            kv_blocks_free, prefix_hits, prefix_queries, num_preemptions}
+            kv_blocks_free, prefix_hits, prefix_queries, num_preemptions,
+            steps: {prefill, decode: int}, step_seconds: {prefill, decode: float}}
+            (steps run so far, and their executor seconds: "decode" steps hold only
+            decodes, "prefill" ones at least one prefill chunk)
   kv_events {op, stored: [int], evicted: [int]}  (block hashes, see engine.hashing)
   hello    {op, replica: int, block_size: int, max_model_len: int, model: str,
             kv_blocks_total: int}               (sent first to every router, in answer to

@@ -5,6 +5,7 @@ Pure Python (no torch): the scheduler and the block manager work on these.
 
 from __future__ import annotations
 
+import time
 from enum import Enum
 from typing import Literal
 
@@ -34,7 +35,7 @@ class Request:
 
     __slots__ = ("rid", "seq_id", "sampling", "num_prompt_tokens", "token_ids", "state",
                  "finish_reason", "num_computed_tokens", "num_cached_tokens", "block_hashes",
-                 "num_preemptions", "error")
+                 "num_preemptions", "error", "arrival_s", "scheduled_s", "first_token_s")
 
     def __init__(self, rid: str, seq_id: int, prompt_token_ids: list[int],
                  sampling: SamplingParams):
@@ -52,6 +53,22 @@ class Request:
         """Chained hashes of this request's full blocks, computed once, extended as needed."""
         self.num_preemptions = 0
         self.error: str | None = None
+        # time.monotonic() when added, first scheduled and given its first token (0.0: not yet)
+        self.arrival_s = time.monotonic()
+        self.scheduled_s = 0.0
+        self.first_token_s = 0.0
+
+    def timings(self, now: float) -> dict[str, float]:
+        """Where its time went, at its end (vLLM's phases): waiting to be scheduled, from
+        then to the first token (prefill), from then on (decode); phases it never reached
+        are left out."""
+        out = {}
+        if self.scheduled_s:
+            out["queue_s"] = self.scheduled_s - self.arrival_s
+            if self.first_token_s:
+                out["prefill_s"] = self.first_token_s - self.scheduled_s
+                out["decode_s"] = now - self.first_token_s
+        return out
 
     @property
     def num_tokens(self) -> int:

@@ -47,6 +47,23 @@ class StepChunk:
     output_index: int = 0
 
 
+WARMUP_CHUNK_TOKENS = 128
+"""The prompt length of warmup_prefill's chunks (a burst of short prompts)."""
+
+
+def warmup_prefill(max_tokens: int, max_seqs: int, max_seq_len: int, num_blocks: int,
+                   block_size: int, vocab_size: int) -> list[StepChunk]:
+    """The biggest prefill step a burst of new requests makes: up to `max_tokens` tokens
+    (serve.max_num_batched_tokens) in prompts of up to WARMUP_CHUNK_TOKENS, at most
+    `max_seqs` of them, on distinct blocks of a free cache (nothing is cached yet, so
+    writing them harms nobody)."""
+    length = max(1, min(WARMUP_CHUNK_TOKENS, max_seq_len - 1, max_tokens))
+    need = -(-length // block_size)
+    count = min(max_tokens // length, max_seqs, num_blocks // need)
+    tokens = [i % vocab_size for i in range(length)]
+    return [StepChunk(tokens, 0, list(range(i * need, (i + 1) * need))) for i in range(count)]
+
+
 @dataclass
 class PrefillBatch:
     """Prompts to prefill: `token_ids[i]` go to positions start_positions[i]... of seq i."""

@@ -22,6 +22,7 @@ from .batch import (
     StepOutput,
     build_step,
     dummy_step,
+    warmup_prefill,
 )
 from .checkpoint import load_checkpoint_model
 from .context import ParallelContext
@@ -130,10 +131,16 @@ class ReferenceModelRunner:
             self.graphs = graphs
 
     def _warm_eager_kernels(self) -> None:
-        """Two eager steps on the first KV blocks (free: nothing is cached yet), so the
-        kernels of mixed and decode-only steps are compiled before the first request: a
-        prefill over two pages next to a decode, then two decodes."""
-        cache, spec = self._cache(), self.ctx.model
+        """Eager steps on the free KV blocks (nothing is cached yet), so first-use costs
+        (kernel variants compiled, cuBLAS algorithms loaded) are paid before the first
+        request: the biggest prefill step a burst of new requests makes, a prefill over two
+        pages next to a decode, then two decodes."""
+        cache, spec, serve = self._cache(), self.ctx.model, self.ctx.config.serve
+        burst = warmup_prefill(serve.max_num_batched_tokens, serve.max_num_seqs,
+                               spec.max_seq_len, cache.num_blocks, cache.block_size,
+                               spec.vocab_size)
+        if burst:
+            self.run_step(burst)
         bs = cache.block_size
         n = min(2 * bs + 1, spec.max_seq_len - 1)
         need = -(-n // bs)

@@ -339,7 +339,8 @@ def create_app(pool: ReplicaPool, tokenizer: Tokenizer, settings: AppSettings, *
                 series.finished(str(msg.get("finish_reason") or "stop"),
                                 prompt=int(msg.get("prompt_tokens", len(job.prompt_token_ids))),
                                 completion=int(msg.get("completion_tokens", 0)),
-                                cached=int(msg.get("cached_tokens", 0)), e2e_s=now - start)
+                                cached=int(msg.get("cached_tokens", 0)), e2e_s=now - start,
+                                timings=msg.get("timings"))
         return see
 
     async def relay(job: Job) -> AsyncIterator[dict]:

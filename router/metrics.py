@@ -2,8 +2,10 @@
 `pypto:` prefix (vllm:num_requests_running -> pypto:num_requests_running), per replica.
 
 Replica gauges and cumulative counters (running, waiting, KV usage, prefix-cache hits and
-queries, preemptions) come from each replica's last stats reply, read at scrape time by a
-collector; latencies and finish reasons are measured by the router per request.
+queries, preemptions, engine steps and their seconds by kind) come from each replica's last
+stats reply, read at scrape time by a collector; latencies and finish reasons are measured
+by the router per request, and each request's phases in the engine (queue, prefill, decode)
+come with its final output.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
                1.0, 2.5, 5.0, 10.0)
 E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
                50.0, 60.0, 120.0, 240.0)
+
+STEP_KINDS = ("prefill", "decode")
+PHASES = ("queue", "prefill", "decode")
+"""A request's phases in its replica's engine (vLLM's request_{queue,prefill,decode}_time)."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -64,9 +70,23 @@ class _ReplicaCollector(Collector):
                 fams[k].add_metric(lv, float(stats.get(key, 0) or 0))
             for k, (_, key) in counters.items():
                 cfams[k].add_metric(lv, float(stats.get(key, 0) or 0))
+        steps = CounterMetricFamily("pypto:engine_steps", "Engine steps run, by kind "
+                                    "(decode: only decodes; prefill: at least one prefill "
+                                    "chunk).", labels=[*labels, "kind"])
+        step_s = CounterMetricFamily("pypto:engine_step_seconds", "Seconds the replica's "
+                                     "executor spent in those steps.", labels=[*labels, "kind"])
+        for r, client in sorted(self.pool.replicas.items()):
+            stats = client.state.stats
+            for family, key in ((steps, "steps"), (step_s, "step_seconds")):
+                by_kind = stats.get(key)
+                for kind in STEP_KINDS:
+                    value = by_kind.get(kind, 0) if isinstance(by_kind, dict) else 0
+                    family.add_metric([self.model, str(r), kind], float(value or 0))
         yield healthy
         yield from fams.values()
         yield from cfams.values()
+        yield steps
+        yield step_s
 
 
 class RouterMetrics:
@@ -84,6 +104,14 @@ class RouterMetrics:
                              "chunks of a request.", labels, buckets=ITL_BUCKETS, registry=r)
         self.e2e = Histogram("pypto:e2e_request_latency_seconds", "Request latency, arrival "
                              "to last token.", labels, buckets=E2E_BUCKETS, registry=r)
+        phase_docs = {"queue": "waiting in the replica's queue, arrival to first scheduled",
+                      "prefill": "first scheduled to first token",
+                      "decode": "first token to the end"}
+        self.phases = {phase: Histogram(
+            f"pypto:request_{phase}_time_seconds", f"Time a request spent {doc} (measured "
+            "in the replica's engine).", labels,
+            buckets=E2E_BUCKETS if phase == "decode" else TTFT_BUCKETS, registry=r)
+            for phase, doc in phase_docs.items()}
         self.success = Counter("pypto:request_success", "Finished requests by finish reason.",
                                [*labels, "finished_reason"], registry=r)
         self.prompt_tokens = Counter("pypto:prompt_tokens", "Prompt tokens processed.",
@@ -106,11 +134,6 @@ class RouterMetrics:
             s = self._series[replica] = ReplicaSeries(self, (self.model, str(replica)))
         return s
 
-    def finished(self, replica: int, reason: str, *, prompt: int, completion: int,
-                 cached: int, e2e_s: float) -> None:
-        self.series(replica).finished(reason, prompt=prompt, completion=completion,
-                                      cached=cached, e2e_s=e2e_s)
-
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -127,10 +150,18 @@ class ReplicaSeries:
         self.prompt_tokens = m.prompt_tokens.labels(*lv)
         self.generation_tokens = m.generation_tokens.labels(*lv)
         self.cached_tokens = m.cached_tokens.labels(*lv)
+        self.phases = {phase: h.labels(*lv) for phase, h in m.phases.items()}
         self._success: dict[str, Any] = {}
 
     def finished(self, reason: str, *, prompt: int, completion: int, cached: int,
-                 e2e_s: float) -> None:
+                 e2e_s: float, timings: Any = None) -> None:
+        """One finished request; `timings` is its engine's {queue_s, prefill_s, decode_s}
+        (any missing or malformed entry is skipped: a replica's message is not trusted)."""
+        if isinstance(timings, dict):
+            for phase, hist in self.phases.items():
+                value = timings.get(f"{phase}_s")
+                if isinstance(value, (int, float)) and 0 <= value < float("inf"):
+                    hist.observe(value)
         success = self._success.get(reason)
         if success is None:
             success = self._success[reason] = self._success_of.labels(*self._lv, reason)

@@ -9,7 +9,11 @@ token (TPOT: after the first, by the usage's token count, as chunks may carry se
 text or none) and end-to-end latency (p50 / p99), and the share of
 prompt tokens served from the prefix cache (the usage's cached_tokens). With
 --shared-prefixes N each prompt is one of N fixed --prefix-tokens-byte prefixes (a system
-prompt) followed by its own --prompt-tokens bytes. Loopback only.
+prompt) followed by its own --prompt-tokens bytes. Against `pypto serve` it also prints
+the server's own account of each level from /metrics: the router's TTFT, each request's
+queue / prefill / decode phases in its engine, and the engine's steps and mean step time by
+kind (so a slow first token can be told apart: queueing, slow prefill steps, or neither).
+Loopback only.
 
 Usage: python scripts/bench_serve_load.py --url http://127.0.0.1:8000 [--model tiny-moe]
        [--concurrency 1,8,32,128] [--requests 64] [--prompt-tokens 128] [--max-tokens 64]
@@ -28,6 +32,52 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+# the server's own account of a level (deltas of /metrics, summed over replicas): the
+# router's TTFT, each request's phases in its engine, and the engine's steps by kind
+SERVER_SUMS = {"ttft": "pypto:time_to_first_token_seconds",
+               "queue": "pypto:request_queue_time_seconds",
+               "prefill": "pypto:request_prefill_time_seconds",
+               "decode": "pypto:request_decode_time_seconds"}
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sums and counts of SERVER_SUMS, steps and step seconds by kind; {} if /metrics is
+    not there (another server)."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    names = {v: k for k, v in SERVER_SUMS.items()}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if fam.name in names and sample.name.endswith(("_sum", "_count")):
+                key = f"{names[fam.name]}{sample.name[len(fam.name):]}"
+            elif fam.name in ("pypto:engine_steps", "pypto:engine_step_seconds") \
+                    and sample.name.endswith("_total"):
+                key = f"{fam.name[6:]}_{sample.labels.get('kind')}"
+            else:
+                continue
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean seconds per request of each SERVER_SUMS figure, steps and mean step seconds by
+    kind, over one level."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    out = {}
+    for k in SERVER_SUMS:
+        if d.get(f"{k}_count"):
+            out[f"server_{k}_mean"] = d[f"{k}_sum"] / d[f"{k}_count"]
+    for kind in ("prefill", "decode"):
+        steps = d.get(f"engine_steps_{kind}", 0.0)
+        out[f"{kind}_steps"] = steps
+        if steps:
+            out[f"{kind}_step_mean"] = d[f"engine_step_seconds_{kind}"] / steps
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -134,8 +184,10 @@ def main() -> None:
     for c in (int(x) for x in args.concurrency.split(",")):
         # fresh prefixes per level: a level is never served from the previous one's cache
         prefixes = [text(rng, args.prefix_tokens) for _ in range(args.shared_prefixes)]
+        before = scrape(args.url)
         r = asyncio.run(level(args.url, args.model, c, max(args.requests, c),
                               args.prompt_tokens, args.max_tokens, rng, prefixes))
+        r.update(server_side(before, scrape(args.url)))
         rows.append(r)
         ms = {k: r[k] * 1e3 for k in r if k.endswith(("p50", "p99"))}
         print(f"{c:5d} {r['req_per_s']:8.2f} {r['tok_per_s']:9.1f} {ms['ttft_p50']:8.1f}ms "
@@ -144,6 +196,20 @@ def main() -> None:
               f"{ms['e2e_p50']:7.0f}ms {ms['e2e_p99']:7.0f}ms {r['errors']:6d} "
               f"{r['cached_share']:6.1%} {ms['ttft_first_wave_p50']:11.1f}ms")
     print("median e2e over levels:", statistics.median(r["e2e_p50"] for r in rows))
+    if any("server_ttft_mean" in r for r in rows):
+        print("server side, means per request (router TTFT; the engine's queue, prefill and "
+              "decode phases) and per step (executor time by kind):")
+        print(f"{'conc':>5} {'TTFT':>9} {'queue':>9} {'prefill':>9} {'decode':>9} "
+              f"{'prefill steps':>13} {'ms/step':>8} {'decode steps':>12} {'ms/step':>8}")
+        for r in rows:
+            ms = {k: r.get(k, float("nan")) * 1e3 for k in (
+                "server_ttft_mean", "server_queue_mean", "server_prefill_mean",
+                "server_decode_mean", "prefill_step_mean", "decode_step_mean")}
+            print(f"{r['concurrency']:5d} {ms['server_ttft_mean']:7.1f}ms "
+                  f"{ms['server_queue_mean']:7.1f}ms {ms['server_prefill_mean']:7.1f}ms "
+                  f"{ms['server_decode_mean']:7.1f}ms {r.get('prefill_steps', 0):13.0f} "
+                  f"{ms['prefill_step_mean']:6.2f}ms {r.get('decode_steps', 0):12.0f} "
+                  f"{ms['decode_step_mean']:6.2f}ms")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -4,6 +4,8 @@ refused without harm, /metrics parses, and Ctrl-C drains and leaves no process."
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import psutil
@@ -92,6 +94,26 @@ def test_metrics_parse_and_name_every_replica(demo):
     e2e = [s for s in fams["pypto:e2e_request_latency_seconds"].samples
            if s.name.endswith("_count")]
     assert sum(s.value for s in e2e) >= 1
+
+    def total(name: str, suffix: str, **labels: str) -> float:
+        return sum(s.value for s in fams[name].samples if s.name == name + suffix
+                   and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    # the engine's own account: each finished request's phases, and the steps it ran
+    # (a request of 3 tokens: at least one prefill step and two decode steps somewhere)
+    for phase in ("queue", "prefill", "decode"):
+        name = f"pypto:request_{phase}_time_seconds"
+        assert total(name, "_count") == total("pypto:e2e_request_latency_seconds", "_count")
+    # (the step counts come with the replica's next stats, which may land just after the
+    # answer: read again until then)
+    deadline = time.monotonic() + 10
+    while total("pypto:engine_steps", "_total", kind="decode") < 2 \
+            and time.monotonic() < deadline:
+        fams = {f.name: f for f in text_string_to_metric_families(
+            httpx.get(demo.url + "/metrics").text)}
+    assert total("pypto:engine_steps", "_total", kind="prefill") >= 1
+    assert total("pypto:engine_steps", "_total", kind="decode") >= 2
+    assert total("pypto:engine_step_seconds", "_total", kind="decode") > 0
 
 
 def test_a_rank_killed_restarts_the_world_and_held_requests_complete(demo):
