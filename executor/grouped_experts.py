@@ -1,8 +1,8 @@
 """Routed experts with no host sync, so a MoE decode step can be captured in a CUDA graph.
 
 `model.run_experts` sorts the rows by expert and calls each expert once on its run: the
-fewest FLOPs, but the run lengths come to the host every layer. For a step of at most
-MAX_SYNC_FREE_ROWS rows every shape here follows from the row count alone:
+fewest FLOPs, but the run lengths come to the host every layer. Here every shape follows
+from the row count alone. On CUDA (`sync_free`) for a step of at most MAX_SYNC_FREE_ROWS rows:
 
 - few picks (rows x top-k <= experts): each (row, pick) gathers its expert's weights and one
   batched matmul applies them, so only the picked experts' bytes are read (twice: the
@@ -30,9 +30,12 @@ MAX_SYNC_FREE_ROWS = 128
 """Steps of more rows take the sorted path (their FLOPs matter more than one host sync)."""
 
 
-def sync_free(rows: int) -> bool:
-    """Whether a step of `rows` rows takes the sync-free paths."""
-    return rows <= MAX_SYNC_FREE_ROWS
+def sync_free(x: torch.Tensor) -> bool:
+    """Whether a step over rows `x` takes the sync-free paths: on CUDA, where a host sync
+    stalls the device's queue and breaks a graph capture, for up to MAX_SYNC_FREE_ROWS rows.
+    On a CPU a sync costs nothing and the sorted path wins where the experts are not tiny
+    (scripts/bench_moe_paths.py, docs/benchmarks.md)."""
+    return x.is_cuda and x.shape[0] <= MAX_SYNC_FREE_ROWS
 
 
 class StackedExperts:

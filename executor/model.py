@@ -238,9 +238,9 @@ class SharedExpert(nn.Module):
 
 
 class MoE(nn.Module):
-    """Top-k routed SwiGLU experts. A step of up to grouped_experts.MAX_SYNC_FREE_ROWS rows
-    runs them without a host sync (a decode step can be graphed); a bigger one sorts its
-    rows so that every expert sees only the tokens routed to it."""
+    """Top-k routed SwiGLU experts. On CUDA a step of up to
+    grouped_experts.MAX_SYNC_FREE_ROWS rows runs them without a host sync (a decode step can
+    be graphed); otherwise the rows are sorted so that every expert sees only its tokens."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -256,7 +256,7 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, ids = route(self.gate, x, self.top_k, self.renormalize)
-        if sync_free(x.shape[0]):
+        if sync_free(x):
             out = grouped_experts(x, weights, ids, self.stacked)
         else:
             token = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.top_k)

@@ -1,6 +1,9 @@
 """Routed experts without a host sync (executor/grouped_experts.py): the gathered and the
 all-experts paths equal the sorted path, the stacked weights are the experts' own storage,
-and a decode step of a MoE model, as the CUDA graphs capture it, calls no op that syncs."""
+and a decode step of a MoE model, as the CUDA graphs capture it, calls no op that syncs.
+
+On a CPU the model itself takes the sorted path (grouped_experts.sync_free), so these tests
+call the sync-free paths directly, or force the CUDA choice where the whole step is run."""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import pytest
 import torch
 
 from pypto_serving.core.config import ModelSpec
+from pypto_serving.executor import model as model_module
 from pypto_serving.executor.decode_graphs import DecodeGraphs
-from pypto_serving.executor.grouped_experts import MAX_SYNC_FREE_ROWS
+from pypto_serving.executor.grouped_experts import MAX_SYNC_FREE_ROWS, grouped_experts
 from pypto_serving.executor.kv_cache import PagedKVCache
 from pypto_serving.executor.model import MoE, build_reference_model, route, run_experts
 
@@ -33,21 +37,28 @@ def _sorted(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     return out if moe.shared is None else out + moe.shared(x)
 
 
-# 1-4 rows: 2-8 picks of 8 experts, gathered; 5 and 128: every expert; 129: sorted
-@pytest.mark.parametrize("rows", [1, 4, 5, MAX_SYNC_FREE_ROWS, MAX_SYNC_FREE_ROWS + 1])
+def _grouped(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """The layer as CUDA runs a step of up to MAX_SYNC_FREE_ROWS rows."""
+    weights, ids = route(moe.gate, x, moe.top_k, moe.renormalize)
+    out = grouped_experts(x, weights, ids, moe.stacked)
+    return out if moe.shared is None else out + moe.shared(x)
+
+
+# 1-4 rows: 2-8 picks of 8 experts, gathered; 5 to 128: every expert
+@pytest.mark.parametrize("rows", [1, 4, 5, MAX_SYNC_FREE_ROWS])
 @pytest.mark.parametrize("variant", ["mixtral", "qwen2-moe"])
 def test_each_path_equals_the_sorted_experts(rows, variant):
     spec = SPEC if variant == "mixtral" else SPEC.model_copy(
         update={"shared_expert_intermediate_size": 40, "moe_renormalize": False})
     moe = _moe(spec)
     x = torch.randn(rows, SPEC.hidden_size, generator=torch.Generator().manual_seed(rows))
-    torch.testing.assert_close(moe(x), _sorted(moe, x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(_grouped(moe, x), _sorted(moe, x), rtol=1e-5, atol=1e-6)
 
 
 def test_the_stack_is_the_experts_own_storage_and_follows_a_dtype_change():
     moe = _moe()
     x = torch.randn(3, SPEC.hidden_size)
-    moe(x)
+    _grouped(moe, x)
     w13, w2 = moe.stacked.weights()
     for e, expert in enumerate(moe.experts):  # views of the stack: nothing held twice
         assert expert.w1.weight.untyped_storage().data_ptr() == w13.untyped_storage().data_ptr()
@@ -55,8 +66,11 @@ def test_the_stack_is_the_experts_own_storage_and_follows_a_dtype_change():
         assert expert.w2.weight.data_ptr() == w2[e].data_ptr()
     moe.to(torch.float64)  # every weight replaced: stacked again from the new ones
     x = x.double()
-    torch.testing.assert_close(moe(x), _sorted(moe, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_grouped(moe, x), _sorted(moe, x), rtol=1e-12, atol=1e-12)
     assert moe.stacked.weights()[0].dtype == torch.float64
+    # the sorted path (each expert's own forward) reads the stack too: nothing re-fused
+    _sorted(moe, x)
+    assert moe.experts[1].w13.weight.data_ptr() == moe.stacked.weights()[0][1].data_ptr()
 
 
 def test_the_detector_sees_the_sorted_paths_sync():
@@ -66,12 +80,15 @@ def test_the_detector_sees_the_sorted_paths_sync():
         _sorted(moe, x)
     assert "bincount" in syncs.found  # so an empty list below means something
     with HostSyncs() as syncs:
-        moe(x)
+        _grouped(moe, x)
     assert syncs.found == []
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_a_moe_decode_step_as_the_graphs_capture_it_never_syncs(batch):
+def test_a_moe_decode_step_as_the_graphs_capture_it_never_syncs(batch, monkeypatch):
+    # the MoE layers' CUDA choice (sync_free is CUDA-only; the rest of the step's code is the
+    # same on both devices but for kernels that launch without a sync)
+    monkeypatch.setattr(model_module, "sync_free", lambda x: x.shape[0] <= MAX_SYNC_FREE_ROWS)
     spec = SPEC.model_copy(update={"shared_expert_intermediate_size": 40})
     model = build_reference_model(spec, seed=1)
     cache = PagedKVCache(range(spec.num_layers), num_blocks=32, block_size=4,
