@@ -10,7 +10,8 @@ from the row count alone. On CUDA (`sync_free`) for a step of at most MAX_SYNC_F
 - more: every expert over every row, weighted by a dense [rows, experts] routing matrix that
   is zero off the picks. It reads each expert's weights once, as any step that touches most
   experts must, at experts / top-k times the FLOPs, which stay under the time of those reads
-  while rows <= a GPU's FLOP-per-byte ratio (about 190 on an H200).
+  while rows <= a GPU's FLOP-per-byte ratio (about 180 on an H200: 781 TFLOP/s of bf16
+  matmul over 4.27 TB/s of copy, both measured, docs/benchmarks.md).
 
 The experts' weights are stacked per layer (`StackedExperts`): w13 [experts, 2 x width,
 hidden] and w2 [experts, hidden, width]; each expert's own Linear weights become views of

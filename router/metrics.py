@@ -27,8 +27,6 @@ E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 
                50.0, 60.0, 120.0, 240.0)
 
 STEP_KINDS = ("prefill", "decode")
-PHASES = ("queue", "prefill", "decode")
-"""A request's phases in its replica's engine (vLLM's request_{queue,prefill,decode}_time)."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -62,6 +60,11 @@ class _ReplicaCollector(Collector):
                  for k, (doc, _) in counters.items()}
         healthy = GaugeMetricFamily("pypto:replica_ready", "1 while the replica is in "
                                     "rotation.", labels=labels)
+        steps = CounterMetricFamily("pypto:engine_steps", "Engine steps run, by kind "
+                                    "(decode: only decodes; prefill: at least one prefill "
+                                    "chunk).", labels=[*labels, "kind"])
+        step_s = CounterMetricFamily("pypto:engine_step_seconds", "Seconds the replica's "
+                                     "executor spent in those steps.", labels=[*labels, "kind"])
         for r, client in sorted(self.pool.replicas.items()):
             lv = [self.model, str(r)]
             stats = client.state.stats
@@ -70,18 +73,11 @@ class _ReplicaCollector(Collector):
                 fams[k].add_metric(lv, float(stats.get(key, 0) or 0))
             for k, (_, key) in counters.items():
                 cfams[k].add_metric(lv, float(stats.get(key, 0) or 0))
-        steps = CounterMetricFamily("pypto:engine_steps", "Engine steps run, by kind "
-                                    "(decode: only decodes; prefill: at least one prefill "
-                                    "chunk).", labels=[*labels, "kind"])
-        step_s = CounterMetricFamily("pypto:engine_step_seconds", "Seconds the replica's "
-                                     "executor spent in those steps.", labels=[*labels, "kind"])
-        for r, client in sorted(self.pool.replicas.items()):
-            stats = client.state.stats
             for family, key in ((steps, "steps"), (step_s, "step_seconds")):
                 by_kind = stats.get(key)
                 for kind in STEP_KINDS:
                     value = by_kind.get(kind, 0) if isinstance(by_kind, dict) else 0
-                    family.add_metric([self.model, str(r), kind], float(value or 0))
+                    family.add_metric([*lv, kind], float(value or 0))
         yield healthy
         yield from fams.values()
         yield from cfams.values()

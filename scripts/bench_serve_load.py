@@ -3,11 +3,11 @@
 For each concurrency in --concurrency it sends --requests streamed completions (closed loop:
 each client sends its next request when its last one ends) of --prompt-tokens bytes and
 --max-tokens new tokens (ignore_eos), and prints throughput (requests/s, generated tokens/s),
-time to first token (also the median of the first wave: the first --concurrency
-requests), inter-token latency (between streamed chunks with text), time per output
-token (TPOT: after the first, by the usage's token count, as chunks may carry several tokens'
-text or none) and end-to-end latency (p50 / p99), and the share of
-prompt tokens served from the prefix cache (the usage's cached_tokens). With
+time to first token (the first streamed chunk with text; also the median of the first
+wave, the first --concurrency requests), inter-token latency (between streamed chunks with
+text), time per output token (TPOT: after the first, by the usage's token count, as chunks
+may carry several tokens' text or none) and end-to-end latency (p50 / p99), and the share
+of prompt tokens served from the prefix cache (the usage's cached_tokens). With
 --shared-prefixes N each prompt is one of N fixed --prefix-tokens-byte prefixes (a system
 prompt) followed by its own --prompt-tokens bytes. Against `pypto serve` it also prints
 the server's own account of each level from /metrics: the router's TTFT, each request's
