@@ -6,7 +6,8 @@ positions start.., causal over the cache up to each one). Decode rows go through
 `decode_attention` (a fused Triton kernel on CUDA that reads only each sequence's live
 blocks; a block-table gather in torch elsewhere); prefill chunks through
 scaled_dot_product_attention over their sequence's pages, so a long prompt costs memory
-linear in its length. Shapes: q [tokens, heads, d]; caches [blocks, block_size, kv_heads, d].
+linear in its length, or, two or more of them on CUDA, through one Triton launch for all.
+Shapes: q [tokens, heads, d]; caches [blocks, block_size, kv_heads, d].
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .ops import use_triton
 
 
 @dataclass
@@ -29,6 +32,22 @@ class PrefillSpan:
     blocks: torch.Tensor
 
 
+PREFILL_BLOCK_M = 64
+"""Queries of one chunk per program of the batched prefill kernel (a work item)."""
+
+
+@dataclass
+class PrefillTables:
+    """A step's prefill chunks as the batched prefill kernel reads them (int32, on the
+    device): `info` [chunks, 3] (first row, length, start position), `tables` [chunks, width]
+    (block tables padded with a valid id), `work` [items, 2] (chunk, first query) per
+    PREFILL_BLOCK_M queries."""
+
+    info: torch.Tensor
+    tables: torch.Tensor
+    work: torch.Tensor
+
+
 @dataclass
 class PagedAttentionMetadata:
     """One ragged step over the paged KV cache, built once per step and shared by every layer.
@@ -36,7 +55,8 @@ class PagedAttentionMetadata:
     Token t is at `positions[t]` and its key/value is written at cache slot `slots[t]` (block *
     block_size + offset). Decode rows: `decode_rows` (None: every row is one), their block
     tables `block_tables` [rows, width] (int32, padded with any valid block id) and
-    `context_lens` (int64: the row's position + 1). Prefill chunks: `prefills`.
+    `context_lens` (int64: the row's position + 1). Prefill chunks: `prefills`; with two or
+    more, also `prefill_tables`, for one launch over all of them on CUDA.
     """
 
     positions: torch.Tensor
@@ -45,6 +65,7 @@ class PagedAttentionMetadata:
     block_tables: torch.Tensor
     context_lens: torch.Tensor
     prefills: list[PrefillSpan]
+    prefill_tables: PrefillTables | None = None
 
     @property
     def num_decodes(self) -> int:
@@ -65,6 +86,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         rows = meta.decode_rows
         out[rows] = decode_attention(q[rows], k_cache, v_cache, meta.block_tables,
                                      meta.context_lens, kv_index)
+    batch = meta.prefill_tables
+    if batch is not None and kv_index is None and use_triton(q):
+        # several chunks: one launch for all (a loop of SDPA calls costs ~20 launches per
+        # chunk and layer)
+        from .triton_kernels import paged_prefill_attention
+        paged_prefill_attention(q, k_cache, v_cache, out, batch.info, batch.tables, batch.work)
+        return out
     for span in meta.prefills:
         end = span.row + span.length
         out[span.row:end] = prefill_attention(q[span.row:end], k_cache, v_cache, span,
@@ -76,7 +104,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      block_tables: torch.Tensor, context_lens: torch.Tensor,
                      kv_index: torch.Tensor | None = None) -> torch.Tensor:
     """One query row per sequence over its first context_lens[i] cached positions."""
-    if q.is_cuda and kv_index is None:
+    if use_triton(q) and kv_index is None:
         from .triton_kernels import paged_decode_attention
         return paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens)
     return gathered_decode_attention(q, k_cache, v_cache, block_tables, context_lens, kv_index)

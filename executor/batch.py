@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from .attention import PagedAttentionMetadata, PrefillSpan
+from .attention import PREFILL_BLOCK_M, PagedAttentionMetadata, PrefillSpan, PrefillTables
 from .errors import SequenceTooLongError
 from .model import SequenceMetadata, sequence_metadata
 
@@ -167,6 +167,25 @@ def int_tensor(values: list[int], device: torch.device, fmt: str = "q") -> torch
     return torch.frombuffer(buf, dtype=dtype).to(device, non_blocking=True)
 
 
+def prefill_tables(spans: Sequence[tuple[int, int, int, int, int]], blocks: list[int],
+                   device: torch.device) -> PrefillTables:
+    """The chunks (row, length, start, blocks from, to) as the batched prefill kernel takes
+    them: one copy each of info, padded tables and work items."""
+    width = max(b - a for *_, a, b in spans)
+    info: list[int] = []
+    flat: list[int] = []
+    work: list[int] = []
+    for c, (row, n, start, a, b) in enumerate(spans):
+        info += (row, n, start)
+        flat.extend(blocks[a:b])
+        flat.extend(repeat(blocks[a], width - (b - a)))
+        for m0 in range(0, n, PREFILL_BLOCK_M):
+            work += (c, m0)
+    return PrefillTables(info=int_tensor(info, device, "i").view(len(spans), 3),
+                         tables=int_tensor(flat, device, "i").view(len(spans), width),
+                         work=int_tensor(work, device, "i").view(-1, 2))
+
+
 def _index_step(chunks: Sequence[ChunkLike], block_size: int, device: torch.device,
                 max_seq_len: int | None) -> StepInput:
     """Tokens, positions and slots of a step as flat lists; decode rows' block tables padded
@@ -215,11 +234,13 @@ def _index_step(chunks: Sequence[ChunkLike], block_size: int, device: torch.devi
         flat_tables.extend(table)
         flat_tables.extend(repeat(table[0], width - len(table)))
     blocks = int_tensor(prefill_blocks, device)
+    tables = prefill_tables(spans, prefill_blocks, device) if len(spans) > 1 else None
     meta = PagedAttentionMetadata(
         positions=int_tensor(positions, device), slots=int_tensor(slots, device),
         decode_rows=None if not spans else int_tensor(decode_rows, device),
         block_tables=int_tensor(flat_tables, device, "i").view(len(decode_tables), width),
         context_lens=int_tensor(context_lens, device),
-        prefills=[PrefillSpan(row, n, start, blocks[a:b]) for row, n, start, a, b in spans])
+        prefills=[PrefillSpan(row, n, start, blocks[a:b]) for row, n, start, a, b in spans],
+        prefill_tables=tables)
     return StepInput(tokens=int_tensor(tokens, device), meta=meta,
                      last_rows=int_tensor(last_rows, device))

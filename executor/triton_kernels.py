@@ -1,4 +1,5 @@
-"""Triton kernels for the GPU step: paged decode attention, RMSNorm, rotary, SiLU-and-mul.
+"""Triton kernels for the GPU step: paged decode and prefill attention, RMSNorm, rotary,
+SiLU-and-mul.
 
 Each replaces a chain of small torch kernels by one launch (the decode step at small batch is
 launch-bound, see docs/benchmarks.md) and runs under CUDA graph capture. Imported only on
@@ -10,6 +11,11 @@ context), tile by tile across pages, for the query heads of that KV head (padded
 the tensor cores), and keeps a running max, sum and weighted value; a second kernel merges
 the splits. The split count is fixed per launch shape, so a
 captured graph replays for any context length.
+
+Prefill attention takes every prefill chunk of a step in one launch (flash-attention's
+forward over the paged cache): program (work item, head) holds up to PREFILL_BLOCK_M queries
+of one chunk and walks that chunk's cached positions up to its last query's, tile by tile
+through its block table, causal by position, with the same running max and sum.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .attention import PREFILL_BLOCK_M
 
 TARGET_PROGRAMS = 512
 """Decode attention aims at about this many programs (rows x KV heads x splits): enough to
@@ -141,6 +149,82 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         acc, m, lsum, out, out.stride(0), out.stride(1), heads, splits,
         HEAD_DIM=d, D_P=d_p, S_P=_pow2(splits))
     return out
+
+
+# Per-step arguments again not specialised on (q's strides, the table width).
+@triton.jit(do_not_specialize=["stride_qt", "stride_qh", "stride_tr"])
+def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, info_ptr, tables_ptr, work_ptr,
+                    stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs,
+                    stride_ch, stride_tr, scale, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    D_P: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    item = tl.program_id(0)
+    head = tl.program_id(1)
+    chunk = tl.load(work_ptr + item * 2)
+    m0 = tl.load(work_ptr + item * 2 + 1)
+    row0 = tl.load(info_ptr + chunk * 3)
+    length = tl.load(info_ptr + chunk * 3 + 1)
+    start = tl.load(info_ptr + chunk * 3 + 2)
+    kvh = head // GROUP
+    qi = m0 + tl.arange(0, BLOCK_M)
+    dd = tl.arange(0, D_P)
+    n = tl.arange(0, BLOCK_N)
+    qmask = qi < length
+    dmask = dd < HEAD_DIM
+    rows = (row0 + qi).to(tl.int64)
+    q = tl.load(q_ptr + rows[:, None] * stride_qt + head * stride_qh + dd[None, :],
+                mask=qmask[:, None] & dmask[None, :], other=0.0)
+    qpos = start + qi  # query i of the chunk sees cached positions 0..start + i
+    hi = start + tl.minimum(m0 + BLOCK_M, length)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    lsum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_P], tl.float32)
+    j = 0
+    while j < hi:  # a while loop: Triton's interpreter (tests) cannot range() over it
+        pos = j + n
+        valid = pos < hi
+        page = tl.load(tables_ptr + chunk * stride_tr + pos // BLOCK_SIZE, mask=valid,
+                       other=0).to(tl.int64)
+        offs = (page[:, None] * stride_cb + (pos % BLOCK_SIZE)[:, None] * stride_cs
+                + kvh * stride_ch + dd[None, :])
+        kvmask = valid[:, None] & dmask[None, :]
+        k = tl.load(k_ptr + offs, mask=kvmask, other=0.0)
+        v = tl.load(v_ptr + offs, mask=kvmask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [BLOCK_M, BLOCK_N]
+        s = tl.where(valid[None, :] & (pos[None, :] <= qpos[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        lsum = lsum * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        m = m_new
+        j += BLOCK_N
+    out = acc / lsum[:, None]
+    tl.store(out_ptr + rows[:, None] * stride_ot + head * stride_oh + dd[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
+
+
+def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            out: torch.Tensor, info: torch.Tensor, tables: torch.Tensor,
+                            work: torch.Tensor) -> None:
+    """Every prefill chunk of a step in one launch, written into `out`'s rows: chunk c holds
+    rows info[c, 0].. (info[c, 1] of them) at positions info[c, 2].., causal over its cached
+    positions through block table tables[c]; work [items, 2] int32: (chunk, first query)
+    per PREFILL_BLOCK_M queries. q, out [tokens, heads, d] (last dim contiguous)."""
+    heads, d = q.shape[1], q.shape[2]
+    _, block_size, kv_heads, _ = k_cache.shape
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
+        raise ValueError("paged_prefill_attention needs K and V caches of one layout and a "
+                         "contiguous head dimension")
+    if work.shape[0] == 0:
+        return
+    d_p = max(16, _pow2(d))
+    _prefill_kernel[(work.shape[0], heads)](
+        q, k_cache, v_cache, out, info, tables, work, q.stride(0), q.stride(1),
+        out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
+        k_cache.stride(2), tables.stride(0), d ** -0.5, GROUP=heads // kv_heads,
+        HEAD_DIM=d, D_P=d_p, BLOCK_SIZE=block_size, BLOCK_M=PREFILL_BLOCK_M,
+        BLOCK_N=DECODE_TILE if d_p <= 64 else DECODE_TILE // 2)
 
 
 @triton.jit(do_not_specialize=["stride_x", "stride_r", "stride_o", "stride_s"])

@@ -11,7 +11,12 @@ import sys
 import torch
 
 from pypto_serving.executor import ops, triton_kernels
-from pypto_serving.executor.attention import gathered_decode_attention
+from pypto_serving.executor.attention import (
+    PrefillSpan,
+    gathered_decode_attention,
+    prefill_attention,
+)
+from pypto_serving.executor.batch import prefill_tables
 from pypto_serving.executor.kv_cache import LayerCache
 
 
@@ -44,6 +49,43 @@ def decode_cases(device: str):
         got = triton_kernels.paged_decode_attention(q, k, v, tables, ctx)
         want = gathered_decode_attention(q, k, v, tables, ctx)
         yield f"decode h{heads} kv{kv_heads} d{d} bs{block_size} {dtype}", got, want
+
+
+def prefill_cases(device: str):
+    """Several chunks of one step in one launch, against SDPA per chunk: chunks that start
+    at 0 and past it (a cached prefix), longer than a program's queries, in shuffled
+    blocks, between decode rows (which the kernel must leave alone)."""
+    gen = torch.Generator().manual_seed(2)
+    for heads, kv_heads, d, block_size, chunks, dtype in [
+        (4, 2, 16, 4, [(5, 0), (17, 3), (70, 0)], torch.float32),
+        (6, 2, 8, 8, [(2, 9), (65, 0)], torch.float32),   # a group of 3; d padded to 16
+        (4, 4, 32, 16, [(33, 0), (2, 40)], torch.float32),
+        (8, 2, 64, 16, [(70, 2), (3, 30)], torch.bfloat16 if device == "cuda"
+         else torch.float16),
+    ]:
+        need = [-(-(n + start) // block_size) for n, start in chunks]
+        blocks = sum(need) + 2
+        shape = (blocks, block_size, kv_heads, d)
+        k = torch.randn(shape, generator=gen).to(dtype)
+        v = torch.randn(shape, generator=gen).to(dtype)
+        perm = torch.randperm(blocks, generator=gen).tolist()
+        spans, flat, row = [], [], 1  # row 0 and one row between chunks: decodes
+        for (n, start), want_blocks in zip(chunks, need, strict=True):
+            spans.append((row, n, start, len(flat), len(flat) + want_blocks))
+            flat += perm[len(flat):len(flat) + want_blocks]
+            row += n + 1
+        q = torch.randn(row, heads + 3, d, generator=gen).to(dtype)[:, :heads]
+        q, k, v = (t.to(device) for t in (q, k, v))
+        tables = prefill_tables(spans, flat, torch.device(device))
+        got = torch.zeros_like(q)
+        triton_kernels.paged_prefill_attention(q, k, v, got, tables.info, tables.tables,
+                                               tables.work)
+        want = torch.zeros_like(q)
+        dev_flat = torch.tensor(flat, device=device)
+        for r, n, start, a, b in spans:
+            span = PrefillSpan(r, n, start, dev_flat[a:b])
+            want[r:r + n] = prefill_attention(q[r:r + n], k, v, span)
+        yield f"prefill h{heads} kv{kv_heads} d{d} bs{block_size} {dtype}", got, want
 
 
 def elementwise_cases(device: str):
@@ -95,7 +137,8 @@ def _torch(fn, *args):
 
 
 def main(device: str) -> None:
-    for name, got, want in [*decode_cases(device), *elementwise_cases(device)]:
+    for name, got, want in [*decode_cases(device), *prefill_cases(device),
+                            *elementwise_cases(device)]:
         err = (got.float().cpu() - want.float().cpu()).abs().max().item()
         print(json.dumps({"case": name, "max_abs_err": err, "shape": list(got.shape),
                           "dtype": str(got.dtype)}))
