@@ -7,7 +7,9 @@ included) for decode at --batches with --context tokens already in the paged KV 
 eagerly and once replayed from the runner's CUDA graphs (`warmup()` captures them), and the
 achieved fraction of the roofline: (weight bytes + KV bytes read) / step time / copy
 bandwidth; (c) prefill throughput at --prefill prompt lengths as a fraction of the matmul
-rate (2 x params FLOPs per token, the attention FLOPs ignored). With --accuracy, (d) the bf16
+rate (2 x params FLOPs per token, the attention FLOPs ignored), and a --burst step of many
+short prompts with all chunks' attention in one launch against the loop of SDPA calls per
+chunk. With --accuracy, (d) the bf16
 model against the same weights in fp32 over a prefill and --accuracy decode steps: the max
 logit error and the greedy-token agreement (teacher-forced by the fp32 tokens), and the
 first step where free-running bf16 greedy decoding departs from fp32's.
@@ -43,6 +45,7 @@ from pypto_serving.core.loader import resolve_config  # noqa: E402
 from pypto_serving.core.memory import kv_bytes_per_token, weight_bytes  # noqa: E402
 from pypto_serving.engine.plan import SeqChunk  # noqa: E402
 from pypto_serving.executor import distributed  # noqa: E402
+from pypto_serving.executor.batch import build_step  # noqa: E402
 from pypto_serving.executor.runner import ReferenceModelRunner  # noqa: E402
 
 
@@ -142,6 +145,28 @@ def profile_step(runner: ReferenceModelRunner, chunks: list, steps: int = 10) ->
             "kernels": [{"us": us, "per_step": n, "name": k} for us, n, k in rows]}
 
 
+@torch.inference_mode()
+def burst(runner: ReferenceModelRunner, n: int, length: int, blocks: int, iters: int) -> dict:
+    """A prefill step of n chunks of `length` tokens through the model (embedding, layers, LM
+    head of the last rows), with its prefill tables (one kernel launch per layer for every
+    chunk) and without (SDPA per chunk): ms each and the ratio."""
+    vocab = runner.ctx.model.vocab_size
+    chunks = [SeqChunk(seq_id=i, token_ids=[(i + t) % vocab for t in range(length)],
+                       start_pos=0, block_table=list(range(i * blocks, (i + 1) * blocks)),
+                       sample=True) for i in range(n)]
+    step = build_step(chunks, runner.kv_cache.block_size, runner.ctx.device)
+    model, cache = runner.model, runner.kv_cache
+    res = {"chunks": n, "tokens": length}
+    for name, meta in (("one_launch", step.meta),
+                       ("sdpa_loop", dataclasses.replace(step.meta, prefill_tables=None))):
+        res[f"{name}_s"] = timed(lambda meta=meta: model.head(
+            model.run_layers(model.embed(step.tokens), meta, cache)[step.last_rows]), iters)
+    res["speedup"] = res["sdpa_loop_s"] / res["one_launch_s"]
+    print(f"prefill burst {n} x {length} tokens: one launch {res['one_launch_s'] * 1e3:.2f} ms,"
+          f" SDPA loop {res['sdpa_loop_s'] * 1e3:.2f} ms ({res['speedup']:.2f}x)")
+    return res
+
+
 def accuracy(runner: ReferenceModelRunner, steps: int, prompt_len: int = 64) -> dict:
     """bf16 (the runner) against the same seeded weights in fp32: max logit error per step
     and greedy agreement, teacher-forced by fp32's tokens; then free-running bf16 greedy
@@ -197,6 +222,10 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--modes", default="eager,graphs")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--burst", default="16x128", metavar="NxL",
+                    help="also a prefill step of N chunks of L tokens (a burst of new "
+                         "requests), all chunks in one Triton launch per layer vs the loop "
+                         "of SDPA calls per chunk, in one run")
     ap.add_argument("--accuracy", type=int, default=0, metavar="STEPS")
     ap.add_argument("--profile", action="store_true",
                     help="also list the GPU kernels of a batch-1 decode step (torch.profiler)")
@@ -206,7 +235,9 @@ def main() -> None:
     prefills = [int(p) for p in args.prefill.split(",")]
     bs, ctx_len = args.block_size, args.context
     per_seq = ctx_len // bs + 1
-    num_blocks = max(max(batches) * per_seq, max(prefills) // bs + 1)
+    burst_n, burst_len = (int(x) for x in args.burst.split("x"))
+    burst_blocks = -(-burst_len // bs)
+    num_blocks = max(max(batches) * per_seq, max(prefills) // bs + 1, burst_n * burst_blocks)
     ctx, runner = build(args.model, max(ctx_len + 1, max(prefills)) + 1, num_blocks, bs,
                         max(batches))
     graphs = runner.graphs
@@ -263,6 +294,7 @@ def main() -> None:
         out["prefill"].append({"tokens": n, "step_s": t, "tok_per_s": n / t, "matmul": frac})
         print(f"prefill {n:5d} tokens: {t * 1e3:8.2f} ms, {n / t:10,.0f} tok/s, "
               f"{frac:6.1%} of matmul rate")
+    out["burst"] = burst(runner, burst_n, burst_len, burst_blocks, max(3, args.iters // 4))
     if args.accuracy:
         out["accuracy"] = acc = accuracy(runner, args.accuracy)
         print(f"bf16 vs fp32 over a {acc['prompt_tokens']}-token prefill + {args.accuracy} "
