@@ -68,7 +68,8 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"{'profile':>16} {'rows':>5} {'sorted':>10} {'sync-free':>10} {'ratio':>6}")
     for name in args.profiles.split(","):
-        spec = resolve_config(model_profile_name=name).model
+        # one layer is all it times (a 7B MoE shape's 16 would take minutes to draw)
+        spec = resolve_config(model_profile_name=name).model.model_copy(update={"num_layers": 1})
         moe = build_reference_model(spec, seed=0).layers[0].ffn
         moe = moe.to(device=device, dtype=DTYPES[spec.dtype])
         for rows in (int(r) for r in args.rows.split(",")):
