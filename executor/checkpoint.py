@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 from ..core.checkpoint import TensorEntry, checkpoint_index, full_shapes, weight_names
 from .context import ParallelContext
 from .ep import apply_ep
-from .model import DTYPES, Transformer
+from .model import DTYPES, FusedProjection, Transformer
 from .pp import apply_pp
 from .tp import apply_tp, shared_columns
 
@@ -118,30 +118,61 @@ def load_shard(model: Transformer, ctx: ParallelContext) -> None:
     by_file: dict[str, list[tuple[str, nn.Module, str]]] = defaultdict(list)
     for name, module, attr in _held_parameters(model):
         by_file[index[names[name]].file].append((name, module, attr))
+    fused = _fused_weights(model, dtype, ctx.device)
+    targets = {id(lin): whole[rows] for _, whole, parts in fused for lin, rows in parts}
     for file, params in by_file.items():
         with open(folder / file, "rb", buffering=0) as f:
             for name, module, attr in params:
                 want = tuple(getattr(module, attr).shape)
-                tensor = _read(f, index[names[name]], shapes[name], want, name, ctx)
-                tensor = tensor.to(device=ctx.device, dtype=dtype)
+                target = targets.get(id(module)) if attr == "weight" else None
+                tensor = _read(f, index[names[name]], shapes[name], want, name, ctx, target)
+                if target is not None:
+                    tensor = target if tensor is target else target.copy_(tensor)
+                else:
+                    tensor = tensor.to(device=ctx.device, dtype=dtype)
                 setattr(module, attr, nn.Parameter(tensor, requires_grad=False))
+    for proj, whole, _ in fused:
+        proj.fuse_into(whole)  # the layers' weights are its rows already: nothing is copied
+
+
+def _fused_weights(model: Transformer, dtype: torch.dtype, device: torch.device
+                   ) -> list[tuple[FusedProjection, torch.Tensor, list[tuple[nn.Linear, slice]]]]:
+    """Each projection group's fused weight, allocated once, and the rows each of its layers'
+    weights is read into: the group then needs no concatenated copy (a second copy of those
+    weights at the moment of fusing, which would count in a rank's peak memory)."""
+    out = []
+    for module in model.modules():
+        for proj in (getattr(module, "qkv", None), getattr(module, "w13", None)):
+            if isinstance(proj, FusedProjection):
+                shapes = [lin.weight.shape for lin in proj.linears]
+                whole = torch.empty((sum(s[0] for s in shapes), *shapes[0][1:]), dtype=dtype,
+                                    device=device)
+                parts, row = [], 0
+                for lin, shape in zip(proj.linears, shapes, strict=True):
+                    parts.append((lin, slice(row, row + shape[0])))
+                    row += shape[0]
+                out.append((proj, whole, parts))
+    return out
 
 
 def _read(f, entry: TensorEntry, full: tuple[int, ...], want: tuple[int, ...], name: str,
-          ctx: ParallelContext) -> torch.Tensor:
+          ctx: ParallelContext, into: torch.Tensor | None = None) -> torch.Tensor:
     """The whole tensor, or this rank's rows/columns of it along the one dimension where the
     held shape `want` is smaller than the full one: exactly those bytes are read (one read
-    for whole rows, one per row for columns), into memory of the slice's size."""
+    for whole rows, one per row for columns), into memory of the slice's size: `into` itself
+    where it is a contiguous CPU tensor of the file's dtype, else a new one."""
     disk_dtype = DTYPES_ON_DISK.get(entry.dtype)
     if disk_dtype is None:
         raise RuntimeError(f"{name}: safetensors dtype {entry.dtype} is not a float type")
+    direct = (into is not None and into.device.type == "cpu" and into.dtype == disk_dtype
+              and into.is_contiguous())
     if want == full:
-        return _pread(f, entry.offset, torch.empty(full, dtype=disk_dtype))
+        return _pread(f, entry.offset, into if direct else torch.empty(full, dtype=disk_dtype))
     (dim,) = [i for i, (a, b) in enumerate(zip(want, full, strict=True)) if a != b]
     rows = _owned_range(name, ctx)
     if len(rows) != want[dim]:
         raise RuntimeError(f"shard of {want} from {full}: {rows} does not fit")
-    out = torch.empty(want, dtype=disk_dtype)
+    out = into if direct else torch.empty(want, dtype=disk_dtype)
     item = out.element_size()
     row_bytes = full[-1] * item if len(full) > 1 else item
     if dim == 0:

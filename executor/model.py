@@ -13,7 +13,7 @@ builds bit-identical full weights and slices its share from them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +63,12 @@ class FusedProjection:
     def _fuse(self, into: torch.Tensor | None = None) -> None:
         with torch.no_grad():
             parts = [lin.weight.data for lin in self.linears]
-            self.weight = torch.cat(parts) if into is None else torch.cat(parts, out=into)
+            if into is None:
+                self.weight = torch.cat(parts)
+            elif _rows_of(parts, into):  # already there (the checkpoint loader read them in)
+                self.weight = into
+            else:
+                self.weight = torch.cat(parts, out=into)
             biased = all(lin.bias is not None for lin in self.linears)
             self.bias = torch.cat([lin.bias.data for lin in self.linears]) if biased else None
             row = 0
@@ -75,10 +80,24 @@ class FusedProjection:
                 row += rows
         self._fused_from = [(lin.weight, lin.weight.data_ptr()) for lin in self.linears]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def ensure(self) -> None:
+        """Fuse now unless already fused from the layers' current weights."""
         if not self._still_fused():
             self._fuse()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.ensure()
         return F.linear(x, self.weight, self.bias)
+
+
+def _rows_of(parts: list[torch.Tensor], whole: torch.Tensor) -> bool:
+    """Whether `parts` are, in order, the consecutive row blocks of `whole` itself."""
+    row = 0
+    for part in parts:
+        if part.data_ptr() != whole[row].data_ptr() or part.shape[1:] != whole.shape[1:]:
+            return False
+        row += part.shape[0]
+    return row == whole.shape[0]
 
 
 class RMSNorm(nn.Module):
@@ -317,6 +336,25 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, meta: AttentionMetadata, kv_cache=None):
         """Logits of every token (single device, whole model)."""
         return self.head(self.run_layers(self.embed(tokens), meta, kv_cache))
+
+
+def fuse_weights(model: nn.Module, stack_experts: bool,
+                 release: Callable[[], None] | None = None) -> None:
+    """Fuse every projection group and, with `stack_experts`, stack every MoE layer's
+    experts (grouped_experts.StackedExperts) now rather than at first use, calling `release`
+    after each layer: on CUDA, torch.cuda.empty_cache, so that the copies they replace are
+    handed back before the KV pool is sized from free memory, instead of lingering in torch's
+    cache as a second copy of the weights (experts first: stacking fuses them too)."""
+    for module in model.modules():
+        if stack_experts and isinstance(module, MoE):
+            module.stacked.weights()
+        for fused in (getattr(module, "qkv", None), getattr(module, "w13", None)):
+            if isinstance(fused, FusedProjection):
+                fused.ensure()
+        if release is not None and isinstance(module, Block):
+            release()  # what the block before this one left behind
+    if release is not None:
+        release()
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from .context import ParallelContext
 from .decode_graphs import DecodeGraphs, graph_max_batch, graphs_unsupported
 from .ep import apply_ep
 from .kv_cache import PagedKVCache, blocks_needed
-from .model import DTYPES, Transformer, init_weights
+from .model import DTYPES, Transformer, fuse_weights, init_weights
 from .pp import apply_pp, receive_activations, send_activations, share_tokens
 from .sampler import Sampler, SamplingLike
 from .tp import apply_tp
@@ -88,16 +88,21 @@ class ReferenceModelRunner:
         model.path, read only our share of the checkpoint (executor/checkpoint.py)."""
         if weights is None and self.ctx.model.path is not None:
             self.model = load_checkpoint_model(self.ctx)
-            return
-        model = Transformer(self.ctx.model)
-        if weights is None:
-            init_weights(model, self.seed)
         else:
-            model.load_state_dict(weights)
-        model = apply_pp(model, self.ctx)
-        model = model.to(device=self.ctx.device, dtype=self.dtype).eval()
-        model = apply_tp(model, self.ctx)
-        self.model = apply_ep(model, self.ctx)
+            model = Transformer(self.ctx.model)
+            if weights is None:
+                init_weights(model, self.seed)
+            else:
+                model.load_state_dict(weights)
+            model = apply_pp(model, self.ctx)
+            model = model.to(device=self.ctx.device, dtype=self.dtype).eval()
+            model = apply_tp(model, self.ctx)
+            self.model = apply_ep(model, self.ctx)
+        # fused and stacked now, so the KV pool is sized from what is really free; experts are
+        # stacked only where the sync-free paths run (grouped_experts.sync_free: CUDA)
+        cuda = self.ctx.device.type == "cuda"
+        fuse_weights(self.model, stack_experts=cuda,
+                     release=torch.cuda.empty_cache if cuda else None)
 
     def init_kv_cache(self, num_blocks: int | None = None) -> PagedKVCache:
         spec, serve = self.ctx.model, self.ctx.config.serve

@@ -15,7 +15,13 @@ from pypto_serving.executor import model as model_module
 from pypto_serving.executor.decode_graphs import DecodeGraphs
 from pypto_serving.executor.grouped_experts import MAX_SYNC_FREE_ROWS, grouped_experts
 from pypto_serving.executor.kv_cache import PagedKVCache
-from pypto_serving.executor.model import MoE, build_reference_model, route, run_experts
+from pypto_serving.executor.model import (
+    MoE,
+    build_reference_model,
+    fuse_weights,
+    route,
+    run_experts,
+)
 
 from .host_sync import HostSyncs
 
@@ -106,3 +112,21 @@ def test_a_moe_decode_step_as_the_graphs_capture_it_never_syncs(batch, monkeypat
         logits = graphs._forward(b)
     assert syncs.found == [] and logits.shape == (b, spec.vocab_size)
     assert torch.isfinite(logits).all()
+
+
+def test_fuse_weights_stacks_only_when_asked_and_releases_after_each_layer():
+    model = build_reference_model(SPEC, seed=2)
+    calls = []
+    fuse_weights(model, stack_experts=False, release=lambda: calls.append(1))
+    assert len(calls) == SPEC.num_layers + 1
+    moe = model.layers[0].ffn
+    assert moe.stacked._stacked_from == ()  # nothing stacked: the CPU's choice
+    assert model.layers[0].attention.qkv._still_fused()
+    fuse_weights(model, stack_experts=True)
+    w13, w2 = moe.stacked.weights()
+    stacked_at = w13.data_ptr()
+    assert moe.experts[2].w2.weight.data_ptr() == w2[2].data_ptr()
+    fuse_weights(model, stack_experts=True)  # a second time changes nothing
+    assert moe.stacked.weights()[0].data_ptr() == stacked_at
+    x = torch.randn(3, SPEC.hidden_size)
+    torch.testing.assert_close(_grouped(moe, x), _sorted(moe, x), rtol=1e-5, atol=1e-6)
