@@ -56,7 +56,7 @@ class PagedAttentionMetadata:
     block_size + offset). Decode rows: `decode_rows` (None: every row is one), their block
     tables `block_tables` [rows, width] (int32, padded with any valid block id) and
     `context_lens` (int64: the row's position + 1). Prefill chunks: `prefills`; with two or
-    more, also `prefill_tables`, for one launch over all of them on CUDA.
+    more on CUDA (with Triton), also `prefill_tables`, for one launch over all of them.
     """
 
     positions: torch.Tensor

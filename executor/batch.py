@@ -25,6 +25,7 @@ import torch
 from .attention import PREFILL_BLOCK_M, PagedAttentionMetadata, PrefillSpan, PrefillTables
 from .errors import SequenceTooLongError
 from .model import SequenceMetadata, sequence_metadata
+from .ops import triton_on
 
 
 class ChunkLike(Protocol):
@@ -234,7 +235,9 @@ def _index_step(chunks: Sequence[ChunkLike], block_size: int, device: torch.devi
         flat_tables.extend(table)
         flat_tables.extend(repeat(table[0], width - len(table)))
     blocks = int_tensor(prefill_blocks, device)
-    tables = prefill_tables(spans, prefill_blocks, device) if len(spans) > 1 else None
+    # the batched prefill kernel's tables: only where it runs (several chunks, Triton)
+    tables = (prefill_tables(spans, prefill_blocks, device)
+              if len(spans) > 1 and triton_on(device) else None)
     meta = PagedAttentionMetadata(
         positions=int_tensor(positions, device), slots=int_tensor(slots, device),
         decode_rows=None if not spans else int_tensor(decode_rows, device),

@@ -2,8 +2,9 @@
 from the TCP store, not waited for.
 
 Before each step a rank writes the step it has reached to `at/RANK` in the job's store, after
-it the step it finished to `done/RANK`. A watchdog thread wakes a few times per deadline;
-when a call has run past it, the watchdog reads those keys (over its own store connection,
+it the step it finished to `done/RANK`. A watchdog thread sees what is armed (it looks a
+few times per deadline) and sleeps to that call's deadline; when the call has run past it,
+the watchdog reads those keys (over its own store connection,
 so a main thread blocked in a collective does not matter): which members never arrived,
 and, following each of them to the step it is in and whom it waits for there, the ranks at
 the root of the wait. It writes that record for the report, says it on stderr and ends the

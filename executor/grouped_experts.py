@@ -4,9 +4,10 @@
 fewest FLOPs, but the run lengths come to the host every layer. Here every shape follows
 from the row count alone. On CUDA (`sync_free`) for a step of at most MAX_SYNC_FREE_ROWS rows:
 
-- few picks (rows x top-k <= experts): each (row, pick) gathers its expert's weights and one
-  batched matmul applies them, so only the picked experts' bytes are read (twice: the
-  gather's copy, then the matmul);
+- few picks (3 x rows x top-k <= experts): each (row, pick) gathers its expert's weights and
+  one batched matmul applies them: the picked experts' bytes move three times (the gather
+  reads them and writes a copy, the matmul reads the copy), which is less than every
+  expert's once while the picks are under a third of the experts;
 - more: every expert over every row, weighted by a dense [rows, experts] routing matrix that
   is zero off the picks. It reads each expert's weights once, as any step that touches most
   experts must, at experts / top-k times the FLOPs, which stay under the time of those reads
@@ -40,26 +41,34 @@ def sync_free(x: torch.Tensor) -> bool:
 
 
 class StackedExperts:
-    """One MoE layer's expert weights as two stacked tensors, made on first use and again
-    whenever the weights were replaced (a .to(), a TP reshard, a checkpoint load, which
-    replace every expert's weights at once: the first and last expert stand for all)."""
+    """One MoE layer's expert weights as two stacked tensors, made on first use (or by
+    model.fuse_weights at load) and again whenever any expert's weight was replaced (a
+    .to(), a TP reshard, a checkpoint load, a new Parameter): each expert's weights are
+    checked, parameter and storage, as FusedProjection checks its layers."""
 
     def __init__(self, experts: Sequence[nn.Module]):
         self.experts = experts
-        self._stacked_from: tuple[int, ...] = ()
+        self._stacked_from: list[tuple[nn.Parameter, int]] = []
+        self.w13: torch.Tensor | None = None
+        self.w2: torch.Tensor | None = None
 
-    def _marks(self) -> tuple[int, ...]:
-        first, last = self.experts[0], self.experts[-1]
-        return tuple(lin.weight.data_ptr() for lin in (first.w1, first.w2, last.w3, last.w2))
+    def _linears(self) -> list[nn.Linear]:
+        return [lin for expert in self.experts for lin in (expert.w1, expert.w3, expert.w2)]
+
+    def _still_stacked(self) -> bool:
+        return bool(self._stacked_from) and all(
+            lin._parameters["weight"] is w and w.data_ptr() == ptr
+            for lin, (w, ptr) in zip(self._linears(), self._stacked_from, strict=True))
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(w13 [experts, 2 x width, hidden], w2 [experts, hidden, width])."""
-        if self._stacked_from != self._marks():
+        if not self._still_stacked():
             self._stack()
         return self.w13, self.w2
 
     @torch.no_grad()
     def _stack(self) -> None:
+        self.w13 = self.w2 = None  # the old stack goes before the new one is allocated
         first = self.experts[0]
         width, hidden = first.w1.weight.shape
         like = first.w1.weight
@@ -69,7 +78,7 @@ class StackedExperts:
             expert.w13.fuse_into(self.w13[e])
             self.w2[e].copy_(expert.w2.weight.data)
             expert.w2.weight.data = self.w2[e]
-        self._stacked_from = self._marks()
+        self._stacked_from = [(lin.weight, lin.weight.data_ptr()) for lin in self._linears()]
 
 
 def gathered_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
@@ -98,5 +107,5 @@ def grouped_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
                     stacked: StackedExperts) -> torch.Tensor:
     """The sync-free sum for a step of at most MAX_SYNC_FREE_ROWS rows (see the module)."""
     w13, w2 = stacked.weights()
-    path = gathered_experts if ids.numel() <= w13.shape[0] else all_experts
+    path = gathered_experts if 3 * ids.numel() <= w13.shape[0] else all_experts
     return path(x, weights, ids, w13, w2)

@@ -13,7 +13,7 @@ builds bit-identical full weights and slices its share from them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +57,9 @@ class FusedProjection:
             for lin, (w, ptr) in zip(self.linears, self._fused_from, strict=True))
 
     def fuse_into(self, weight: torch.Tensor) -> None:
-        """Fuse into the caller's storage (one expert's slice of a layer's stacked experts)."""
+        """Fuse into the caller's storage: one expert's slice of a layer's stacked experts,
+        or the tensor the checkpoint loader read the layers' weights into (then nothing is
+        copied)."""
         self._fuse(into=weight)
 
     def _fuse(self, into: torch.Tensor | None = None) -> None:
@@ -243,6 +245,15 @@ def run_experts(rows: torch.Tensor, expert_ids: torch.Tensor, experts: Mapping[i
     return out
 
 
+def sorted_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
+                   experts: Sequence[nn.Module]) -> torch.Tensor:
+    """sum_k weights[:, k] * expert_{ids[:, k]}(x) by the sorted path (run_experts): each
+    expert called once on exactly the rows routed to it."""
+    token = torch.arange(x.shape[0], device=x.device).repeat_interleave(ids.shape[1])
+    y = run_experts(x[token], ids.reshape(-1), dict(enumerate(experts)), len(experts))
+    return torch.zeros_like(x).index_add_(0, token, y * weights.reshape(-1, 1))
+
+
 class SharedExpert(nn.Module):
     """The expert every token goes through besides its routed ones, scaled per token by a
     sigmoid gate (Qwen2-MoE): sigmoid(gate x) * mlp(x)."""
@@ -278,10 +289,7 @@ class MoE(nn.Module):
         if sync_free(x):
             out = grouped_experts(x, weights, ids, self.stacked)
         else:
-            token = torch.arange(x.shape[0], device=x.device).repeat_interleave(self.top_k)
-            y = run_experts(x[token], ids.reshape(-1), dict(enumerate(self.experts)),
-                            len(self.experts))
-            out = torch.zeros_like(x).index_add_(0, token, y * weights.reshape(-1, 1))
+            out = sorted_experts(x, weights, ids, self.experts)
         return out if self.shared is None else out + self.shared(x)
 
 

@@ -26,7 +26,12 @@ def _triton_ready() -> bool:
 
 def use_triton(x: torch.Tensor) -> bool:
     """Whether x's step takes the Triton kernels: a CUDA tensor, with Triton installed."""
-    return x.is_cuda and _triton_ready()
+    return triton_on(x.device)
+
+
+def triton_on(device: torch.device) -> bool:
+    """Whether steps on `device` take the Triton kernels (CUDA, with Triton installed)."""
+    return device.type == "cuda" and _triton_ready()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,

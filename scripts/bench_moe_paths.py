@@ -1,8 +1,9 @@
 """One MoE layer's two ways to run its experts, side by side on this machine: the sorted path
-(model.run_experts: rows sorted by expert, each expert once on its run, one host sync) and
-the sync-free paths (grouped_experts: gathered weights for few picks, every expert under a
-dense routing matrix otherwise), per model profile and row count. Medians of --runs timings
-of --iters calls each; the ratio is sorted / sync-free (above 1: sync-free is faster).
+(model.sorted_experts: rows sorted by expert, each expert once on its run, one host sync)
+and the sync-free paths (grouped_experts: gathered weights while the picks are under a third
+of the experts, every expert under a dense routing matrix beyond), per model profile and
+row count. Medians of --runs timings of --iters calls each; the ratio is sorted / sync-free
+(above 1: sync-free is faster).
 
 Usage: python scripts/bench_moe_paths.py [--profiles tiny-moe,small-moe] [--rows 1,8,32,128]
        [--device cpu|cuda] [--runs 5] [--iters 20]
@@ -18,7 +19,7 @@ import torch
 
 from pypto_serving.core.loader import resolve_config
 from pypto_serving.executor.grouped_experts import grouped_experts
-from pypto_serving.executor.model import DTYPES, build_reference_model, route, run_experts
+from pypto_serving.executor.model import DTYPES, build_reference_model, route, sorted_experts
 
 
 def timed(fn, runs: int, iters: int, device: torch.device) -> float:
@@ -43,18 +44,10 @@ def compare(moe, rows: int, hidden: int, dtype: torch.dtype, device: torch.devic
     """(sorted, sync-free) median seconds of one layer's experts over `rows` rows."""
     x = torch.randn(rows, hidden, device=device, dtype=dtype)
     weights, ids = route(moe.gate, x, moe.top_k, moe.renormalize)
-    token = torch.arange(rows, device=device).repeat_interleave(moe.top_k)
-    experts = dict(enumerate(moe.experts))
-
-    def sorted_path():
-        y = run_experts(x[token], ids.reshape(-1), experts, len(moe.experts))
-        return torch.zeros_like(x).index_add_(0, token, y * weights.reshape(-1, 1))
-
-    def sync_free():
-        return grouped_experts(x, weights, ids, moe.stacked)
-
-    return (timed(sorted_path, args.runs, args.iters, device),
-            timed(sync_free, args.runs, args.iters, device))
+    return (timed(lambda: sorted_experts(x, weights, ids, moe.experts), args.runs, args.iters,
+                  device),
+            timed(lambda: grouped_experts(x, weights, ids, moe.stacked), args.runs, args.iters,
+                  device))
 
 
 def main() -> None:

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from pypto_serving.core.config import ModelSpec
-from pypto_serving.executor.batch import DecodeBatch, PrefillBatch, StepChunk, build_step
+from pypto_serving.executor.batch import (
+    DecodeBatch,
+    PrefillBatch,
+    StepChunk,
+    build_step,
+    prefill_tables,
+)
 from pypto_serving.executor.kv_cache import (
     BlockAllocator,
     CacheFullError,
@@ -102,17 +108,20 @@ def test_packed_rows_come_back_bit_exact_in_every_dtype(rows):
         assert torch.equal(a, b)
 
 
-def test_a_step_of_several_prefill_chunks_carries_the_batched_kernels_tables():
-    # rows: chunk 0 (70 tokens at 0), a decode, chunk 1 (3 tokens after 5 cached)
-    chunks = [StepChunk(list(range(70)), 0, [7, 3, 9, 1, 4, 8, 2, 6, 5, 0, 11, 12, 13, 14,
-                                            15, 16, 17, 18]),
-              StepChunk([1], 9, [20, 21, 22]),
-              StepChunk([4, 5, 6], 5, [30, 31, 32])]
-    tables = build_step(chunks, 4, torch.device("cpu")).meta.prefill_tables
+def test_the_batched_prefill_kernels_tables_follow_the_chunks():
+    # rows: chunk 0 (70 tokens at 0, 18 blocks), a decode at row 70, chunk 1 (3 tokens after
+    # 5 cached: positions 0..7, 2 blocks)
+    blocks = [7, 3, 9, 1, 4, 8, 2, 6, 5, 0, 11, 12, 13, 14, 15, 16, 17, 18, 30, 31]
+    spans = [(0, 70, 0, 0, 18), (71, 3, 5, 18, 20)]
+    tables = prefill_tables(spans, blocks, torch.device("cpu"))
     assert tables.info.tolist() == [[0, 70, 0], [71, 3, 5]]
-    # chunk 0 needs 18 blocks, chunk 1 two (positions 0..7), padded with its first
-    assert tables.tables.tolist() == [chunks[0].block_table, [30, 31] + [30] * 16]
+    assert tables.tables.tolist() == [blocks[:18], [30, 31] + [30] * 16]  # padded: its first
     # 64 queries per work item: chunk 0 in two, chunk 1 in one
     assert tables.work.tolist() == [[0, 0], [0, 64], [1, 0]]
-    one = build_step(chunks[:2], 4, torch.device("cpu")).meta
-    assert one.prefill_tables is None and len(one.prefills) == 1
+
+
+def test_a_step_builds_those_tables_only_where_the_kernel_runs():
+    chunks = [StepChunk(list(range(9)), 0, [0, 1, 2]), StepChunk([1], 9, [3, 4, 5]),
+              StepChunk([4, 5, 6], 5, [6, 7])]
+    meta = build_step(chunks, 4, torch.device("cpu")).meta
+    assert meta.prefill_tables is None and len(meta.prefills) == 2  # the CPU: SDPA per chunk

@@ -126,3 +126,21 @@ def test_triton_kernels_equal_their_torch_versions_on_the_gpu(repo_root):
     assert len(cases) == 13
     for case in cases:
         assert case["max_abs_err"] <= (0.02 if "bfloat16" in case["dtype"] else 1e-5), case
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])  # 1 row: gathered (2 picks of 16); more: all
+def test_moe_sync_free_paths_equal_the_sorted_path_on_the_gpu(rows):
+    from pypto_serving.core.config import ModelSpec
+    from pypto_serving.executor.grouped_experts import grouped_experts
+    from pypto_serving.executor.model import build_reference_model, route, sorted_experts
+    spec = ModelSpec(name="g", num_layers=1, hidden_size=256, num_attention_heads=4,
+                     num_kv_heads=2, intermediate_size=512, num_experts=16,
+                     experts_per_token=2, vocab_size=64, max_seq_len=64)
+    moe = build_reference_model(spec, seed=0).layers[0].ffn.to("cuda", torch.bfloat16)
+    x = torch.randn(rows, spec.hidden_size, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        weights, ids = route(moe.gate, x, moe.top_k, moe.renormalize)
+        got = grouped_experts(x, weights, ids, moe.stacked).float()
+        want = sorted_experts(x, weights, ids, moe.experts).float()
+    # bf16, summed in another order: the GPU tests' bf16 tolerance (docs/benchmarks.md)
+    assert ((got - want).abs().max() / want.abs().max()).item() <= 1e-2

@@ -109,6 +109,7 @@ def test_metrics_parse_and_name_every_replica(demo):
     deadline = time.monotonic() + 10
     while total("pypto:engine_steps", "_total", kind="decode") < 2 \
             and time.monotonic() < deadline:
+        time.sleep(0.05)
         fams = {f.name: f for f in text_string_to_metric_families(
             httpx.get(demo.url + "/metrics").text)}
     assert total("pypto:engine_steps", "_total", kind="prefill") >= 1
