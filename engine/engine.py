@@ -99,7 +99,8 @@ class Engine:
         self.num_steps = 0
         self.timing = StepTiming()
         self.steps = {"prefill": 0, "decode": 0}
-        """Steps run, by kind: "decode" (only decodes), "prefill" (at least one prefill chunk)."""
+        """Steps run, by kind: "decode" (every row one token after the first output: decodes,
+        or a recomputed request's last token), "prefill" (at least one longer chunk)."""
         self.step_seconds = {"prefill": 0.0, "decode": 0.0}
         """The executor's seconds in them (the router shows both as counters)."""
 

@@ -61,7 +61,8 @@ class Request:
     def timings(self, now: float) -> dict[str, float]:
         """Where its time went, at its end (vLLM's phases): waiting to be scheduled, from
         then to the first token (prefill), from then on (decode); phases it never reached
-        are left out."""
+        are left out. A preemption's wait and recomputation count in the phase they
+        interrupt."""
         out = {}
         if self.scheduled_s:
             out["queue_s"] = self.scheduled_s - self.arrival_s
