@@ -83,11 +83,11 @@ def main() -> int:
         runner = ReferenceModelRunner(ctx)
         runner.load_weights()
         pool = replica_kv_pool(ctx, distributed.get_cpu_group("replica"))
+        runner.init_kv_cache(pool.num_blocks)
+        runner.warmup()
     except ExecutorError as e:  # a config or launch mistake: say what to fix, no traceback
         print(f"pypto_serving.engine.worker: {e}", file=sys.stderr)
         return USAGE_ERROR
-    runner.init_kv_cache(pool.num_blocks)
-    runner.warmup()
     if ctx.is_replica_leader:
         print(capacity_line(ctx.rank_info.dp, pool), flush=True)
         print(f"replica {ctx.rank_info.dp}: decode steps run "

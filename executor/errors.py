@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ..core.platform import PlatformUnavailableError
 
-__all__ = ["CommTimeoutError", "ExecutorError", "GroupsNotInitializedError", "LaunchEnvError",
-           "PlatformUnavailableError", "SequenceTooLongError"]
+__all__ = ["CommTimeoutError", "DeviceMemoryError", "ExecutorError",
+           "GroupsNotInitializedError", "LaunchEnvError", "PlatformUnavailableError",
+           "SequenceTooLongError"]
 
 
 class ExecutorError(RuntimeError):
@@ -34,3 +35,16 @@ class SequenceTooLongError(ExecutorError):
 
 class CommTimeoutError(ExecutorError):
     """A collective waited PYPTO_COMM_TIMEOUT_S for a peer of its group that never came."""
+
+
+class DeviceMemoryError(ExecutorError):
+    """The KV pool or the warm-up steps did not fit the device: the pool took its share of
+    the free memory and what is left does not hold the steps' activations (or CUDA graphs)."""
+
+    def __init__(self, what: str, rank: int, detail: str):
+        super().__init__(
+            f"{what} ran out of device memory on rank {rank} ({detail}): the KV pool takes "
+            "serve.gpu_memory_utilization of the memory free after the weights (or "
+            "serve.kv_cache_bytes), and the rest must hold a step of "
+            "serve.max_num_batched_tokens tokens and the decode graphs; lower one of those "
+            "three (or serve.max_num_seqs), or set serve.enforce_eager")

@@ -28,6 +28,7 @@ from .checkpoint import load_checkpoint_model
 from .context import ParallelContext
 from .decode_graphs import DecodeGraphs, graph_max_batch, graphs_unsupported
 from .ep import apply_ep
+from .errors import DeviceMemoryError
 from .kv_cache import PagedKVCache, blocks_needed
 from .model import DTYPES, Transformer, fuse_weights, init_weights
 from .pp import apply_pp, receive_activations, send_activations, share_tokens
@@ -108,21 +109,33 @@ class ReferenceModelRunner:
         spec, serve = self.ctx.model, self.ctx.config.serve
         if num_blocks is None:
             num_blocks = serve.max_num_seqs * blocks_needed(spec.max_seq_len, serve.kv_block_size)
-        self.kv_cache = PagedKVCache(
-            layers=self.ctx.kv_cache.layers,
-            num_blocks=num_blocks,
-            block_size=serve.kv_block_size,
-            num_kv_heads=len(self.ctx.kv_cache.kv_heads),
-            head_dim=spec.head_dim,
-            dtype=self.dtype,
-            device=self.ctx.device,
-            scratch=graphs_unsupported(self.ctx) is None,
-        )
+        try:
+            self.kv_cache = PagedKVCache(
+                layers=self.ctx.kv_cache.layers,
+                num_blocks=num_blocks,
+                block_size=serve.kv_block_size,
+                num_kv_heads=len(self.ctx.kv_cache.kv_heads),
+                head_dim=spec.head_dim,
+                dtype=self.dtype,
+                device=self.ctx.device,
+                scratch=graphs_unsupported(self.ctx) is None,
+            )
+        except torch.OutOfMemoryError as e:
+            raise DeviceMemoryError(f"the KV pool of {num_blocks} blocks", self.ctx.rank,
+                                    str(e).splitlines()[0]) from None
         return self.kv_cache
 
     def warmup(self) -> None:
         """One dummy step; then, where graphs_unsupported says nothing against it, capture
-        the decode steps' CUDA graphs (executor/decode_graphs.py)."""
+        the decode steps' CUDA graphs (executor/decode_graphs.py). Running out of device
+        memory here is a DeviceMemoryError naming the settings to lower."""
+        try:
+            self._warmup()
+        except torch.OutOfMemoryError as e:
+            raise DeviceMemoryError("the warm-up steps", self.ctx.rank,
+                                    str(e).splitlines()[0]) from None
+
+    def _warmup(self) -> None:
         self.run_dummy()
         if self.ctx.device.type == "cuda":
             self._warm_eager_kernels()
