@@ -51,6 +51,10 @@ def deadline_file(out_dir: Path, rank: int) -> Path:
     return out_dir / f"rank{rank}.deadline.json"
 
 
+class StoreLost(Exception):
+    """The job's TCP store stopped answering: rank 0, which hosts it, has ended."""
+
+
 class Deadline:
     """The watchdog of one rank: `arm(step, group, members)` before each call (two attribute
     writes, nothing that would show in the timings), `disarm()` after it."""
@@ -100,26 +104,42 @@ class Deadline:
 
     def _expire(self, step: CheckStep, group: int, members: tuple[int, ...],
                 waited: float) -> None:
-        missing, waiting = self._who(step, members)
-        chain, roots = self._follow(missing)
-        record = {
+        where = (f"check-comm: rank {self.rank}: {step.kind}#{group} {step.label} "
+                 f"{step.size_bytes} B ran past its {self.timeout_s:g} s deadline")
+        record = self.record(step, group, members, waited)
+        if record is None:
+            sys.stderr.write(f"{where}, but the job's store (hosted by rank 0) is gone, so "
+                             "who was missing cannot be read; a report of a rank that read "
+                             "it stands\n")
+        else:
+            path = deadline_file(self.out_dir, self.rank)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record))
+            tmp.replace(path)
+            names = ", ".join(map(str, record["missing"])) or "none"
+            sys.stderr.write(f"{where}; never arrived: {names}; at the root of the wait: "
+                             f"{', '.join(map(str, record['root'])) or 'none'}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_DEADLINE)
+
+    def record(self, step: CheckStep, group: int, members: tuple[int, ...],
+               waited: float) -> dict | None:
+        """What the store says about a call past its deadline: who never arrived, whom they
+        wait for, the root; None when the store went away while it was read (rank 0 ended
+        first, after its own report): then this rank cannot tell a missing rank from a lost
+        store, and says nothing rather than name ranks that did arrive."""
+        try:
+            missing, waiting = self._who(step, members)
+            chain, roots = self._follow(missing)
+        except StoreLost:
+            return None
+        return {
             "rank": self.rank, "step": step.index, "kind": step.kind, "group": group,
             "members": list(members), "op": step.op, "variant": step.variant,
             "size_bytes": step.size_bytes, "timeout_s": self.timeout_s, "waited_s": waited,
             "missing": missing, "waiting": waiting, "chain": chain,
             "root": sorted(roots) if missing else sorted(waiting),
         }
-        path = deadline_file(self.out_dir, self.rank)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)
-        names = ", ".join(map(str, missing)) or "none"
-        sys.stderr.write(f"check-comm: rank {self.rank}: {step.kind}#{group} {step.label} "
-                         f"{step.size_bytes} B ran past its {self.timeout_s:g} s deadline; "
-                         f"never arrived: {names}; at the root of the wait: "
-                         f"{', '.join(map(str, record['root'])) or 'none'}\n")
-        sys.stderr.flush()
-        os._exit(EXIT_DEADLINE)
 
     def _who(self, step: CheckStep, members: tuple[int, ...]) -> tuple[list[int], list[int]]:
         """Members of `step` that never arrived, and those that arrived but never finished."""
@@ -164,10 +184,11 @@ class Deadline:
         return chain, roots
 
     def _step_of(self, key: str) -> int:
-        """The step stored at `key`, -1 if none (or the store is gone: rank 0 died)."""
+        """The step stored at `key`, -1 if none; StoreLost if the store is gone."""
         try:
             if not self._store.check([key]):
                 return -1
-            return int(self._store.get(key))
-        except (RuntimeError, ValueError):
-            return -1
+            value = self._store.get(key)
+        except RuntimeError as e:  # torch's store errors (DistStoreError, DistNetworkError)
+            raise StoreLost(str(e)) from None
+        return int(value)
