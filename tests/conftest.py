@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -25,11 +26,26 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PYPTO_PLATFORM", "cpu")
 
 
+_PORT_BLOCK = 2000
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (bound and released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nobody listens on right now, from a block below the kernel's ephemeral
+    range (32768 and up by default) that belongs to this xdist worker: between here and the
+    child process that binds it, no other process's bind(0) and no other worker can take it
+    (with bind(0) here, a gloo or uvicorn socket of the other worker sometimes could)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = 20000 + _PORT_BLOCK * ((int(worker) if worker.isdigit() else 0) % 6)
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_next_port) % _PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:  # in use, or still in TIME_WAIT: the next one
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}..{base + _PORT_BLOCK - 1}")
 
 
 @pytest.fixture
@@ -40,6 +56,12 @@ def repo_root() -> Path:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture
+def ports() -> Callable[[], int]:
+    """free_port itself, for a test that needs several."""
+    return free_port
 
 
 @pytest.fixture

@@ -56,7 +56,8 @@ def test_sigkill_of_a_worker_restarts_its_group_only(service):
 
 
 def test_a_hung_worker_is_detected_within_the_deadline_and_restarted(service):
-    run = service.start(service.config(dp=2), heartbeat_timeout_s=1.0)
+    # 3 s: a healthy rank starved of CPU on a loaded 2-core host must not miss it
+    run = service.start(service.config(dp=2), heartbeat_timeout_s=3.0)
     first = {}
     for _ in range(2):
         e = run.until(lambda e: e.kind == "ready")
@@ -67,7 +68,8 @@ def test_a_hung_worker_is_detected_within_the_deadline_and_restarted(service):
     failed = run.until(lambda e: e.kind == "failed", timeout=10)
     detected = time.monotonic() - stopped_at
     assert (failed.group, failed.rank, failed.cause) == (1, 1, "hung")
-    assert detected < 1.0 + 1.5, f"hung worker detected after {detected:.1f}s"
+    # not before the deadline (less the last beat's age, at most one 0.2 s interval), soon after
+    assert 3.0 - 0.5 <= detected < 3.0 + 2.0, f"hung worker detected after {detected:.1f}s"
     again = run.until(ready_of(1, 1))
     service.assert_gone([hung_pid])
     assert pids(again)[1] != hung_pid
@@ -107,7 +109,7 @@ def test_exhausted_restarts_end_the_launch_naming_group_and_rank(service):
 
 def test_events_of_a_never_ready_group_and_ready_timeout(service):
     run = service.start(service.config(dp=2), env={"SERVICE_NEVER_READY_RANK": "1"},
-                  ready_timeout_s=2.0, max_restarts=0)
+                  ready_timeout_s=6.0, max_restarts=0)  # group 0 gets ready well within
     result = run.launch.wait(timeout=60)
     run.rest()
     assert result.exit_code == 1

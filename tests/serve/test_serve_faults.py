@@ -81,9 +81,9 @@ def test_a_session_sticks_to_one_replica_and_sessions_spread(dp2):
 
 def test_a_replica_killed_during_a_burst_loses_no_request_and_rejoins(dp2):
     c = client(dp2.url)
-    # 160 tokens each: long enough that the kill lands while replica 0 is still decoding
+    # 320 tokens each: long enough that the kill lands while replica 0 is still decoding
     prompts = [f"request number {i}" for i in range(12)]
-    expected = {p: c.completions.create(model=MODEL, prompt=p, max_tokens=160, temperature=0,
+    expected = {p: c.completions.create(model=MODEL, prompt=p, max_tokens=320, temperature=0,
                                         extra_body={"ignore_eos": True}).choices[0].text
                 for p in prompts[:2]}
     leader = dp2.worker_pids()[0]
@@ -92,7 +92,7 @@ def test_a_replica_killed_during_a_burst_loses_no_request_and_rejoins(dp2):
 
     def one(p: str) -> None:
         try:
-            results[p] = c.completions.create(model=MODEL, prompt=p, max_tokens=160,
+            results[p] = c.completions.create(model=MODEL, prompt=p, max_tokens=320,
                                               temperature=0, extra_body={"ignore_eos": True}
                                               ).choices[0].text
         except BaseException as e:  # noqa: BLE001 - reported below

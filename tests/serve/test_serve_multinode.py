@@ -4,7 +4,6 @@ ends the job on both nodes (the launcher's control channel) and leaves no proces
 
 from __future__ import annotations
 
-import socket
 import time
 
 import httpx
@@ -25,14 +24,8 @@ def job_secret(monkeypatch):
 MODEL = "tiny-moe"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_node_1s_replica_registers_with_node_0s_router(serve_factory):
-    http, rdzv = free_port(), free_port()
+def test_node_1s_replica_registers_with_node_0s_router(serve_factory, ports):
+    http, rdzv = ports(), ports()
     layout = ["-dp", "2", "--model-profile", "tiny-moe", "--nnodes", "2", "--policy",
               "round_robin"]
     node0 = serve_factory(*layout, "--node-rank", "0", "--master-addr", "127.0.0.1",
