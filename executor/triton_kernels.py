@@ -39,6 +39,35 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
+@triton.jit
+def _kv_tile(k_ptr, v_ptr, table_ptr, pos, valid, kvh, dd, dmask, stride_cb, stride_cs,
+             stride_ch, BLOCK_SIZE: tl.constexpr):
+    """K and V rows [positions, D_P] of KV head `kvh` at cached positions `pos` of the
+    sequence whose block table starts at `table_ptr`, over as many pages as they span: one
+    gathered load each, so a program waits for memory once per tile (zeros where not
+    `valid`)."""
+    page = tl.load(table_ptr + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+    offs = (page[:, None] * stride_cb + (pos % BLOCK_SIZE)[:, None] * stride_cs
+            + kvh * stride_ch + dd[None, :])
+    kvmask = valid[:, None] & dmask[None, :]
+    return (tl.load(k_ptr + offs, mask=kvmask, other=0.0),
+            tl.load(v_ptr + offs, mask=kvmask, other=0.0))
+
+
+@triton.jit
+def _softmax_step(q, k, v, keep, m, lsum, acc, scale):
+    """One tile of flash attention's online softmax: scores q.k (where `keep`), and the
+    running max `m`, sum `lsum` and weighted values `acc` updated with them."""
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    s = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    p = tl.exp(s - m_new[:, None])
+    alpha = tl.exp(m - m_new)
+    lsum = lsum * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    return m_new, lsum, acc
+
+
 # Arguments that change from step to step (q's strides: a view of the QKV output or a gathered
 # copy; the block-table width; the split count) are not specialised on: a new value would
 # compile a new variant (hundreds of ms) in the middle of serving.
@@ -69,25 +98,11 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
     acc = tl.zeros([GROUP_P, D_P], tl.float32)
     j = first
     while j < last:  # a while loop: Triton's interpreter (tests) cannot range() over it
-        # a tile of TILE positions, over as many pages as it takes: their K and V rows are
-        # gathered in one load each, so a program waits for memory once per tile
-        pos = j * TILE + n
+        pos = j * TILE + n  # a tile of TILE positions, over as many pages as it takes
         valid = pos < ctx
-        page = tl.load(tables_ptr + row * stride_tr + pos // BLOCK_SIZE, mask=valid,
-                       other=0).to(tl.int64)
-        offs = (page[:, None] * stride_cb + (pos % BLOCK_SIZE)[:, None] * stride_cs
-                + kvh * stride_ch + dd[None, :])
-        kvmask = valid[:, None] & dmask[None, :]
-        k = tl.load(k_ptr + offs, mask=kvmask, other=0.0)
-        v = tl.load(v_ptr + offs, mask=kvmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [GROUP_P, TILE]
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m - m_new)
-        lsum = lsum * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        m = m_new
+        k, v = _kv_tile(k_ptr, v_ptr, tables_ptr + row * stride_tr, pos, valid, kvh, dd, dmask,
+                        stride_cb, stride_cs, stride_ch, BLOCK_SIZE)
+        m, lsum, acc = _softmax_step(q, k, v, valid[None, :], m, lsum, acc, scale)
         j += 1
     part = (row * num_heads + heads) * num_splits + split
     tl.store(m_ptr + part, m, mask=gmask)
@@ -183,21 +198,10 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, out_ptr, info_ptr, tables_ptr, work_ptr
     while j < hi:  # a while loop: Triton's interpreter (tests) cannot range() over it
         pos = j + n
         valid = pos < hi
-        page = tl.load(tables_ptr + chunk * stride_tr + pos // BLOCK_SIZE, mask=valid,
-                       other=0).to(tl.int64)
-        offs = (page[:, None] * stride_cb + (pos % BLOCK_SIZE)[:, None] * stride_cs
-                + kvh * stride_ch + dd[None, :])
-        kvmask = valid[:, None] & dmask[None, :]
-        k = tl.load(k_ptr + offs, mask=kvmask, other=0.0)
-        v = tl.load(v_ptr + offs, mask=kvmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # [BLOCK_M, BLOCK_N]
-        s = tl.where(valid[None, :] & (pos[None, :] <= qpos[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m - m_new)
-        lsum = lsum * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        m = m_new
+        k, v = _kv_tile(k_ptr, v_ptr, tables_ptr + chunk * stride_tr, pos, valid, kvh, dd,
+                        dmask, stride_cb, stride_cs, stride_ch, BLOCK_SIZE)
+        keep = valid[None, :] & (pos[None, :] <= qpos[:, None])  # causal by position
+        m, lsum, acc = _softmax_step(q, k, v, keep, m, lsum, acc, scale)
         j += BLOCK_N
     out = acc / lsum[:, None]
     tl.store(out_ptr + rows[:, None] * stride_ot + head * stride_oh + dd[None, :],
