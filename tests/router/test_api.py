@@ -201,7 +201,7 @@ def test_metrics_count_tokens_per_replica_and_refusals_by_status(one):
 
 
 def test_concurrency_limit_answers_429(peers, make_router):
-    peers.append(EnginePeer(0, step_s=0.02))
+    peers.append(EnginePeer(0, step_s=0.08))  # 50 tokens: 4 s to send the second request in
     r = make_router(max_concurrent_requests=1)
     r.add(peers[0])
     with httpx.stream("POST", r.url + "/v1/completions", json={
@@ -263,7 +263,7 @@ def test_a_replica_killed_during_a_burst_loses_no_request(peers, make_router):
 
 
 def test_a_stream_cut_by_a_dead_replica_ends_with_an_error_event(peers, make_router):
-    peers.append(EnginePeer(0, step_s=0.01))
+    peers.append(EnginePeer(0, step_s=0.04))  # 100 tokens: 4 s to kill it mid-stream
     r = make_router()
     r.add(peers[0])
     stream = client(r.url).completions.create(model=MODEL, prompt=PROMPT, max_tokens=100,

@@ -93,7 +93,7 @@ def test_prefix_aware_follows_the_engines_block_events(replicas, make_router):
 
 
 def test_a_client_that_leaves_frees_its_blocks(replicas, make_router):
-    replicas.append(RealReplica(0, num_blocks=64, step_s=0.01))
+    replicas.append(RealReplica(0, num_blocks=64, step_s=0.04))  # 80 tokens: 3.2 s of work
     r = make_router()
     r.add(replicas[0])
     bm = replicas[0].engine.block_manager
