@@ -124,7 +124,7 @@ def findings(report: dict) -> list[Text]:
             out.append(Text(f"  at the root of the wait: rank(s) "
                             f"{', '.join(map(str, d['root']))}", style="bold red"))
     for f in report["failures"]:
-        who = f"rank {f['rank']}" if f["rank"] >= 0 else "the launch"
+        who = f"rank {f['rank']}" if f["rank"] >= 0 else "the launch:"
         out.append(Text(f"FAILED  {who} {f['how']}" + (f": {f['error']}" if f.get("error")
                                                          else ""), style="bold red"))
     return out

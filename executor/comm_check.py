@@ -25,7 +25,7 @@ from ..core.topology import resolve_topology
 from . import distributed
 from .comm import GroupCoordinator
 from .comm_check_data import OpCase, make_case
-from .comm_check_deadline import Deadline, at_key, connect_store, done_key
+from .comm_check_deadline import Deadline, at_key, connect_store, done_key, linger_for_peers
 from .errors import ExecutorError
 
 CLOCK_SYNC_ROUNDS = 3
@@ -166,6 +166,7 @@ def run_check(settings: CheckSettings, out_dir: Path,
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         tmp.replace(path)
+    linger_for_peers(store, rank, topology.world_size, settings.timeout_s)
     distributed.destroy_distributed()
     return records
 

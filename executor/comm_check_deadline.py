@@ -8,7 +8,10 @@ the watchdog reads those keys (over its own store connection,
 so a main thread blocked in a collective does not matter): which members never arrived,
 and, following each of them to the step it is in and whom it waits for there, the ranks at
 the root of the wait. It writes that record for the report, says it on stderr and ends the
-process with EXIT_DEADLINE; the launcher then stops the rest.
+process with EXIT_DEADLINE; the launcher then stops the rest. Rank 0 hosts the store, so it
+lingers at the end until every rank has left (`linger_for_peers`); a watchdog that still
+finds the store gone (rank 0 itself past a deadline) writes no record rather than a wrong
+one.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..core.topology import Topology
 
 STORE_PREFIX = "pypto-check-comm/"
 STORE_TIMEOUT_S = 10.0
+LINGER_MARGIN_S = 5.0
 
 
 def connect_store() -> dist.Store:
@@ -45,6 +49,33 @@ def at_key(rank: int) -> str:
 def done_key(rank: int) -> str:
     """The last step `rank` has finished."""
     return f"done/{rank}"
+
+
+def exit_key(rank: int) -> str:
+    """Set when `rank` leaves the check (done, or past a deadline and about to exit)."""
+    return f"exit/{rank}"
+
+
+def mark_exit(store: dist.Store, rank: int) -> None:
+    """Say that this rank needs the store no more (best effort: it may be gone already)."""
+    try:
+        store.set(exit_key(rank), "1")
+    except RuntimeError:
+        pass
+
+
+def linger_for_peers(store: dist.Store, rank: int, world: int, timeout_s: float) -> None:
+    """On rank 0, which hosts the job's store: wait (at most a deadline and a half, and a few
+    seconds) until every rank has left, so that a rank still waiting on a hung peer can read
+    from the store who never arrived, rather than find it gone with rank 0."""
+    mark_exit(store, rank)
+    if rank != 0:
+        return
+    keys = [exit_key(r) for r in range(world)]
+    try:
+        store.wait(keys, timedelta(seconds=1.5 * timeout_s + LINGER_MARGIN_S))
+    except RuntimeError:  # a rank that never left (hung): the launcher stops it
+        pass
 
 
 def deadline_file(out_dir: Path, rank: int) -> Path:
@@ -120,6 +151,7 @@ class Deadline:
             sys.stderr.write(f"{where}; never arrived: {names}; at the root of the wait: "
                              f"{', '.join(map(str, record['root'])) or 'none'}\n")
         sys.stderr.flush()
+        mark_exit(self._store, self.rank)
         os._exit(EXIT_DEADLINE)
 
     def record(self, step: CheckStep, group: int, members: tuple[int, ...],
@@ -184,11 +216,15 @@ class Deadline:
         return chain, roots
 
     def _step_of(self, key: str) -> int:
-        """The step stored at `key`, -1 if none; StoreLost if the store is gone."""
+        """The step stored at `key`, -1 if none (or not a number); StoreLost if the store is
+        gone."""
         try:
             if not self._store.check([key]):
                 return -1
             value = self._store.get(key)
         except RuntimeError as e:  # torch's store errors (DistStoreError, DistNetworkError)
             raise StoreLost(str(e)) from None
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            return -1

@@ -130,7 +130,8 @@ def run_job(config: ServingConfig, settings: CheckSettings,
     if result.exit_code != 0 and not report["failures"] and not report["deadlines"] \
             and result.signal is None:
         # the launcher failed for a reason that is no worker's (the zygote died, say)
-        report["failures"].append({"rank": -1, "how": result.cause or "the launch failed",
+        report["failures"].append({"rank": -1, "how": result.cause or
+                                   f"it ended with exit code {result.exit_code}",
                                    "error": None, "tail": []})
         report["ok"] = report["complete"] = False
     sink.write("\n")

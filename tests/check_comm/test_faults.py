@@ -61,6 +61,21 @@ def test_a_hang_ends_at_the_deadline_naming_the_rank_that_never_arrived(check_co
     assert "at the root of the wait: rank(s) 3" in r.out
 
 
+def test_a_hang_is_named_even_after_rank_0_finished_its_own_steps(check_comm,
+                                                                   validate_report):
+    # TP only: rank 0 (TP group 0, which hosts the job's store) is done while rank 2 still
+    # waits for rank 3 in TP group 1; rank 0 stays until every rank has left, so rank 2
+    # can still read from the store who never arrived
+    r = check_comm([*CPU_DEMO, "--groups", "tp", "--sizes", "64B", "--iters", "1",
+                    "--warmup", "0", "--timeout", "2", "--inject", "hang:3"])
+    assert r.rc == 1, r.out + r.err
+    report = r.report
+    validate_report(report)
+    assert [(d["detected_by"], d["missing"], d["root"]) for d in report["deadlines"]] == [
+        ([2], [3], [3])]
+    assert "rank(s) 3 never arrived (rank(s) 2 waited for them)" in r.out
+
+
 def test_a_slow_rank_is_flagged_as_the_straggler_of_each_of_its_groups(check_comm,
                                                                        validate_report):
     # five timed calls: four gaps per rank and step, so one preemption of a busy machine
