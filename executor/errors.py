@@ -38,13 +38,22 @@ class CommTimeoutError(ExecutorError):
 
 
 class DeviceMemoryError(ExecutorError):
-    """The KV pool or the warm-up steps did not fit the device: the pool took its share of
-    the free memory and what is left does not hold the steps' activations (or CUDA graphs)."""
+    """The KV pool or the warm-up steps did not fit the device, with the settings to lower."""
 
-    def __init__(self, what: str, rank: int, detail: str):
-        super().__init__(
-            f"{what} ran out of device memory on rank {rank} ({detail}): the KV pool takes "
-            "serve.gpu_memory_utilization of the memory free after the weights (or "
-            "serve.kv_cache_bytes), and the rest must hold a step of "
-            "serve.max_num_batched_tokens tokens and the decode graphs; lower one of those "
-            "three (or serve.max_num_seqs), or set serve.enforce_eager")
+    def __init__(self, what: str, rank: int, error: BaseException, advice: str):
+        detail = (str(error).splitlines() or [type(error).__name__])[0]
+        super().__init__(f"{what} ran out of device memory on rank {rank} ({detail}): {advice}")
+
+    @classmethod
+    def kv_pool(cls, blocks: int, rank: int, error: BaseException) -> DeviceMemoryError:
+        return cls(f"the KV pool of {blocks} blocks", rank, error,
+                   "lower serve.gpu_memory_utilization (the share of the memory free after "
+                   "the weights it takes) or serve.kv_cache_bytes")
+
+    @classmethod
+    def warmup(cls, rank: int, error: BaseException) -> DeviceMemoryError:
+        return cls("the warm-up steps", rank, error,
+                   "the KV pool took serve.gpu_memory_utilization of the memory free after "
+                   "the weights (or serve.kv_cache_bytes), and the rest must hold a step of "
+                   "serve.max_num_batched_tokens tokens and the decode graphs; lower one of "
+                   "those (or serve.max_num_seqs), or set serve.enforce_eager")

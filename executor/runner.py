@@ -121,8 +121,7 @@ class ReferenceModelRunner:
                 scratch=graphs_unsupported(self.ctx) is None,
             )
         except torch.OutOfMemoryError as e:
-            raise DeviceMemoryError(f"the KV pool of {num_blocks} blocks", self.ctx.rank,
-                                    str(e).splitlines()[0]) from None
+            raise DeviceMemoryError.kv_pool(num_blocks, self.ctx.rank, e) from None
         return self.kv_cache
 
     def warmup(self) -> None:
@@ -132,8 +131,7 @@ class ReferenceModelRunner:
         try:
             self._warmup()
         except torch.OutOfMemoryError as e:
-            raise DeviceMemoryError("the warm-up steps", self.ctx.rank,
-                                    str(e).splitlines()[0]) from None
+            raise DeviceMemoryError.warmup(self.ctx.rank, e) from None
 
     def _warmup(self) -> None:
         self.run_dummy()

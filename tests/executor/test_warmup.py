@@ -1,5 +1,6 @@
-"""The warm-up's burst step (batch.warmup_prefill): the biggest prefill a burst of new
-requests makes, on distinct free blocks, within every limit."""
+"""The warm-up: its burst step (batch.warmup_prefill: the biggest prefill a burst of new
+requests makes, on distinct free blocks, within every limit), and what a user reads when the
+KV pool or the warm-up does not fit the device."""
 
 from __future__ import annotations
 
@@ -26,3 +27,16 @@ def test_the_burst_fits_every_limit(limits, chunks, length):
     assert len(set(blocks)) == len(blocks) and max(blocks) < num_blocks
     assert all(len(c.block_table) * bs >= length for c in burst)
     assert max(t for c in burst for t in c.token_ids) < 100
+
+
+def test_out_of_device_memory_names_what_did_not_fit_and_what_to_lower():
+    import torch
+
+    from pypto_serving.executor.errors import DeviceMemoryError
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+    pool = str(DeviceMemoryError.kv_pool(1000, 3, oom))
+    assert pool.startswith("the KV pool of 1000 blocks ran out of device memory on rank 3 "
+                           "(CUDA out of memory. Tried to allocate 2.00 GiB)")
+    assert "serve.gpu_memory_utilization" in pool and "max_num_batched_tokens" not in pool
+    warm = str(DeviceMemoryError.warmup(0, torch.OutOfMemoryError("")))
+    assert "(OutOfMemoryError)" in warm and "serve.max_num_batched_tokens" in warm
