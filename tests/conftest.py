@@ -26,26 +26,38 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PYPTO_PLATFORM", "cpu")
 
 
-_PORT_BLOCK = 2000
 _next_port = itertools.count()
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now, from a block below the kernel's ephemeral
-    range (32768 and up by default) that belongs to this xdist worker: between here and the
-    child process that binds it, no other process's bind(0) and no other worker can take it
-    (with bind(0) here, a gloo or uvicorn socket of the other worker sometimes could)."""
+def _port_block() -> range:
+    """This xdist worker's share of the ports from 20000 up to the kernel's ephemeral range
+    (ip_local_port_range; 32768 by default)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    base = 20000 + _PORT_BLOCK * ((int(worker) if worker.isdigit() else 0) % 6)
-    for _ in range(_PORT_BLOCK):
-        port = base + next(_next_port) % _PORT_BLOCK
+    size = max(64, (low - 20000) // max(1, workers))
+    base = 20000 + size * (int(worker) if worker.isdigit() else 0)
+    return range(base, base + size)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, from this xdist worker's own block below the
+    kernel's ephemeral range: between here and the child process that binds it, no other
+    process's bind(0) and no other worker can take it (with bind(0) here, a gloo or uvicorn
+    socket of the other worker sometimes could)."""
+    block = _port_block()
+    for _ in range(len(block)):
+        port = block[next(_next_port) % len(block)]
         with socket.socket() as s:
             try:
                 s.bind(("", port))
             except OSError:  # in use, or still in TIME_WAIT: the next one
                 continue
             return port
-    raise RuntimeError(f"no free port in {base}..{base + _PORT_BLOCK - 1}")
+    raise RuntimeError(f"no free port in {block.start}..{block.stop - 1}")
 
 
 @pytest.fixture
