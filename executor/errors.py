@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core.platform import PlatformUnavailableError
 
-__all__ = ["CommTimeoutError", "DeviceMemoryError", "ExecutorError",
+__all__ = ["CommTimeoutError", "DeviceMemoryError", "ExecutorError", "out_of_memory",
            "GroupsNotInitializedError", "LaunchEnvError", "PlatformUnavailableError",
            "SequenceTooLongError"]
 
@@ -35,6 +35,20 @@ class SequenceTooLongError(ExecutorError):
 
 class CommTimeoutError(ExecutorError):
     """A collective waited PYPTO_COMM_TIMEOUT_S for a peer of its group that never came."""
+
+
+OUT_OF_MEMORY_SIGNS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
+"""How an allocation failure reads when a library reports it as a plain RuntimeError."""
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is the device running out of memory: torch's OutOfMemoryError, or a
+    RuntimeError from cuBLAS, Triton or NCCL saying so."""
+    import torch  # the executor's errors are raised where torch is already loaded
+
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(s in text for s in OUT_OF_MEMORY_SIGNS))
 
 
 class DeviceMemoryError(ExecutorError):

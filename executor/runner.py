@@ -28,7 +28,7 @@ from .checkpoint import load_checkpoint_model
 from .context import ParallelContext
 from .decode_graphs import DecodeGraphs, graph_max_batch, graphs_unsupported
 from .ep import apply_ep
-from .errors import DeviceMemoryError
+from .errors import DeviceMemoryError, out_of_memory
 from .kv_cache import PagedKVCache, blocks_needed
 from .model import DTYPES, Transformer, fuse_weights, init_weights
 from .pp import apply_pp, receive_activations, send_activations, share_tokens
@@ -120,7 +120,9 @@ class ReferenceModelRunner:
                 device=self.ctx.device,
                 scratch=graphs_unsupported(self.ctx) is None,
             )
-        except torch.OutOfMemoryError as e:
+        except RuntimeError as e:
+            if not out_of_memory(e):
+                raise
             raise DeviceMemoryError.kv_pool(num_blocks, self.ctx.rank, e) from None
         return self.kv_cache
 
@@ -130,7 +132,9 @@ class ReferenceModelRunner:
         memory here is a DeviceMemoryError naming the settings to lower."""
         try:
             self._warmup()
-        except torch.OutOfMemoryError as e:
+        except RuntimeError as e:
+            if not out_of_memory(e):
+                raise
             raise DeviceMemoryError.warmup(self.ctx.rank, e) from None
 
     def _warmup(self) -> None:

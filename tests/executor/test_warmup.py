@@ -40,3 +40,15 @@ def test_out_of_device_memory_names_what_did_not_fit_and_what_to_lower():
     assert "serve.gpu_memory_utilization" in pool and "max_num_batched_tokens" not in pool
     warm = str(DeviceMemoryError.warmup(0, torch.OutOfMemoryError("")))
     assert "(OutOfMemoryError)" in warm and "serve.max_num_batched_tokens" in warm
+
+
+def test_an_allocation_failure_is_recognised_however_a_library_reports_it():
+    import torch
+
+    from pypto_serving.executor.errors import out_of_memory
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
+    assert out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                                      "cublasCreate(handle)"))
+    assert not out_of_memory(RuntimeError("CUDA error: an illegal memory access was "
+                                          "encountered"))
+    assert not out_of_memory(ValueError("out of memory"))  # not a device error
