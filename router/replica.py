@@ -31,6 +31,9 @@ log = logging.getLogger("pypto.router")
 REPLICA_DOWN = {"op": "replica_down"}
 """Put on a request's queue when its replica goes away before the request finished."""
 
+ENDED_BY_REPLICA = frozenset({"abort", "error"})
+"""Finish reasons a replica gives a request it ends on its own (shutdown, a failed step)."""
+
 STATS_INTERVAL_S = 0.25
 
 # Plain ints: pyzmq's enum flags cost a microsecond or two per operation on the hot path.
@@ -220,6 +223,15 @@ class ReplicaClient:
             req = self.inflight.get(msg.get("rid", ""))
             if req is None:
                 return  # aborted or finished here already
+            if op == "output" and msg.get("finished") \
+                    and msg.get("finish_reason") in ENDED_BY_REPLICA:
+                # ended by the replica itself, not by its request (only the router aborts,
+                # and it forgets the request first): it is shutting down, its world
+                # restarting, or its step failed. As if it were gone: every request in
+                # flight here goes back to the pool, to be retried elsewhere
+                self.mark_down(f"it ended request {req.rid} itself "
+                               f"({msg['finish_reason']})")
+                return
             if op == "error" or msg.get("finished"):
                 self._finish(req)
             else:

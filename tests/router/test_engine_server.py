@@ -105,3 +105,27 @@ def test_a_client_that_leaves_frees_its_blocks(replicas, make_router):
         assert replicas[0].engine.has_work
     r.wait(lambda: not replicas[0].engine.has_work)
     assert bm.num_free == bm.num_blocks  # cached blocks count as free (evictable)
+
+
+def test_a_replica_that_shuts_down_mid_request_hands_it_to_another(replicas, make_router):
+    """A replica that stops (its world restarting) ends its requests with "abort" on its way
+    out: not an answer. The router takes it out and runs the request again elsewhere."""
+    replicas.append(RealReplica(0, step_s=0.02))
+    r = make_router()
+    r.add(replicas[0])
+    prompt = "shut down mid-request"
+    want = text_of(reference_tokens(list(prompt.encode()), 60))
+    c = openai.OpenAI(base_url=r.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(c.completions.create(
+        model="tiny", prompt=prompt, max_tokens=60, temperature=0,
+        extra_body={"ignore_eos": True})))
+    worker.start()
+    r.wait(lambda: replicas[0].engine.has_work)  # running on replica 0 (60 steps: 1.2 s)
+    replicas.append(RealReplica(1))
+    r.add(replicas[1])
+    replicas[0].close()  # a graceful stop: the engine aborts what it holds, then leaves
+    worker.join(60)
+    assert result and result[0].choices[0].text == want
+    assert result[0].choices[0].finish_reason == "length"
+    assert r.ready_ids() == [1]
