@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .weight_marks import WeightMarks
 
 MAX_SYNC_FREE_ROWS = 128
 """Steps of more rows take the sorted path (their FLOPs matter more than one host sync)."""
@@ -44,25 +45,20 @@ class StackedExperts:
     """One MoE layer's expert weights as two stacked tensors, made on first use (or by
     model.fuse_weights at load) and again whenever any expert's weight was replaced (a
     .to(), a TP reshard, a checkpoint load, a new Parameter): each expert's weights are
-    checked, parameter and storage, as FusedProjection checks its layers."""
+    checked, parameter and storage (weight_marks.WeightMarks, as for FusedProjection)."""
 
     def __init__(self, experts: Sequence[nn.Module]):
         self.experts = experts
-        self._stacked_from: list[tuple[nn.Parameter, int]] = []
+        self._stacked_from = WeightMarks()
         self.w13: torch.Tensor | None = None
         self.w2: torch.Tensor | None = None
 
     def _linears(self) -> list[nn.Linear]:
         return [lin for expert in self.experts for lin in (expert.w1, expert.w3, expert.w2)]
 
-    def _still_stacked(self) -> bool:
-        return bool(self._stacked_from) and all(
-            lin._parameters["weight"] is w and w.data_ptr() == ptr
-            for lin, (w, ptr) in zip(self._linears(), self._stacked_from, strict=True))
-
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(w13 [experts, 2 x width, hidden], w2 [experts, hidden, width])."""
-        if not self._still_stacked():
+        if not self._stacked_from.current(self._linears()):
             self._stack()
         return self.w13, self.w2
 
@@ -78,7 +74,7 @@ class StackedExperts:
             expert.w13.fuse_into(self.w13[e])
             self.w2[e].copy_(expert.w2.weight.data)
             expert.w2.weight.data = self.w2[e]
-        self._stacked_from = [(lin.weight, lin.weight.data_ptr()) for lin in self._linears()]
+        self._stacked_from.take(self._linears())
 
 
 def gathered_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,

@@ -24,6 +24,7 @@ from ..core.config import ModelSpec, RopeScaling
 from . import ops
 from .attention import PagedAttentionMetadata, causal_attention, paged_attention
 from .grouped_experts import StackedExperts, grouped_experts, sync_free
+from .weight_marks import WeightMarks
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -47,14 +48,10 @@ class FusedProjection:
 
     def __init__(self, *linears: nn.Linear):
         self.linears = linears
-        self._fused_from: list[tuple[nn.Parameter, int]] = []
+        self._fused_from = WeightMarks()
 
     def _still_fused(self) -> bool:
-        """Each layer still holds the parameter we fused, on the storage we gave it (a cheap
-        check: it runs at every call)."""
-        return bool(self._fused_from) and all(
-            lin._parameters["weight"] is w and w.data_ptr() == ptr
-            for lin, (w, ptr) in zip(self.linears, self._fused_from, strict=True))
+        return self._fused_from.current(self.linears)
 
     def fuse_into(self, weight: torch.Tensor) -> None:
         """Fuse into the caller's storage: one expert's slice of a layer's stacked experts,
@@ -80,7 +77,7 @@ class FusedProjection:
                 if biased:
                     lin.bias.data = self.bias[row:row + rows]
                 row += rows
-        self._fused_from = [(lin.weight, lin.weight.data_ptr()) for lin in self.linears]
+        self._fused_from.take(self.linears)
 
     def ensure(self) -> None:
         """Fuse now unless already fused from the layers' current weights."""
