@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import ModelSpec, RopeScaling
@@ -39,6 +38,14 @@ class SequenceMetadata:
 
 
 AttentionMetadata = SequenceMetadata | PagedAttentionMetadata
+
+
+class Linear(nn.Linear):
+    """nn.Linear through ops.linear: a decode batch's few rows take the skinny Triton kernel on
+    CUDA. Same parameters and state-dict names as nn.Linear (checkpoints, TP's reshards)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
 
 
 class FusedProjection:
@@ -86,7 +93,7 @@ class FusedProjection:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.ensure()
-        return F.linear(x, self.weight, self.bias)
+        return ops.linear(x, self.weight, self.bias)
 
 
 def _rows_of(parts: list[torch.Tensor], whole: torch.Tensor) -> bool:
@@ -162,10 +169,10 @@ class Attention(nn.Module):
         self.head_ids = range(h)
         self.kv_head_ids = range(kv)
         bias = spec.attention_bias
-        self.wq = nn.Linear(spec.hidden_size, h * d, bias=bias)
-        self.wk = nn.Linear(spec.hidden_size, kv * d, bias=bias)
-        self.wv = nn.Linear(spec.hidden_size, kv * d, bias=bias)
-        self.wo = nn.Linear(h * d, spec.hidden_size, bias=False)
+        self.wq = Linear(spec.hidden_size, h * d, bias=bias)
+        self.wk = Linear(spec.hidden_size, kv * d, bias=bias)
+        self.wv = Linear(spec.hidden_size, kv * d, bias=bias)
+        self.wo = Linear(h * d, spec.hidden_size, bias=False)
         self.rotary = [rotary]  # shared table; a list keeps it out of this module's state
         self.qkv = FusedProjection(self.wq, self.wk, self.wv)
 
@@ -205,9 +212,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.w1 = nn.Linear(hidden, intermediate, bias=False)
-        self.w3 = nn.Linear(hidden, intermediate, bias=False)
-        self.w2 = nn.Linear(intermediate, hidden, bias=False)
+        self.w1 = Linear(hidden, intermediate, bias=False)
+        self.w3 = Linear(hidden, intermediate, bias=False)
+        self.w2 = Linear(intermediate, hidden, bias=False)
         self.w13 = FusedProjection(self.w1, self.w3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +265,7 @@ class SharedExpert(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
         self.mlp = FeedForward(hidden, intermediate)
-        self.gate = nn.Linear(hidden, 1, bias=False)
+        self.gate = Linear(hidden, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.gate(x)) * self.mlp(x)
@@ -273,7 +280,7 @@ class MoE(nn.Module):
         super().__init__()
         self.top_k = spec.experts_per_token
         self.renormalize = spec.moe_renormalize
-        self.gate = nn.Linear(spec.hidden_size, spec.num_experts, bias=False)
+        self.gate = Linear(spec.hidden_size, spec.num_experts, bias=False)
         self.experts = nn.ModuleList(
             FeedForward(spec.hidden_size, spec.intermediate_size) for _ in range(spec.num_experts)
         )
@@ -324,7 +331,7 @@ class Transformer(nn.Module):
         self.tok_embeddings: nn.Module | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.layers = nn.ModuleList(Block(spec, i, self.rotary) for i in range(spec.num_layers))
         self.norm: nn.Module | None = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.output: nn.Module | None = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.output: nn.Module | None = Linear(spec.hidden_size, spec.vocab_size, bias=False)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(tokens)

@@ -1,4 +1,5 @@
-"""The model's elementwise steps, each one fused Triton kernel on CUDA and plain torch elsewhere.
+"""The model's elementwise steps and its skinny matmuls, each one Triton kernel on CUDA and plain
+torch elsewhere.
 
 `PYPTO_KERNELS=torch` keeps the torch versions on CUDA too (to compare numbers or timings).
 Both versions compute in fp32 and round once, so bf16 results agree to rounding.
@@ -11,6 +12,10 @@ import os
 
 import torch
 import torch.nn.functional as F
+
+SKINNY_MAX_ROWS = 16
+"""Rows up to which a 16-bit linear layer on CUDA takes the skinny Triton kernel."""
+_HALF = (torch.bfloat16, torch.float16)
 
 
 @functools.cache
@@ -82,3 +87,16 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
         return kernel(x)
     a, b = x.float().chunk(2, dim=-1)
     return (F.silu(a) * b).to(x.dtype)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """x [rows, k] @ weight[n, k]^T (+ bias). On CUDA a 16-bit step of up to SKINNY_MAX_ROWS
+    rows (a decode batch) takes the Triton kernel that streams the weight at close to the
+    bandwidth (executor/skinny_linear.py); anything else, cuBLAS (F.linear)."""
+    if (x.dim() == 2 and x.shape[0] <= SKINNY_MAX_ROWS and x.dtype in _HALF
+            and weight.dtype == x.dtype
+            and use_triton(x) and x.stride(-1) == 1 and weight.stride(-1) == 1):
+        from .skinny_linear import skinny_linear
+        return skinny_linear(x, weight, bias)
+    return F.linear(x, weight, bias)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.placement import mlp_shard
+from . import ops
 from .comm import GroupCoordinator
 from .context import ParallelContext
 from .model import Attention, FeedForward, MoE, Transformer
@@ -126,7 +127,7 @@ class VocabParallelHead(nn.Module):
         self.width = max(len(s) for s in shards)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        local = F.linear(h, self.weight)
+        local = ops.linear(h, self.weight)
         if local.shape[-1] < self.width:
             local = F.pad(local, (0, self.width - local.shape[-1]))
         gathered = self.group.all_gather(local, dim=-1)

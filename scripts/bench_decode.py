@@ -6,11 +6,12 @@ read + written / time) and the dense bf16 matmul rate; (b) the runner's one-forw
 included) for decode at --batches with --context tokens already in the paged KV cache, once
 eagerly and once replayed from the runner's CUDA graphs (`warmup()` captures them), and the
 achieved fraction of the roofline: (weight bytes + KV bytes read) / step time / copy
-bandwidth; (c) prefill throughput at --prefill prompt lengths as a fraction of the matmul
-rate (2 x params FLOPs per token, the attention FLOPs ignored), and a --burst step of many
-short prompts with all chunks' attention in one launch against the loop of SDPA calls per
-chunk. With --accuracy, (d) the bf16
-model against the same weights in fp32 over a prefill and --accuracy decode steps: the max
+bandwidth; mode graphs-cublas recaptures the graphs with every linear layer on cuBLAS (the
+baseline of the skinny Triton kernel, executor/skinny_linear.py); (c) prefill throughput
+at --prefill prompt lengths as a fraction of the matmul rate (2 x params FLOPs per token,
+the attention FLOPs ignored), and a --burst step of many short prompts with all chunks'
+attention in one launch against the loop of SDPA calls per chunk. With --accuracy, (d) the
+bf16 model against the same weights in fp32 over a prefill and --accuracy decode steps: the max
 logit error and the greedy-token agreement (teacher-forced by the fp32 tokens), and the
 first step where free-running bf16 greedy decoding departs from fp32's.
 
@@ -20,7 +21,8 @@ CUDA events. `PYPTO_KERNELS=torch` in the environment times torch's own ops inst
 Triton kernels (the eager baseline before them).
 
 Usage (on a GPU): python scripts/bench_decode.py [--model dense-1.5b-shape] [--batches 1,8,32,128]
-       [--context 1024] [--prefill 512,2048,8192] [--modes eager,graphs] [--iters 20]
+       [--context 1024] [--prefill 512,2048,8192] [--modes eager,graphs,graphs-cublas]
+       [--iters 20]
        [--accuracy 32] [--json FILE]
 """
 
@@ -44,8 +46,9 @@ import torch  # noqa: E402
 from pypto_serving.core.loader import resolve_config  # noqa: E402
 from pypto_serving.core.memory import kv_bytes_per_token, weight_bytes  # noqa: E402
 from pypto_serving.engine.plan import SeqChunk  # noqa: E402
-from pypto_serving.executor import distributed  # noqa: E402
+from pypto_serving.executor import distributed, ops  # noqa: E402
 from pypto_serving.executor.batch import build_step  # noqa: E402
+from pypto_serving.executor.decode_graphs import DecodeGraphs  # noqa: E402
 from pypto_serving.executor.runner import ReferenceModelRunner  # noqa: E402
 
 
@@ -220,7 +223,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--prefill", default="512,2048,8192")
     ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--modes", default="eager,graphs")
+    ap.add_argument("--modes", default="eager,graphs,graphs-cublas")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--burst", default="16x128", metavar="NxL",
                     help="also a prefill step of N chunks of L tokens (a burst of new "
@@ -248,6 +251,7 @@ def main() -> None:
     elem = runner.kv_cache.k.element_size()
     w_bytes -= len(ctx.rank_info.vocab) * spec.hidden_size * elem
     bw, flops = copy_bandwidth(), matmul_rate()
+    skinny_rows = ops.SKINNY_MAX_ROWS
     out = {"device": torch.cuda.get_device_name(), "model": args.model,
            "weight_bytes_read": w_bytes, "kv_bytes_per_token": kv_tok,
            "copy_bandwidth_Bps": bw, "matmul_flops": flops,
@@ -258,10 +262,15 @@ def main() -> None:
           f" weights read per step {w_bytes / 1e9:.2f} GB, KV {kv_tok} B/token; "
           f"kernels {out['kernels']}; graphs {out['graphs']}")
     for mode in args.modes.split(","):
-        if mode == "graphs" and graphs is None:
+        if mode.startswith("graphs") and graphs is None:
             print(f"decode graphs: not captured ({runner.eager_reason})")
             continue
         runner.graphs = graphs if mode == "graphs" else None
+        if mode == "graphs-cublas":  # the baseline: the same graphs with every linear on cuBLAS
+            ops.SKINNY_MAX_ROWS = 0
+            runner.graphs = DecodeGraphs(runner.model, runner.kv_cache, graphs.buckets[-1],
+                                         spec.max_seq_len)
+            runner.graphs.capture()
         for b in batches:
             chunks = [SeqChunk(seq_id=i, token_ids=[(7 * i) % spec.vocab_size],
                                start_pos=ctx_len, sample=True,
@@ -274,7 +283,7 @@ def main() -> None:
                                   "roofline": frac})
             print(f"decode {mode:6s} batch {b:4d} @ {ctx_len}: {t * 1e3:8.3f} ms/step, "
                   f"{b / t:10,.0f} tok/s, roofline {frac:6.1%}")
-    runner.graphs = graphs
+    runner.graphs, ops.SKINNY_MAX_ROWS = graphs, skinny_rows
     if args.profile:
         out["profile"] = profile_step(runner, [SeqChunk(seq_id=0, token_ids=[1], start_pos=ctx_len,
                                                         block_table=list(range(per_seq)),

@@ -18,6 +18,7 @@ from pypto_serving.executor.attention import (
 )
 from pypto_serving.executor.batch import prefill_tables
 from pypto_serving.executor.kv_cache import LayerCache
+from pypto_serving.executor.skinny_linear import skinny_linear
 
 
 def decode_cases(device: str):
@@ -107,6 +108,23 @@ def elementwise_cases(device: str):
     yield "silu_mul", triton_kernels.silu_mul(y), _torch(ops.silu_mul, y)
 
 
+def linear_cases(device: str):
+    """The skinny linear kernel against F.linear: one row (the elementwise kernel) and 3 and
+    16 rows (tl.dot), widths that end inside a tile, with and without a bias, x a strided
+    view; weights scaled to outputs of ~1 (one 16-bit rounding of each side then agrees)."""
+    gen = torch.Generator().manual_seed(3)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16  # the interpreter: no bf16
+    for rows, n, k, bias in [(1, 37, 200, False), (1, 64, 1024, True), (3, 37, 200, True),
+                             (16, 48, 96, False)]:
+        x = torch.randn(rows, k + 5, generator=gen)[:, :k].to(dtype)
+        w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype)
+        b = torch.randn(n, generator=gen).to(dtype) if bias else None
+        want = torch.nn.functional.linear(x.float(), w.float(),
+                                          None if b is None else b.float()).to(dtype)
+        got = skinny_linear(x.to(device), w.to(device), None if b is None else b.to(device))
+        yield f"linear {rows}x{k} @ {n}x{k}{' + bias' if bias else ''} {dtype}", got, want
+
+
 def rotary_into_cache_case(device: str, gen: torch.Generator, cos: torch.Tensor,
                            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """4 tokens of 3 query + 2 KV heads into a cache of 6 blocks x 4 slots: the rotated
@@ -138,7 +156,7 @@ def _torch(fn, *args):
 
 def main(device: str) -> None:
     for name, got, want in [*decode_cases(device), *prefill_cases(device),
-                            *elementwise_cases(device)]:
+                            *elementwise_cases(device), *linear_cases(device)]:
         err = (got.float().cpu() - want.float().cpu()).abs().max().item()
         print(json.dumps({"case": name, "max_abs_err": err, "shape": list(got.shape),
                           "dtype": str(got.dtype)}))
