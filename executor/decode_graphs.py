@@ -8,7 +8,8 @@ tokens, positions, cache slots, context lengths and block tables into the first 
 points the rows up to the bucket at the cache's scratch block (they write there and read
 only there), replays the graph of the smallest bucket >= n and returns its n rows of logits.
 The attention kernel reads each row's context length from the buffer, so one graph serves
-every context length; MoE layers take grouped_experts' sync-free paths at these sizes.
+every context length; MoE layers take grouped_experts' sync-free paths at these sizes, and
+batch 1's linear layers GEMV kernels (ops.graph_kernels: their launches cost nothing here).
 Graphs share one memory pool, captured largest first (vLLM's order).
 """
 
@@ -25,7 +26,7 @@ from .context import ParallelContext
 from .grouped_experts import MAX_SYNC_FREE_ROWS
 from .kv_cache import PagedKVCache
 from .model import Transformer
-from .ops import use_triton
+from .ops import graph_kernels, use_triton
 
 
 def graph_buckets(max_batch: int) -> list[int]:
@@ -64,8 +65,9 @@ class DecodeGraphs:
     """The captured graphs of one runner and the static buffers they read."""
 
     def __init__(self, model: Transformer, kv_cache: PagedKVCache, max_batch: int,
-                 max_seq_len: int):
+                 max_seq_len: int, gemv: bool = True):
         self.model, self.kv_cache, self.max_seq_len = model, kv_cache, max_seq_len
+        self.gemv = gemv  # batch 1's linear layers as GEMV kernels (False: cuBLAS)
         self.block_size = kv_cache.block_size
         self.buckets = graph_buckets(max_batch)
         device = kv_cache.k.device
@@ -86,7 +88,9 @@ class DecodeGraphs:
                                       block_tables=self.tables[:b], context_lens=lens,
                                       prefills=[])
         model = self.model
-        return model.head(model.run_layers(model.embed(tokens), meta, self.kv_cache)).float()
+        with graph_kernels(self.gemv):
+            return model.head(model.run_layers(model.embed(tokens), meta, self.kv_cache)
+                              ).float()
 
     @torch.inference_mode()
     def capture(self) -> None:

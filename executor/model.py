@@ -41,11 +41,19 @@ AttentionMetadata = SequenceMetadata | PagedAttentionMetadata
 
 
 class Linear(nn.Linear):
-    """nn.Linear through ops.linear: a decode batch's few rows take the skinny Triton kernel on
-    CUDA. Same parameters and state-dict names as nn.Linear (checkpoints, TP's reshards)."""
+    """nn.Linear through ops.linear (a GEMV kernel for one row in a CUDA graph). Same
+    parameters and state-dict names as nn.Linear (checkpoints, TP's reshards)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias)
+
+
+class DownProjection(Linear):
+    """SwiGLU's down projection over the gate/up output [rows, 2 x in_features]: silu(gate) *
+    up, then the matmul (one kernel where ops.silu_mul_linear can)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.silu_mul_linear(x, self.weight, self.bias)
 
 
 class FusedProjection:
@@ -94,6 +102,13 @@ class FusedProjection:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.ensure()
         return ops.linear(x, self.weight, self.bias)
+
+    def after_norm(self, norm: RMSNorm, x: torch.Tensor, residual: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(norm(x + residual)), x + residual), the norm folded into the matmul's
+        kernel where ops.norm_linear can; without `residual`, x itself second."""
+        self.ensure()
+        return ops.norm_linear(x, residual, norm.weight, norm.eps, self.weight, self.bias)
 
 
 def _rows_of(parts: list[torch.Tensor], whole: torch.Tensor) -> bool:
@@ -190,10 +205,14 @@ class Attention(nn.Module):
         return self._kv_index
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, cache=None) -> torch.Tensor:
-        n, d = x.shape[0], self.head_dim
+        return self.attend(self.qkv(x), meta, cache)
+
+    def attend(self, qkv: torch.Tensor, meta: AttentionMetadata, cache=None) -> torch.Tensor:
+        """The attention from the QKV projection's output on: rotary, cache, attention, wo."""
+        n, d = qkv.shape[0], self.head_dim
         h, kv = len(self.head_ids), len(self.kv_head_ids)
-        qkv = self.qkv(x).view(n, h + 2 * kv, d)
-        rotary, kv_index = self.rotary[0], self.kv_index(x.device)
+        qkv = qkv.view(n, h + 2 * kv, d)
+        rotary, kv_index = self.rotary[0], self.kv_index(qkv.device)
         if isinstance(meta, PagedAttentionMetadata):
             # q and k rotated, k and v written to the cache: one launch on CUDA
             q = ops.rotary_into_cache(qkv, h, kv, meta.positions, meta.slots, rotary.cos,
@@ -214,11 +233,11 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w1 = Linear(hidden, intermediate, bias=False)
         self.w3 = Linear(hidden, intermediate, bias=False)
-        self.w2 = Linear(intermediate, hidden, bias=False)
+        self.w2 = DownProjection(intermediate, hidden, bias=False)
         self.w13 = FusedProjection(self.w1, self.w3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(ops.silu_mul(self.w13(x)))
+        return self.w2(self.w13(x))
 
 
 def route(gate: nn.Linear, x: torch.Tensor, top_k: int, renormalize: bool = True
@@ -310,14 +329,16 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata,
                 kv_cache=None) -> tuple[torch.Tensor, torch.Tensor]:
         """One block on the residual stream held as (h, residual), whose sum is the stream:
-        each pending add is fused into the norm after it (one launch on CUDA). Returns the
-        new pair: (this block's MLP output, the stream before it)."""
+        each pending add is fused into the norm after it, and the norm into the matmul after
+        that where the kernels allow (ops.norm_linear). Returns the new pair: (this block's
+        MLP output, the stream before it)."""
         cache = kv_cache.layer(self.layer_id) if kv_cache is not None else None
-        if residual is None:
-            x, residual = self.attention_norm(h), h
-        else:
-            x, residual = self.attention_norm(h, residual)
-        x, residual = self.ffn_norm(self.attention(x, meta, cache), residual)
+        qkv, residual = self.attention.qkv.after_norm(self.attention_norm, h, residual)
+        out = self.attention.attend(qkv, meta, cache)
+        if isinstance(self.ffn, FeedForward):
+            gate_up, residual = self.ffn.w13.after_norm(self.ffn_norm, out, residual)
+            return self.ffn.w2(gate_up), residual
+        x, residual = self.ffn_norm(out, residual)
         return self.ffn(x), residual
 
 

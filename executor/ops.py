@@ -1,5 +1,5 @@
-"""The model's elementwise steps and its skinny matmuls, each one Triton kernel on CUDA and plain
-torch elsewhere.
+"""The model's elementwise steps, each one fused Triton kernel on CUDA and plain torch
+elsewhere, and its linear layers: cuBLAS, or GEMV kernels for one row inside a CUDA graph.
 
 `PYPTO_KERNELS=torch` keeps the torch versions on CUDA too (to compare numbers or timings).
 Both versions compute in fp32 and round once, so bf16 results agree to rounding.
@@ -7,15 +7,16 @@ Both versions compute in fp32 and round once, so bf16 results agree to rounding.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 
 import torch
 import torch.nn.functional as F
 
-SKINNY_MAX_ROWS = 16
-"""Rows up to which a 16-bit linear layer on CUDA takes the skinny Triton kernel."""
 _HALF = (torch.bfloat16, torch.float16)
+_IN_GRAPH: contextvars.ContextVar[bool] = contextvars.ContextVar("in_graph", default=False)
 
 
 @functools.cache
@@ -89,14 +90,53 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     return (F.silu(a) * b).to(x.dtype)
 
 
+
+@contextlib.contextmanager
+def graph_kernels(enabled: bool = True):
+    """Within: the step runs for (or inside) a CUDA graph capture, where launches are free,
+    so one-row linear layers take the GEMV kernels (executor/gemv.py); `enabled=False`
+    keeps cuBLAS (the baseline scripts/bench_decode.py measures)."""
+    token = _IN_GRAPH.set(enabled)
+    try:
+        yield
+    finally:
+        _IN_GRAPH.reset(token)
+
+
+def _gemv_on(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (_IN_GRAPH.get() and x.dim() == 2 and x.shape[0] == 1 and x.dtype in _HALF
+            and weight.dtype == x.dtype and use_triton(x) and x.stride(-1) == 1
+            and weight.stride(-1) == 1)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
            ) -> torch.Tensor:
-    """x [rows, k] @ weight[n, k]^T (+ bias). On CUDA a 16-bit step of up to SKINNY_MAX_ROWS
-    rows (a decode batch) takes the Triton kernel that streams the weight at close to the
-    bandwidth (executor/skinny_linear.py); anything else, cuBLAS (F.linear)."""
-    if (x.dim() == 2 and x.shape[0] <= SKINNY_MAX_ROWS and x.dtype in _HALF
-            and weight.dtype == x.dtype
-            and use_triton(x) and x.stride(-1) == 1 and weight.stride(-1) == 1):
-        from .skinny_linear import skinny_linear
-        return skinny_linear(x, weight, bias)
+    """x [rows, k] @ weight[n, k]^T (+ bias): a GEMV kernel for one row in a graph, else
+    cuBLAS (F.linear)."""
+    if _gemv_on(x, weight):
+        from .gemv import gemv
+        return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """silu_mul(x) @ weight^T (+ bias): one GEMV kernel for one row in a graph."""
+    if _gemv_on(x, weight):
+        from .gemv import silu_mul_gemv
+        return silu_mul_gemv(x, weight, bias)
+    return F.linear(silu_mul(x), weight, bias)
+
+
+def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tensor,
+                eps: float, weight: torch.Tensor, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual) @ weight^T (+ bias), x + residual); without `residual`, x
+    itself second. One GEMV kernel for one row in a graph."""
+    if _gemv_on(x, weight) and (residual is None or residual.is_contiguous()):
+        from .gemv import norm_gemv
+        return norm_gemv(x.contiguous(), residual, norm, eps, weight, bias)
+    if residual is None:
+        return F.linear(rms_norm(x, norm, eps), weight, bias), x
+    normed, total = rms_norm(x, norm, eps, residual)
+    return F.linear(normed, weight, bias), total

@@ -33,7 +33,7 @@ def apply_tp(model: Transformer, ctx: ParallelContext) -> Transformer:
         _shard_attention(block.attention, ctx)
         if isinstance(block.ffn, FeedForward):
             _shard_mlp(block.ffn, ctx.mlp_columns)
-            _reduce_output(block.ffn, tp)
+            _reduce_output(block.ffn.w2, tp)  # the MLP's output (a block calls w2 itself)
         elif isinstance(block.ffn, MoE) and not ctx.expert_parallel:
             for expert in block.ffn.experts:
                 _shard_mlp(expert, ctx.mlp_columns)
@@ -50,7 +50,7 @@ def _shard_attention(attn: Attention, ctx: ParallelContext) -> None:
     _keep_rows(attn.wv, _expand(kv_heads, d))
     _keep_cols(attn.wo, _expand(heads, d))
     attn.head_ids, attn.kv_head_ids = heads, kv_heads
-    _reduce_output(attn, ctx.tp)
+    _reduce_output(attn.wo, ctx.tp)  # the attention's output, however it is called
 
 
 def shared_columns(ctx: ParallelContext) -> range:

@@ -7,7 +7,7 @@ included) for decode at --batches with --context tokens already in the paged KV 
 eagerly and once replayed from the runner's CUDA graphs (`warmup()` captures them), and the
 achieved fraction of the roofline: (weight bytes + KV bytes read) / step time / copy
 bandwidth; mode graphs-cublas recaptures the graphs with every linear layer on cuBLAS (the
-baseline of the skinny Triton kernel, executor/skinny_linear.py); (c) prefill throughput
+baseline of the GEMV kernels, executor/gemv.py); (c) prefill throughput
 at --prefill prompt lengths as a fraction of the matmul rate (2 x params FLOPs per token,
 the attention FLOPs ignored), and a --burst step of many short prompts with all chunks'
 attention in one launch against the loop of SDPA calls per chunk. With --accuracy, (d) the
@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from pypto_serving.core.loader import resolve_config  # noqa: E402
 from pypto_serving.core.memory import kv_bytes_per_token, weight_bytes  # noqa: E402
 from pypto_serving.engine.plan import SeqChunk  # noqa: E402
-from pypto_serving.executor import distributed, ops  # noqa: E402
+from pypto_serving.executor import distributed  # noqa: E402
 from pypto_serving.executor.batch import build_step  # noqa: E402
 from pypto_serving.executor.decode_graphs import DecodeGraphs  # noqa: E402
 from pypto_serving.executor.runner import ReferenceModelRunner  # noqa: E402
@@ -251,7 +251,6 @@ def main() -> None:
     elem = runner.kv_cache.k.element_size()
     w_bytes -= len(ctx.rank_info.vocab) * spec.hidden_size * elem
     bw, flops = copy_bandwidth(), matmul_rate()
-    skinny_rows = ops.SKINNY_MAX_ROWS
     out = {"device": torch.cuda.get_device_name(), "model": args.model,
            "weight_bytes_read": w_bytes, "kv_bytes_per_token": kv_tok,
            "copy_bandwidth_Bps": bw, "matmul_flops": flops,
@@ -267,9 +266,8 @@ def main() -> None:
             continue
         runner.graphs = graphs if mode == "graphs" else None
         if mode == "graphs-cublas":  # the baseline: the same graphs with every linear on cuBLAS
-            ops.SKINNY_MAX_ROWS = 0
             runner.graphs = DecodeGraphs(runner.model, runner.kv_cache, graphs.buckets[-1],
-                                         spec.max_seq_len)
+                                         spec.max_seq_len, gemv=False)
             runner.graphs.capture()
         for b in batches:
             chunks = [SeqChunk(seq_id=i, token_ids=[(7 * i) % spec.vocab_size],
@@ -283,7 +281,7 @@ def main() -> None:
                                   "roofline": frac})
             print(f"decode {mode:6s} batch {b:4d} @ {ctx_len}: {t * 1e3:8.3f} ms/step, "
                   f"{b / t:10,.0f} tok/s, roofline {frac:6.1%}")
-    runner.graphs, ops.SKINNY_MAX_ROWS = graphs, skinny_rows
+    runner.graphs = graphs
     if args.profile:
         out["profile"] = profile_step(runner, [SeqChunk(seq_id=0, token_ids=[1], start_pos=ctx_len,
                                                         block_table=list(range(per_seq)),

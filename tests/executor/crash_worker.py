@@ -3,8 +3,9 @@
 Usage, as a launched script: crash_worker.py VICTIM_RANK MARK_DIR
 
 Every rank writes MARK_DIR/rank{R}.step{N} as it starts decode step N, so the test can tell
-that the job got mid-way. The victim dies inside layer 1's attention of decode step 2, after
-its peers have entered that step's collectives: they are left waiting on a dead peer.
+that the job got mid-way. The victim dies inside layer 1's attention (before its output
+projection) of decode step 2, after its peers have entered that step's collectives: they are
+left waiting on a dead peer.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(victim: int, mark_dir: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     if ctx.rank == victim:
-        runner.model.layers[1].attention.register_forward_pre_hook(die)
+        runner.model.layers[1].attention.wo.register_forward_pre_hook(die)
     greedy_generate(runner, [[1, 2, 3, 4], [5, 6]], max_new_tokens=6, on_step=mark)
     # reaching here means the victim never died: say so loudly
     print(f"rank {ctx.rank}: finished all steps", flush=True)

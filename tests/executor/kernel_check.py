@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from pypto_serving.executor import ops, triton_kernels
+from pypto_serving.executor import gemv, ops, triton_kernels
 from pypto_serving.executor.attention import (
     PrefillSpan,
     gathered_decode_attention,
@@ -18,7 +18,6 @@ from pypto_serving.executor.attention import (
 )
 from pypto_serving.executor.batch import prefill_tables
 from pypto_serving.executor.kv_cache import LayerCache
-from pypto_serving.executor.skinny_linear import skinny_linear
 
 
 def decode_cases(device: str):
@@ -108,21 +107,38 @@ def elementwise_cases(device: str):
     yield "silu_mul", triton_kernels.silu_mul(y), _torch(ops.silu_mul, y)
 
 
-def linear_cases(device: str):
-    """The skinny linear kernel against F.linear: one row (the elementwise kernel) and 3 and
-    16 rows (tl.dot), widths that end inside a tile, with and without a bias, x a strided
-    view; weights scaled to outputs of ~1 (one 16-bit rounding of each side then agrees)."""
+def gemv_cases(device: str):
+    """The GEMV kernels against their torch versions: plain (widths that end inside a tile,
+    with and without a bias, x a strided view), with SiLU-and-mul folded in, with RMSNorm and
+    with the residual add + RMSNorm folded in (the residual sum too). Weights scaled to
+    outputs of ~1, so one 16-bit rounding of each side agrees."""
     gen = torch.Generator().manual_seed(3)
     dtype = torch.bfloat16 if device == "cuda" else torch.float16  # the interpreter: no bf16
-    for rows, n, k, bias in [(1, 37, 200, False), (1, 64, 1024, True), (3, 37, 200, True),
-                             (16, 48, 96, False)]:
-        x = torch.randn(rows, k + 5, generator=gen)[:, :k].to(dtype)
-        w = (torch.randn(n, k, generator=gen) / k ** 0.5).to(dtype)
-        b = torch.randn(n, generator=gen).to(dtype) if bias else None
-        want = torch.nn.functional.linear(x.float(), w.float(),
-                                          None if b is None else b.float()).to(dtype)
-        got = skinny_linear(x.to(device), w.to(device), None if b is None else b.to(device))
-        yield f"linear {rows}x{k} @ {n}x{k}{' + bias' if bias else ''} {dtype}", got, want
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+    def on(*ts):
+        return [t.to(device) if t is not None else None for t in ts]
+
+    for n, k, bias in [(37, 200, False), (64, 1024, True), (5, 2500, False)]:
+        x, w = rand(2, k + 5)[:1, :k], rand(n, k, scale=k ** -0.5)
+        b = rand(n) if bias else None
+        yield (f"gemv {k} -> {n}{' + bias' if bias else ''} {dtype}", gemv.gemv(*on(x, w, b)),
+               _torch(torch.nn.functional.linear, x, w, b))
+    k, n = 300, 24
+    gu, w = rand(1, 2 * k), rand(n, k, scale=k ** -0.5)
+    want = torch.nn.functional.linear(ops.silu_mul(gu), w)
+    yield f"silu_mul_gemv {k} -> {n} {dtype}", gemv.silu_mul_gemv(*on(gu, w)), want
+    h, r, g, w = rand(1, k), rand(1, k), rand(k), rand(n, k, scale=k ** -0.5)
+    want = torch.nn.functional.linear(ops.rms_norm(h, g, 1e-5), w)
+    got, same = gemv.norm_gemv(*on(h, None, g), 1e-5, *on(w))
+    yield f"norm_gemv {k} -> {n} {dtype}", torch.cat([got.cpu(), same.cpu()], 1), \
+        torch.cat([want, h], 1)
+    normed, total = ops.rms_norm(h, g, 1e-5, r)
+    got, got_total = gemv.norm_gemv(*on(h, r, g), 1e-5, *on(w))
+    yield f"add_norm_gemv {k} -> {n} {dtype}", torch.cat([got.cpu(), got_total.cpu()], 1), \
+        torch.cat([torch.nn.functional.linear(normed, w), total], 1)
 
 
 def rotary_into_cache_case(device: str, gen: torch.Generator, cos: torch.Tensor,
@@ -156,7 +172,7 @@ def _torch(fn, *args):
 
 def main(device: str) -> None:
     for name, got, want in [*decode_cases(device), *prefill_cases(device),
-                            *elementwise_cases(device), *linear_cases(device)]:
+                            *elementwise_cases(device), *gemv_cases(device)]:
         err = (got.float().cpu() - want.float().cpu()).abs().max().item()
         print(json.dumps({"case": name, "max_abs_err": err, "shape": list(got.shape),
                           "dtype": str(got.dtype)}))
