@@ -16,6 +16,11 @@ import torch
 import torch.nn.functional as F
 
 _HALF = (torch.bfloat16, torch.float16)
+NORM_FOLD_MAX_COLS = 4096
+"""Outputs up to which the norm is folded into the GEMV. Every program of the fused kernel
+redoes the norm's reads for its two columns, which costs more than the launch saved on a
+wide matrix: on an H200, QKV (3,072 outputs) fused 8.2 us vs 8.8 apart, gate/up (16,384)
+26.7 vs 23.0 (scripts/bench_linear.py, docs/benchmarks.md)."""
 _IN_GRAPH: contextvars.ContextVar[bool] = contextvars.ContextVar("in_graph", default=False)
 
 
@@ -132,8 +137,10 @@ def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tens
                 eps: float, weight: torch.Tensor, bias: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(x + residual) @ weight^T (+ bias), x + residual); without `residual`, x
-    itself second. One GEMV kernel for one row in a graph."""
-    if _gemv_on(x, weight) and (residual is None or residual.is_contiguous()):
+    itself second. One GEMV kernel for one row in a graph, up to NORM_FOLD_MAX_COLS
+    outputs."""
+    if (_gemv_on(x, weight) and weight.shape[0] <= NORM_FOLD_MAX_COLS
+            and (residual is None or residual.is_contiguous())):
         from .gemv import norm_gemv
         return norm_gemv(x.contiguous(), residual, norm, eps, weight, bias)
     if residual is None:
