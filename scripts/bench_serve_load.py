@@ -13,11 +13,13 @@ prompt) followed by its own --prompt-tokens bytes. Against `pypto serve` it also
 the server's own account of each level from /metrics: the router's TTFT, each request's
 queue / prefill / decode phases in its engine, and the engine's steps and mean step time by
 kind (so a slow first token can be told apart: queueing, slow prefill steps, or neither).
+--warmup requests go first, untimed in the levels (their times printed apart): the very first
+request of a run on the H200 took 814 ms against 24 ms for the rest (docs/benchmarks.md).
 Loopback only.
 
 Usage: python scripts/bench_serve_load.py --url http://127.0.0.1:8000 [--model tiny-moe]
        [--concurrency 1,8,32,128] [--requests 64] [--prompt-tokens 128] [--max-tokens 64]
-       [--shared-prefixes 0] [--prefix-tokens 512] [--json FILE]
+       [--shared-prefixes 0] [--prefix-tokens 512] [--warmup 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -174,10 +176,21 @@ def main() -> None:
     ap.add_argument("--shared-prefixes", type=int, default=0)
     ap.add_argument("--prefix-tokens", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=1, metavar="N",
+                    help="untimed requests sent first, one at a time (a server's first "
+                         "request can pay one-time costs); their times are printed apart")
     ap.add_argument("--json")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     rows = []
+    if args.warmup:
+        before = scrape(args.url)
+        w = asyncio.run(level(args.url, args.model, 1, args.warmup, args.prompt_tokens,
+                              args.max_tokens, rng, []))
+        w.update(server_side(before, scrape(args.url)))
+        print(f"warm-up ({args.warmup} request(s), not in the levels): TTFT "
+              + ", ".join(f"{r['ttft'] * 1e3:.1f}ms" for r in w["per_request"] if r["ttft"])
+              + f"; the router's TTFT mean {w.get('server_ttft_mean', float('nan')) * 1e3:.1f}ms")
     print(f"{'conc':>5} {'req/s':>8} {'tok/s':>9} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} "
           f"{'p99':>8} {'TPOT p50':>8} {'p99':>8} {'e2e p50':>8} {'p99':>8} {'errors':>6} "
           f"{'cached':>6} {'TTFT 1st wave':>13}")
