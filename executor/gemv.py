@@ -1,18 +1,18 @@
 """One-row linear layers (a batch-1 decode step) as Triton GEMV kernels, for CUDA graphs.
 
 At batch 1, y = x W^T reads every byte of W for one multiply-add each: its time is W's
-bytes over the bandwidth reached. cuBLAS reaches 1.4-2.3 TB/s on the dense shape's
-attention and down matrices on an H200, these kernels 1.7-3.0 (scripts/bench_linear.py,
+bytes over the bandwidth reached. On an H200, cuBLAS reaches 1.3-2.4 TB/s on the dense
+shape's attention and down matrices, these kernels 2.0-3.0 (scripts/bench_linear.py,
 docs/benchmarks.md): program i owns BLOCK_N (two) output columns and streams their rows of
 W in BLOCK_K tiles, so a 2,048-row matrix is a thousand programs in flight. Their launches
 cost more host time than cuBLAS's, so they are taken only inside a captured graph, where
 launches are free (ops.graph_kernels).
 
-Two variants fold the step before a matmul into its loads, one launch and one round trip
-through memory fewer: SiLU-and-mul of the gate/up output before the down projection, and
-the residual add + RMSNorm before QKV or gate/up. The norm's 1/rms is a per-row scalar, so
-it is applied after the dot product; the sum of squares accumulates in the same loop
-(each program sees the whole row), and program 0 writes the residual sum.
+Two variants fold the step before a matmul into its loads, one launch fewer: SiLU-and-mul of
+the gate/up output before the down projection, and the residual add + RMSNorm before QKV
+(ops.norm_linear says where). The norm's 1/rms is a per-row scalar, so it is applied after
+the dot product; the sum of squares accumulates in the same loop (each program sees the
+whole row), and program 0 writes the residual sum.
 """
 
 from __future__ import annotations

@@ -95,7 +95,6 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     return (F.silu(a) * b).to(x.dtype)
 
 
-
 @contextlib.contextmanager
 def graph_kernels(enabled: bool = True):
     """Within: the step runs for (or inside) a CUDA graph capture, where launches are free,
@@ -143,6 +142,7 @@ def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tens
             and (residual is None or residual.is_contiguous())):
         from .gemv import norm_gemv
         return norm_gemv(x.contiguous(), residual, norm, eps, weight, bias)
+    # apart: cuBLAS, also in a graph (gate/up: 18 us in the H200 step, as fast as the GEMV)
     if residual is None:
         return F.linear(rms_norm(x, norm, eps), weight, bias), x
     normed, total = rms_norm(x, norm, eps, residual)

@@ -7,8 +7,8 @@ included) for decode at --batches with --context tokens already in the paged KV 
 eagerly and once replayed from the runner's CUDA graphs (`warmup()` captures them), and the
 achieved fraction of the roofline: (weight bytes + KV bytes read) / step time / copy
 bandwidth; mode graphs-cublas recaptures the graphs with every linear layer on cuBLAS (the
-baseline of the GEMV kernels, executor/gemv.py); (c) prefill throughput
-at --prefill prompt lengths as a fraction of the matmul rate (2 x params FLOPs per token,
+baseline of the GEMV kernels, executor/gemv.py); (c) prefill throughput at --prefill prompt
+lengths as a fraction of the matmul rate (2 x params FLOPs per token,
 the attention FLOPs ignored), and a --burst step of many short prompts with all chunks'
 attention in one launch against the loop of SDPA calls per chunk. With --accuracy, (d) the
 bf16 model against the same weights in fp32 over a prefill and --accuracy decode steps: the max
@@ -22,8 +22,7 @@ Triton kernels (the eager baseline before them).
 
 Usage (on a GPU): python scripts/bench_decode.py [--model dense-1.5b-shape] [--batches 1,8,32,128]
        [--context 1024] [--prefill 512,2048,8192] [--modes eager,graphs,graphs-cublas]
-       [--iters 20]
-       [--accuracy 32] [--json FILE]
+       [--iters 20] [--burst 16x128] [--accuracy 32] [--profile] [--json FILE]
 """
 
 from __future__ import annotations
