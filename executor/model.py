@@ -204,11 +204,9 @@ class Attention(nn.Module):
             self._kv_index_key = key
         return self._kv_index
 
-    def forward(self, x: torch.Tensor, meta: AttentionMetadata, cache=None) -> torch.Tensor:
-        return self.attend(self.qkv(x), meta, cache)
-
-    def attend(self, qkv: torch.Tensor, meta: AttentionMetadata, cache=None) -> torch.Tensor:
-        """The attention from the QKV projection's output on: rotary, cache, attention, wo."""
+    def forward(self, qkv: torch.Tensor, meta: AttentionMetadata, cache=None) -> torch.Tensor:
+        """The attention from the QKV projection's output on (the block runs `self.qkv`, with
+        the norm before it folded in): rotary, cache, attention, wo."""
         n, d = qkv.shape[0], self.head_dim
         h, kv = len(self.head_ids), len(self.kv_head_ids)
         qkv = qkv.view(n, h + 2 * kv, d)
@@ -334,7 +332,7 @@ class Block(nn.Module):
         MLP output, the stream before it)."""
         cache = kv_cache.layer(self.layer_id) if kv_cache is not None else None
         qkv, residual = self.attention.qkv.after_norm(self.attention_norm, h, residual)
-        out = self.attention.attend(qkv, meta, cache)
+        out = self.attention(qkv, meta, cache)
         if isinstance(self.ffn, FeedForward):
             gate_up, residual = self.ffn.w13.after_norm(self.ffn_norm, out, residual)
             return self.ffn.w2(gate_up), residual

@@ -141,7 +141,7 @@ def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tens
     if (_gemv_on(x, weight) and weight.shape[0] <= NORM_FOLD_MAX_COLS
             and (residual is None or residual.is_contiguous())):
         from .gemv import norm_gemv
-        return norm_gemv(x.contiguous(), residual, norm, eps, weight, bias)
+        return norm_gemv(x, residual, norm, eps, weight, bias)
     # apart: cuBLAS, also in a graph (gate/up: 18 us in the H200 step, as fast as the GEMV)
     if residual is None:
         return F.linear(rms_norm(x, norm, eps), weight, bias), x
