@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .ops import use_triton
+from .ops import pdl_on, use_triton
 
 
 @dataclass
@@ -106,7 +106,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """One query row per sequence over its first context_lens[i] cached positions."""
     if use_triton(q) and kv_index is None:
         from .triton_kernels import paged_decode_attention
-        return paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens)
+        return paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens,
+                                      pdl=pdl_on(q))
     return gathered_decode_attention(q, k_cache, v_cache, block_tables, context_lens, kv_index)
 
 

@@ -3,13 +3,16 @@
 At small batch a decode step is bound by kernel launches, not by the GPU (docs/benchmarks.md):
 a few hundred small kernels, each waiting for the host. Replaying a captured graph launches
 them all at once. Each bucket's graph runs the whole model (embedding, layers with the paged
-decode-attention kernel, LM head) over static input buffers; a step of n decodes copies its
-tokens, positions, cache slots, context lengths and block tables into the first n rows,
-points the rows up to the bucket at the cache's scratch block (they write there and read
-only there), replays the graph of the smallest bucket >= n and returns its n rows of logits.
+decode-attention kernel, LM head, greedy tokens) over static input buffers; a step of n
+decodes copies its tokens, positions, cache slots, context lengths and block tables into the
+first n rows, points the rows up to the bucket at the cache's scratch block (they write there
+and read only there), replays the graph of the smallest bucket >= n and returns its n rows
+of logits and greedy tokens.
 The attention kernel reads each row's context length from the buffer, so one graph serves
-every context length; MoE layers take grouped_experts' sync-free paths at these sizes, and
-batch 1's linear layers GEMV kernels (ops.graph_kernels: their launches cost nothing here).
+every context length; MoE layers take grouped_experts' sync-free paths at these sizes,
+batch 1's linear layers GEMV kernels, and the Triton kernels programmatic dependent launch
+(ops.graph_kernels: launches cost the host nothing here, and each kernel may start while the
+one before drains).
 Graphs share one memory pool, captured largest first (vLLM's order).
 """
 
@@ -26,7 +29,7 @@ from .context import ParallelContext
 from .grouped_experts import MAX_SYNC_FREE_ROWS
 from .kv_cache import PagedKVCache
 from .model import Transformer
-from .ops import graph_kernels, use_triton
+from .ops import ALL_GRAPH_KERNELS, GraphKernels, argmax, graph_kernels, use_triton
 
 
 def graph_buckets(max_batch: int) -> list[int]:
@@ -65,9 +68,9 @@ class DecodeGraphs:
     """The captured graphs of one runner and the static buffers they read."""
 
     def __init__(self, model: Transformer, kv_cache: PagedKVCache, max_batch: int,
-                 max_seq_len: int, gemv: bool = True):
+                 max_seq_len: int, kernels: GraphKernels = ALL_GRAPH_KERNELS):
         self.model, self.kv_cache, self.max_seq_len = model, kv_cache, max_seq_len
-        self.gemv = gemv  # batch 1's linear layers as GEMV kernels (False: cuBLAS)
+        self.kernels = kernels
         self.block_size = kv_cache.block_size
         self.buckets = graph_buckets(max_batch)
         device = kv_cache.k.device
@@ -79,18 +82,19 @@ class DecodeGraphs:
         self._pad = (0, 0, kv_cache.scratch_block * self.block_size, 1)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
+        self.greedy: dict[int, torch.Tensor] = {}
         self.capture_s = 0.0
         self.replays = 0
 
-    def _forward(self, b: int) -> torch.Tensor:
+    def _forward(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, positions, slots, lens = self.inputs[:, :b]
         meta = PagedAttentionMetadata(positions=positions, slots=slots, decode_rows=None,
                                       block_tables=self.tables[:b], context_lens=lens,
                                       prefills=[])
         model = self.model
-        with graph_kernels(self.gemv):
-            return model.head(model.run_layers(model.embed(tokens), meta, self.kv_cache)
-                              ).float()
+        with graph_kernels(self.kernels):
+            logits = model.head(model.run_layers(model.embed(tokens), meta, self.kv_cache))
+            return logits.float(), argmax(logits)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -104,7 +108,7 @@ class DecodeGraphs:
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.logits[b] = self._forward(b)
+                self.logits[b], self.greedy[b] = self._forward(b)
             self.graphs[b] = graph
         torch.cuda.synchronize()
         self.capture_s = time.perf_counter() - start
@@ -147,12 +151,14 @@ class DecodeGraphs:
                                           non_blocking=True)
 
     @torch.inference_mode()
-    def run(self, chunks: Sequence[ChunkLike]) -> torch.Tensor:
-        """Logits [len(chunks), vocab] (fp32) of one decode step, by graph replay."""
+    def run(self, chunks: Sequence[ChunkLike]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [len(chunks), vocab] (fp32) of one decode step, by graph replay, and each
+        row's greedy token (int64, the graph's static buffer: read it before the next run)."""
         check_max_seq_len([c.start_pos + 1 for c in chunks], self.max_seq_len,
                           "shorten the sequence")
         b = next(size for size in self.buckets if size >= len(chunks))
         self._write(chunks, b)
         self.graphs[b].replay()
         self.replays += 1
-        return self.logits[b][:len(chunks)].clone()
+        n = len(chunks)
+        return self.logits[b][:n].clone(), self.greedy[b][:n]

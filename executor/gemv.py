@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_kernels import gdc_launch_dependents, gdc_wait, launch_options
+
 BLOCK_N = 2
 BLOCK_K = 1024
 """Columns and reduction width per program: the fastest tiling of the dense shape's five
@@ -30,9 +32,30 @@ _PLAIN, _SILU_MUL, _NORM, _ADD_NORM = 0, 1, 2, 3
 
 
 @triton.jit
+def _gemv_block(x_ptr, r_ptr, g_ptr, sum_ptr, w, acc, ss, offs, kmask, pid, k,
+                INPUT: tl.constexpr, OUT_TY: tl.constexpr):
+    """One BLOCK_K tile: the input's slice (transformed per INPUT) times the weight tile `w`
+    into the accumulator; the sum of squares for the norm modes."""
+    x = tl.load(x_ptr + offs, mask=kmask, other=0.0).to(tl.float32)
+    if INPUT == 1:  # x is [2k]: silu(first half) * second half, rounded as stored
+        b = tl.load(x_ptr + k + offs, mask=kmask, other=0.0).to(tl.float32)
+        x = (x / (1.0 + tl.exp(-x)) * b).to(OUT_TY).to(tl.float32)
+    if INPUT == 3:  # the residual stream's add, rounded as a separate add rounds it
+        x = (x + tl.load(r_ptr + offs, mask=kmask, other=0.0).to(tl.float32)
+             ).to(sum_ptr.dtype.element_ty)
+        if pid == 0:
+            tl.store(sum_ptr + offs, x, mask=kmask)
+        x = x.to(tl.float32)
+    if INPUT >= 2:
+        ss += x * x
+        x = x * tl.load(g_ptr + offs, mask=kmask, other=0.0).to(tl.float32)
+    return acc + w.to(tl.float32) * x[None, :], ss
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, r_ptr, g_ptr, sum_ptr, w_ptr, b_ptr, y_ptr, n, k, stride_w, eps,
                  INPUT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
+                 BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     pid = tl.program_id(0)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     kk = tl.arange(0, BLOCK_K)
@@ -40,24 +63,21 @@ def _gemv_kernel(x_ptr, r_ptr, g_ptr, sum_ptr, w_ptr, b_ptr, y_ptr, n, k, stride
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_w
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     ss = tl.zeros([BLOCK_K], tl.float32)
-    for start in range(0, k, BLOCK_K):
+    kmask = kk < k
+    # the first weight tile comes from memory before the wait for the kernel before
+    # (programmatic dependent launch): weights are not its output, the input is
+    w = tl.load(w_rows + kk[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    acc, ss = _gemv_block(x_ptr, r_ptr, g_ptr, sum_ptr, w, acc, ss, kk, kmask, pid, k,
+                          INPUT, y_ptr.dtype.element_ty)
+    for start in range(BLOCK_K, k, BLOCK_K):
         offs = start + kk
         kmask = offs < k
-        x = tl.load(x_ptr + offs, mask=kmask, other=0.0).to(tl.float32)
-        if INPUT == 1:  # x is [2k]: silu(first half) * second half, rounded as stored
-            b = tl.load(x_ptr + k + offs, mask=kmask, other=0.0).to(tl.float32)
-            x = (x / (1.0 + tl.exp(-x)) * b).to(y_ptr.dtype.element_ty).to(tl.float32)
-        if INPUT == 3:  # the residual stream's add, rounded as a separate add rounds it
-            x = (x + tl.load(r_ptr + offs, mask=kmask, other=0.0).to(tl.float32)
-                 ).to(sum_ptr.dtype.element_ty)
-            if pid == 0:
-                tl.store(sum_ptr + offs, x, mask=kmask)
-            x = x.to(tl.float32)
-        if INPUT >= 2:
-            ss += x * x
-            x = x * tl.load(g_ptr + offs, mask=kmask, other=0.0).to(tl.float32)
         w = tl.load(w_rows + offs[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
+        acc, ss = _gemv_block(x_ptr, r_ptr, g_ptr, sum_ptr, w, acc, ss, offs, kmask, pid, k,
+                              INPUT, y_ptr.dtype.element_ty)
     y = tl.sum(acc, axis=1)
     if INPUT >= 2:
         y = y / tl.sqrt(tl.sum(ss, axis=0) / k + eps)
@@ -69,7 +89,7 @@ def _gemv_kernel(x_ptr, r_ptr, g_ptr, sum_ptr, w_ptr, b_ptr, y_ptr, n, k, stride
 def _launch(mode: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             k: int, residual: torch.Tensor | None = None, norm: torch.Tensor | None = None,
             total: torch.Tensor | None = None, eps: float = 0.0,
-            tiling: tuple[int, int] = (BLOCK_N, BLOCK_K)) -> torch.Tensor:
+            tiling: tuple[int, int] = (BLOCK_N, BLOCK_K), pdl: bool = False) -> torch.Tensor:
     if x.shape[0] != 1 or weight.shape[1] != k:
         raise ValueError(f"a GEMV takes one row of width {weight.shape[1]}, got "
                          f"{tuple(x.shape)}")
@@ -83,30 +103,32 @@ def _launch(mode: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
             x, x if residual is None else residual, x if norm is None else norm,
             x if total is None else total, weight, weight if bias is None else bias, y, n, k,
             weight.stride(0), eps, INPUT=mode, HAS_BIAS=bias is not None, BLOCK_N=block_n,
-            BLOCK_K=min(block_k, triton.next_power_of_2(k)), num_warps=4, num_stages=3)
+            BLOCK_K=min(block_k, triton.next_power_of_2(k)), PDL=pdl, num_warps=4,
+            num_stages=3, **launch_options(pdl))
     return y
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         tiling: tuple[int, int] = (BLOCK_N, BLOCK_K)) -> torch.Tensor:
+         tiling: tuple[int, int] = (BLOCK_N, BLOCK_K), pdl: bool = False) -> torch.Tensor:
     """x [1, k] @ weight[n, k]^T (+ bias), accumulated in fp32; `tiling` (BLOCK_N, BLOCK_K)
-    for scripts/bench_linear.py's sweep."""
-    return _launch(_PLAIN, x, weight, bias, x.shape[1], tiling=tiling)
+    for scripts/bench_linear.py's sweep; `pdl`: a programmatic dependent launch
+    (triton_kernels.launch_options)."""
+    return _launch(_PLAIN, x, weight, bias, x.shape[1], tiling=tiling, pdl=pdl)
 
 
-def silu_mul_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+def silu_mul_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  pdl: bool = False) -> torch.Tensor:
     """(silu(x[:, :k]) * x[:, k:]) @ weight[n, k]^T for x [1, 2k]: SwiGLU's down projection."""
-    return _launch(_SILU_MUL, x, weight, bias, x.shape[1] // 2)
+    return _launch(_SILU_MUL, x, weight, bias, x.shape[1] // 2, pdl=pdl)
 
 
 def norm_gemv(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tensor, eps: float,
-              weight: torch.Tensor, bias: torch.Tensor | None = None
+              weight: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(x + residual) @ weight^T, x + residual) for x [1, k] (without `residual`:
     rms_norm(x) @ weight^T and x itself)."""
     if residual is None:
-        return _launch(_NORM, x, weight, bias, x.shape[1], norm=norm, eps=eps), x
+        return _launch(_NORM, x, weight, bias, x.shape[1], norm=norm, eps=eps, pdl=pdl), x
     total = torch.empty_like(x)
-    y = _launch(_ADD_NORM, x, weight, bias, x.shape[1], residual, norm, total, eps)
+    y = _launch(_ADD_NORM, x, weight, bias, x.shape[1], residual, norm, total, eps, pdl=pdl)
     return y, total

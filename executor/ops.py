@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,21 @@ NORM_FOLD_MAX_COLS = 4096
 redoes the norm's reads for its two columns, which costs more than the launch saved on a
 wide matrix: on an H200, QKV (3,072 outputs) fused 8.2 us vs 8.8 apart, gate/up (16,384)
 26.7 vs 23.0 (scripts/bench_linear.py, docs/benchmarks.md)."""
-_IN_GRAPH: contextvars.ContextVar[bool] = contextvars.ContextVar("in_graph", default=False)
+
+
+@dataclass(frozen=True)
+class GraphKernels:
+    """The kernels a step captured into a CUDA graph takes: GEMVs for one-row linear layers
+    (else cuBLAS), and programmatic dependent launch between the Triton kernels (each may
+    start while the one before drains; triton_kernels.launch_options)."""
+
+    gemv: bool = True
+    pdl: bool = True
+
+
+ALL_GRAPH_KERNELS = GraphKernels()
+_IN_GRAPH: contextvars.ContextVar[GraphKernels | None] = contextvars.ContextVar(
+    "in_graph", default=None)
 
 
 @functools.cache
@@ -33,6 +48,19 @@ def _triton_ready() -> bool:
     except ImportError:
         return False
     return True
+
+
+@functools.cache
+def _pdl_capable(device: torch.device) -> bool:
+    from .triton_kernels import PDL_AVAILABLE
+    return PDL_AVAILABLE and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def pdl_on(x: torch.Tensor) -> bool:
+    """Whether the Triton kernel about to run on x launches with programmatic dependent
+    launch: inside graph_kernels with `pdl`, on a GPU that has it (compute capability 9+)."""
+    kernels = _IN_GRAPH.get()
+    return kernels is not None and kernels.pdl and x.is_cuda and _pdl_capable(x.device)
 
 
 def use_triton(x: torch.Tensor) -> bool:
@@ -52,7 +80,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     `residual`, the residual stream's add first: (norm(x + residual), x + residual)."""
     if use_triton(x):
         from .triton_kernels import rms_norm as kernel
-        return kernel(x, weight, eps, residual)
+        return kernel(x, weight, eps, residual, pdl=pdl_on(x))
     total = x if residual is None else x + residual
     xf = total.float()
     out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
@@ -79,7 +107,8 @@ def rotary_into_cache(qkv: torch.Tensor, num_heads: int, num_kv_heads: int,
     rotated keys and the values written at `slots` of `cache` (a LayerCache)."""
     if use_triton(qkv):
         from .triton_kernels import rotary_into_cache as kernel
-        kernel(qkv, num_heads, num_kv_heads, positions, slots, cos, sin, *cache.flat())
+        kernel(qkv, num_heads, num_kv_heads, positions, slots, cos, sin, *cache.flat(),
+               pdl=pdl_on(qkv))
         return qkv[:, :num_heads]
     qk = rotary(qkv[:, :num_heads + num_kv_heads], positions, cos, sin)
     cache.write(slots, qk[:, num_heads:], qkv[:, num_heads + num_kv_heads:])
@@ -90,17 +119,26 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     """x [rows, 2n] -> silu(x[:, :n]) * x[:, n:]."""
     if use_triton(x):
         from .triton_kernels import silu_mul as kernel
-        return kernel(x)
+        return kernel(x, pdl=pdl_on(x))
     a, b = x.float().chunk(2, dim=-1)
     return (F.silu(a) * b).to(x.dtype)
 
 
+def argmax(x: torch.Tensor) -> torch.Tensor:
+    """Each row's first index of its maximum, int64 [rows], of x [rows, n]."""
+    if use_triton(x) and x.stride(-1) == 1:
+        from .triton_kernels import argmax as kernel
+        return kernel(x, pdl=pdl_on(x))
+    return x.argmax(-1)
+
+
 @contextlib.contextmanager
-def graph_kernels(enabled: bool = True):
+def graph_kernels(kernels: GraphKernels = ALL_GRAPH_KERNELS):
     """Within: the step runs for (or inside) a CUDA graph capture, where launches are free,
-    so one-row linear layers take the GEMV kernels (executor/gemv.py); `enabled=False`
-    keeps cuBLAS (the baseline scripts/bench_decode.py measures)."""
-    token = _IN_GRAPH.set(enabled)
+    so one-row linear layers take the GEMV kernels (executor/gemv.py) and the Triton kernels
+    programmatic dependent launch, as `kernels` says (GraphKernels(False, False): cuBLAS
+    and plain launches, the baseline scripts/bench_decode.py measures)."""
+    token = _IN_GRAPH.set(kernels)
     try:
         yield
     finally:
@@ -108,8 +146,9 @@ def graph_kernels(enabled: bool = True):
 
 
 def _gemv_on(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (_IN_GRAPH.get() and x.dim() == 2 and x.shape[0] == 1 and x.dtype in _HALF
-            and weight.dtype == x.dtype and use_triton(x) and x.stride(-1) == 1
+    kernels = _IN_GRAPH.get()
+    return (kernels is not None and kernels.gemv and x.dim() == 2 and x.shape[0] == 1
+            and x.dtype in _HALF and weight.dtype == x.dtype and use_triton(x) and x.stride(-1) == 1
             and weight.stride(-1) == 1)
 
 
@@ -119,7 +158,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     cuBLAS (F.linear)."""
     if _gemv_on(x, weight):
         from .gemv import gemv
-        return gemv(x, weight, bias)
+        return gemv(x, weight, bias, pdl=pdl_on(x))
     return F.linear(x, weight, bias)
 
 
@@ -128,7 +167,7 @@ def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """silu_mul(x) @ weight^T (+ bias): one GEMV kernel for one row in a graph."""
     if _gemv_on(x, weight):
         from .gemv import silu_mul_gemv
-        return silu_mul_gemv(x, weight, bias)
+        return silu_mul_gemv(x, weight, bias, pdl=pdl_on(x))
     return F.linear(silu_mul(x), weight, bias)
 
 
@@ -141,9 +180,9 @@ def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tens
     if (_gemv_on(x, weight) and weight.shape[0] <= NORM_FOLD_MAX_COLS
             and (residual is None or residual.is_contiguous())):
         from .gemv import norm_gemv
-        return norm_gemv(x, residual, norm, eps, weight, bias)
-    # apart: cuBLAS, also in a graph (gate/up: 18 us in the H200 step, as fast as the GEMV)
+        return norm_gemv(x, residual, norm, eps, weight, bias, pdl=pdl_on(x))
+    # apart: the norm kernel, then the linear layer (a GEMV for one row in a graph)
     if residual is None:
-        return F.linear(rms_norm(x, norm, eps), weight, bias), x
+        return linear(rms_norm(x, norm, eps), weight, bias), x
     normed, total = rms_norm(x, norm, eps, residual)
-    return F.linear(normed, weight, bias), total
+    return linear(normed, weight, bias), total

@@ -178,7 +178,7 @@ class ReferenceModelRunner:
             return StepOutput(logits=None)
         indices = [getattr(c, "output_index", 0) for c in chunks if c.sample]
         if self.graphs is not None and self.graphs.fits(chunks):
-            return self._sample(self.graphs.run(chunks), sampling, indices)
+            return self._sample(*self.graphs.run(chunks), sampling, indices)
         step = build_step(chunks, self.ctx.kv_block_size, self.ctx.device,
                           max_seq_len=self.ctx.model.max_seq_len)
         return self._run(step, self._cache(), sampling, indices)
@@ -201,7 +201,7 @@ class ReferenceModelRunner:
             return StepOutput(logits=None)
         chunks = batch.chunks()
         if kv_cache is self.kv_cache and self.graphs is not None and self.graphs.fits(chunks):
-            out = self._sample(self.graphs.run(chunks), None, [])
+            out = self._sample(*self.graphs.run(chunks), None, [])
         else:
             step = build_step(batch, self.ctx.kv_block_size, self.ctx.device,
                               max_seq_len=self.ctx.model.max_seq_len)
@@ -231,13 +231,15 @@ class ReferenceModelRunner:
             return StepOutput(logits=None)
         if step.num_seqs == 0:
             return StepOutput(logits=None)
-        return self._sample(model.head(h[step.last_rows]).float(), sampling, output_indices)
+        return self._sample(model.head(h[step.last_rows]).float(), None, sampling,
+                            output_indices)
 
-    def _sample(self, logits: torch.Tensor, sampling: Sequence[SamplingLike | None] | None,
+    def _sample(self, logits: torch.Tensor, greedy: torch.Tensor | None,
+                sampling: Sequence[SamplingLike | None] | None,
                 output_indices: list[int]) -> StepOutput:
         params = list(sampling) if sampling is not None else [None] * logits.shape[0]
-        return StepOutput(logits=logits,
-                          next_tokens=self.sampler.sample(logits, params, output_indices))
+        return StepOutput(logits=logits, next_tokens=self.sampler.sample(
+            logits, params, output_indices, greedy=greedy))
 
     def _cache(self) -> PagedKVCache:
         if self.kv_cache is None:

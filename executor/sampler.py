@@ -44,14 +44,16 @@ class Sampler:
             self.generator.manual_seed(seed)
 
     def sample(self, logits: torch.Tensor, params: Sequence[SamplingLike | None],
-               output_indices: Sequence[int] | None = None) -> list[int]:
-        """logits [rows, vocab]; `params[i]` None or temperature 0 is greedy for row i."""
+               output_indices: Sequence[int] | None = None,
+               greedy: torch.Tensor | None = None) -> list[int]:
+        """logits [rows, vocab]; `params[i]` None or temperature 0 is greedy for row i;
+        `greedy`: the rows' argmax where the step computed it already (a decode graph)."""
         if logits.shape[0] != len(params):
             raise ValueError(f"{logits.shape[0]} rows of logits but {len(params)} parameters")
-        tokens = logits.argmax(-1)
         random_rows = [i for i, p in enumerate(params) if p is not None and p.temperature > 0]
         if not random_rows:
-            return tokens.tolist()
+            return (logits.argmax(-1) if greedy is None else greedy).tolist()
+        tokens = logits.argmax(-1) if greedy is None else greedy.clone()
         indices = output_indices or [0] * len(params)
         rows = torch.tensor(random_rows, device=logits.device)
         picked = [params[i] for i in random_rows]

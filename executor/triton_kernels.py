@@ -26,6 +26,20 @@ import triton.language as tl
 
 from .attention import PREFILL_BLOCK_M
 
+try:  # programmatic dependent launch (Hopper and later; Triton 3.5 and later)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    PDL_AVAILABLE = True
+except ImportError:  # pragma: no cover - an older Triton: the kernels run without it
+    PDL_AVAILABLE = False
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
 TARGET_PROGRAMS = 512
 """Decode attention aims at about this many programs (rows x KV heads x splits): enough to
 fill an H200's 132 multiprocessors a few times over at batch 1."""
@@ -37,6 +51,22 @@ dims above 64, to keep the K and V tiles in registers)."""
 
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
+
+
+def launch_options(pdl: bool) -> dict:
+    """Launch options of a kernel taken with programmatic dependent launch (`pdl`): it may
+    start while the kernel before it drains, and waits (gdc_wait) before it reads what
+    that kernel wrote. Every kernel launched so waits, so a later kernel also sees what
+    earlier ones wrote. Only inside CUDA graphs (ops.graph_kernels)."""
+    return {"launch_pdl": True} if pdl else {}
+
+
+@triton.jit
+def _pdl_wait(PDL: tl.constexpr):
+    """Let the next kernel launch, then wait for the one before (with PDL; else nothing)."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
 
 
 @triton.jit
@@ -76,10 +106,12 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
                          stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_tr,
                          num_heads, num_splits, scale,
                          GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         D_P: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):
+                         D_P: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
+                         PDL: tl.constexpr):
     row = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    _pdl_wait(PDL)
     ctx = tl.load(lens_ptr + row)
     tiles = tl.cdiv(ctx, TILE)
     per_split = tl.cdiv(tiles, num_splits)
@@ -113,9 +145,10 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
 @triton.jit(do_not_specialize=["num_splits"])
 def _decode_merge_kernel(acc_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_heads,
                          num_splits, HEAD_DIM: tl.constexpr, D_P: tl.constexpr,
-                         S_P: tl.constexpr):
+                         S_P: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0)
     head = tl.program_id(1)
+    _pdl_wait(PDL)
     s = tl.arange(0, S_P)
     dd = tl.arange(0, D_P)
     smask = s < num_splits
@@ -136,10 +169,11 @@ def decode_splits(rows: int, kv_heads: int) -> int:
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           block_tables: torch.Tensor, context_lens: torch.Tensor
-                           ) -> torch.Tensor:
+                           block_tables: torch.Tensor, context_lens: torch.Tensor,
+                           pdl: bool = False) -> torch.Tensor:
     """q [rows, heads, d] (last dim contiguous); caches [blocks, block_size, kv_heads, d]
-    (same strides); block_tables [rows, width] int32; context_lens [rows] int64, >= 1."""
+    (same strides); block_tables [rows, width] int32; context_lens [rows] int64, >= 1;
+    `pdl`: launch_options."""
     rows, heads, d = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
@@ -159,10 +193,10 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), heads, splits, d ** -0.5,
         GROUP=group, GROUP_P=max(16, _pow2(group)), HEAD_DIM=d, D_P=d_p, BLOCK_SIZE=block_size,
-        TILE=DECODE_TILE if d_p <= 64 else DECODE_TILE // 2)
+        TILE=DECODE_TILE if d_p <= 64 else DECODE_TILE // 2, PDL=pdl, **launch_options(pdl))
     _decode_merge_kernel[(rows, heads)](
         acc, m, lsum, out, out.stride(0), out.stride(1), heads, splits,
-        HEAD_DIM=d, D_P=d_p, S_P=_pow2(splits))
+        HEAD_DIM=d, D_P=d_p, S_P=_pow2(splits), PDL=pdl, **launch_options(pdl))
     return out
 
 
@@ -233,27 +267,29 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 
 @triton.jit(do_not_specialize=["stride_x", "stride_r", "stride_o", "stride_s"])
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, stride_x, stride_r, stride_o,
-                     stride_s, n, eps, ADD: tl.constexpr, BLOCK: tl.constexpr):
+                     stride_s, n, eps, ADD: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    _pdl_wait(PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if ADD:  # the residual stream: x + residual, rounded as a separate add would round it
         x += tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
         x = x.to(sum_ptr.dtype.element_ty)
         tl.store(sum_ptr + row * stride_s + cols, x, mask=mask)
         x = x.to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n + eps)
     tl.store(out_ptr + row * stride_o + cols, (x * inv * w).to(out_ptr.dtype.element_ty),
              mask=mask)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-             residual: torch.Tensor | None = None
+             residual: torch.Tensor | None = None, pdl: bool = False
              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """x [rows, n] (rows may be strided, n contiguous) normalised and scaled, in fp32; with
-    `residual`, (norm(x + residual), x + residual) in one pass."""
+    `residual`, (norm(x + residual), x + residual) in one pass; `pdl`: launch_options."""
     rows, n = x.shape
     out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     total = torch.empty_like(out) if residual is not None else out
@@ -261,7 +297,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         res = residual if residual is not None else x
         _rms_norm_kernel[(rows,)](x, res, weight, out, total, x.stride(0), res.stride(0),
                                   out.stride(0), total.stride(0), n, eps,
-                                  ADD=residual is not None, BLOCK=_pow2(n))
+                                  ADD=residual is not None, BLOCK=_pow2(n), PDL=pdl,
+                                  **launch_options(pdl))
     return out if residual is None else (out, total)
 
 
@@ -299,11 +336,13 @@ def rotary_(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: to
 @triton.jit
 def _rotary_cache_kernel(qkv_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr,
                          stride_t, stride_h, stride_table, stride_cs, stride_ch, num_heads,
-                         num_kv_heads, HALF: tl.constexpr, HALF_P: tl.constexpr):
+                         num_kv_heads, HALF: tl.constexpr, HALF_P: tl.constexpr,
+                         PDL: tl.constexpr):
     t = tl.program_id(0)
     head = tl.program_id(1)
     i = tl.arange(0, HALF_P)
     mask = i < HALF
+    _pdl_wait(PDL)
     src = qkv_ptr + t * stride_t + head * stride_h + i
     x1 = tl.load(src, mask=mask, other=0.0)
     x2 = tl.load(src + HALF, mask=mask, other=0.0)
@@ -330,34 +369,70 @@ def _rotary_cache_kernel(qkv_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, k_ptr, v_
 
 def rotary_into_cache(qkv: torch.Tensor, num_heads: int, num_kv_heads: int,
                       positions: torch.Tensor, slots: torch.Tensor, cos: torch.Tensor,
-                      sin: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor) -> None:
+                      sin: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor,
+                      pdl: bool = False) -> None:
     """qkv [tokens, heads + 2 kv_heads, d]: rotate the query heads in place and write the
-    rotated keys and the values at their cache slots; k/v_flat [slots, kv_heads, d]."""
+    rotated keys and the values at their cache slots; k/v_flat [slots, kv_heads, d];
+    `pdl`: launch_options."""
     tokens, total, d = qkv.shape
     if tokens:
         _rotary_cache_kernel[(tokens, total)](
             qkv, positions, slots, cos, sin, k_flat, v_flat, qkv.stride(0), qkv.stride(1),
             cos.stride(0), k_flat.stride(0), k_flat.stride(1), num_heads, num_kv_heads,
-            HALF=d // 2, HALF_P=_pow2(d // 2))
+            HALF=d // 2, HALF_P=_pow2(d // 2), PDL=pdl, **launch_options(pdl))
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, n, BLOCK: tl.constexpr):
+def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, n, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n
+    _pdl_wait(PDL)
     a = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(x_ptr + row * stride_x + n + cols, mask=mask, other=0.0).to(tl.float32)
     y = a / (1.0 + tl.exp(-a)) * b
     tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def silu_mul(x: torch.Tensor) -> torch.Tensor:
-    """x [rows, 2n] -> silu(x[:, :n]) * x[:, n:] as [rows, n]."""
+def silu_mul(x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
+    """x [rows, 2n] -> silu(x[:, :n]) * x[:, n:] as [rows, n]; `pdl`: launch_options."""
     rows, n = x.shape[0], x.shape[1] // 2
     out = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     if rows:
         block = min(_pow2(n), 1024)
         _silu_mul_kernel[(rows, -(-n // block))](x, out, x.stride(0), out.stride(0), n,
-                                                 BLOCK=block)
+                                                 BLOCK=block, PDL=pdl, **launch_options(pdl))
+    return out
+
+
+ARGMAX_BLOCK = 4096
+
+
+@triton.jit
+def _argmax_kernel(x_ptr, out_ptr, stride_x, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    row = tl.program_id(0)
+    _pdl_wait(PDL)
+    cols = tl.arange(0, BLOCK)
+    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    at = tl.zeros([BLOCK], tl.int32)
+    for start in range(0, n, BLOCK):  # each lane keeps its first maximum
+        offs = start + cols
+        x = tl.load(x_ptr + row * stride_x + offs, mask=offs < n, other=float("-inf"))
+        take = x.to(tl.float32) > best
+        best = tl.where(take, x.to(tl.float32), best)
+        at = tl.where(take, offs, at)
+    top = tl.max(best, axis=0)
+    tl.store(out_ptr + row, tl.min(tl.where(best == top, at, n), axis=0).to(tl.int64))
+
+
+def argmax(x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
+    """The first index of each row's maximum of x [rows, n] (last dim contiguous), int64
+    [rows]: one program per row, one launch (the decode graphs' greedy tokens).
+    `pdl`: launch_options."""
+    rows, n = x.shape
+    out = torch.empty(rows, dtype=torch.long, device=x.device)
+    if rows:
+        _argmax_kernel[(rows,)](x, out, x.stride(0), n, BLOCK=min(ARGMAX_BLOCK, _pow2(n)),
+                                PDL=pdl, num_warps=8, **launch_options(pdl))
     return out

@@ -6,10 +6,11 @@ read + written / time) and the dense bf16 matmul rate; (b) the runner's one-forw
 included) for decode at --batches with --context tokens already in the paged KV cache, once
 eagerly and once replayed from the runner's CUDA graphs (`warmup()` captures them), and the
 achieved fraction of the roofline: (weight bytes + KV bytes read) / step time / copy
-bandwidth; mode graphs-cublas recaptures the graphs with every linear layer on cuBLAS (the
-baseline of the GEMV kernels, executor/gemv.py); (c) prefill throughput at --prefill prompt
-lengths as a fraction of the matmul rate (2 x params FLOPs per token,
-the attention FLOPs ignored), and a --burst step of many short prompts with all chunks'
+bandwidth; mode graphs-nopdl recaptures the graphs without programmatic dependent launch
+(each kernel waits for the one before to end), graphs-cublas also with every linear layer on
+cuBLAS (the baseline of the GEMV kernels, executor/gemv.py); (c) prefill throughput at
+--prefill prompt lengths as a fraction of the matmul rate (2 x params FLOPs per token, the
+attention FLOPs ignored), and a --burst step of many short prompts with all chunks'
 attention in one launch against the loop of SDPA calls per chunk. With --accuracy, (d) the
 bf16 model against the same weights in fp32 over a prefill and --accuracy decode steps: the max
 logit error and the greedy-token agreement (teacher-forced by the fp32 tokens), and the
@@ -21,7 +22,8 @@ CUDA events. `PYPTO_KERNELS=torch` in the environment times torch's own ops inst
 Triton kernels (the eager baseline before them).
 
 Usage (on a GPU): python scripts/bench_decode.py [--model dense-1.5b-shape] [--batches 1,8,32,128]
-       [--context 1024] [--prefill 512,2048,8192] [--modes eager,graphs,graphs-cublas]
+       [--context 1024] [--prefill 512,2048,8192]
+       [--modes eager,graphs,graphs-nopdl,graphs-cublas]
        [--iters 20] [--burst 16x128] [--accuracy 32] [--profile] [--json FILE]
 """
 
@@ -48,6 +50,7 @@ from pypto_serving.engine.plan import SeqChunk  # noqa: E402
 from pypto_serving.executor import distributed  # noqa: E402
 from pypto_serving.executor.batch import build_step  # noqa: E402
 from pypto_serving.executor.decode_graphs import DecodeGraphs  # noqa: E402
+from pypto_serving.executor.ops import GraphKernels  # noqa: E402
 from pypto_serving.executor.runner import ReferenceModelRunner  # noqa: E402
 
 
@@ -55,6 +58,10 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+BASELINE_GRAPHS = {"graphs-nopdl": GraphKernels(gemv=True, pdl=False),
+                   "graphs-cublas": GraphKernels(gemv=False, pdl=False)}
 
 
 def timed(fn, iters: int, warmup: int = 3) -> float:
@@ -139,11 +146,15 @@ def profile_step(runner: ReferenceModelRunner, chunks: list, steps: int = 10) ->
     rows = sorted(((sum(v), len(v) // steps, k) for k, v in kernels.items()), reverse=True)
     busy = sum(r[0] for r in rows)
     wall = start.elapsed_time(end) * 1e3 / steps
+    # the graph alone, replayed back to back: the step less its host work and sampling
+    graph = runner.graphs.graphs[min(runner.graphs.graphs)] if runner.graphs else None
+    replay = timed(graph.replay, 50) * 1e6 if graph is not None else None
     print(f"profile: {wall:.0f} us per step, GPU kernels busy {busy:.0f} us "
-          f"({busy / wall:.0%}); top kernels (us per step, launches per step):")
-    for us, count, name in rows[:14]:
+          f"({busy / wall:.0%}; kernels that overlap under PDL count twice); the graph "
+          f"replayed alone: {replay or 0:.0f} us; top kernels (us per step, launches per step):")
+    for us, count, name in rows[:16]:
         print(f"  {us:8.1f} us  x{count:<4d} {name}")
-    return {"wall_us": wall, "busy_us": busy,
+    return {"wall_us": wall, "busy_us": busy, "graph_replay_us": replay,
             "kernels": [{"us": us, "per_step": n, "name": k} for us, n, k in rows]}
 
 
@@ -222,7 +233,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--prefill", default="512,2048,8192")
     ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--modes", default="eager,graphs,graphs-cublas")
+    ap.add_argument("--modes", default="eager,graphs,graphs-nopdl,graphs-cublas")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--burst", default="16x128", metavar="NxL",
                     help="also a prefill step of N chunks of L tokens (a burst of new "
@@ -264,9 +275,9 @@ def main() -> None:
             print(f"decode graphs: not captured ({runner.eager_reason})")
             continue
         runner.graphs = graphs if mode == "graphs" else None
-        if mode == "graphs-cublas":  # the baseline: the same graphs with every linear on cuBLAS
+        if mode in BASELINE_GRAPHS:  # the same graphs, without PDL (and GEMVs)
             runner.graphs = DecodeGraphs(runner.model, runner.kv_cache, graphs.buckets[-1],
-                                         spec.max_seq_len, gemv=False)
+                                         spec.max_seq_len, BASELINE_GRAPHS[mode])
             runner.graphs.capture()
         for b in batches:
             chunks = [SeqChunk(seq_id=i, token_ids=[(7 * i) % spec.vocab_size],

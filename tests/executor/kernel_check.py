@@ -141,6 +141,37 @@ def gemv_cases(device: str):
         torch.cat([torch.nn.functional.linear(normed, w), total], 1)
 
 
+def argmax_cases(device: str):
+    """The argmax against torch's: a tie (the first index wins), a row of -inf, a maximum in
+    a later tile, and one 16-bit row of the dense shape's vocabulary with a tie."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 10000, generator=gen)
+    x[1, 100] = x[1, 9000] = 9.0
+    x[2] = float("-inf")
+    x[3, 2 * 4096 + 5] = 50.0
+    yield "argmax float32", triton_kernels.argmax(x.to(device)), x.argmax(-1)
+    wide = torch.randn(1, 128256, generator=gen)
+    wide[0, 7] = wide[0, 128255] = 8.0
+    wide = wide.to(torch.bfloat16 if device == "cuda" else torch.float16)
+    yield "argmax 128256 16-bit", triton_kernels.argmax(wide.to(device)), wide.argmax(-1)
+
+
+def pdl_chain_case(device: str):
+    """On a GPU: add + RMSNorm, a GEMV and the argmax chained by programmatic dependent
+    launch, each reading the one before's output, against the same chain launched plainly
+    (equal to the bit: only the launches differ)."""
+    gen = torch.Generator().manual_seed(5)
+    h, r, g = (torch.randn(1, 2048, generator=gen).to(device, torch.bfloat16) for _ in "hrg")
+    w = (torch.randn(16384, 2048, generator=gen) / 45).to(device, torch.bfloat16)
+    runs = []
+    for pdl in (True, False):
+        normed, total = triton_kernels.rms_norm(h, g[0], 1e-5, r, pdl=pdl)
+        y = gemv.gemv(normed, w, pdl=pdl)
+        runs.append(torch.cat([normed.float(), total.float(), y.float(),
+                               triton_kernels.argmax(y, pdl=pdl)[None].float()], 1))
+    yield "pdl chain (rms_norm, gemv, argmax)", runs[0], runs[1]
+
+
 def rotary_into_cache_case(device: str, gen: torch.Generator, cos: torch.Tensor,
                            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """4 tokens of 3 query + 2 KV heads into a cache of 6 blocks x 4 slots: the rotated
@@ -172,7 +203,9 @@ def _torch(fn, *args):
 
 def main(device: str) -> None:
     for name, got, want in [*decode_cases(device), *prefill_cases(device),
-                            *elementwise_cases(device), *gemv_cases(device)]:
+                            *elementwise_cases(device), *gemv_cases(device),
+                            *argmax_cases(device),
+                            *(pdl_chain_case(device) if device == "cuda" else [])]:
         err = (got.float().cpu() - want.float().cpu()).abs().max().item()
         print(json.dumps({"case": name, "max_abs_err": err, "shape": list(got.shape),
                           "dtype": str(got.dtype)}))

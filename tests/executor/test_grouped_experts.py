@@ -113,9 +113,9 @@ def test_a_moe_decode_step_as_the_graphs_capture_it_never_syncs(batch, monkeypat
     b = next(size for size in graphs.buckets if size >= batch)
     graphs._write([Row(r) for r in range(batch)], b)
     with torch.inference_mode(), HostSyncs() as syncs:
-        logits = graphs._forward(b)
+        logits, greedy = graphs._forward(b)
     assert syncs.found == [] and logits.shape == (b, spec.vocab_size)
-    assert torch.isfinite(logits).all()
+    assert torch.isfinite(logits).all() and torch.equal(greedy, logits.argmax(-1))
 
 
 def test_fuse_weights_stacks_only_when_asked_and_releases_after_each_layer():
