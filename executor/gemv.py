@@ -68,7 +68,6 @@ def _gemv_kernel(x_ptr, r_ptr, g_ptr, sum_ptr, w_ptr, b_ptr, y_ptr, n, k, stride
     # (programmatic dependent launch): weights are not its output, the input is
     w = tl.load(w_rows + kk[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
     if PDL:
-        gdc_launch_dependents()
         gdc_wait()
     acc, ss = _gemv_block(x_ptr, r_ptr, g_ptr, sum_ptr, w, acc, ss, kk, kmask, pid, k,
                           INPUT, y_ptr.dtype.element_ty)
@@ -78,6 +77,8 @@ def _gemv_kernel(x_ptr, r_ptr, g_ptr, sum_ptr, w_ptr, b_ptr, y_ptr, n, k, stride
         w = tl.load(w_rows + offs[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
         acc, ss = _gemv_block(x_ptr, r_ptr, g_ptr, sum_ptr, w, acc, ss, offs, kmask, pid, k,
                               INPUT, y_ptr.dtype.element_ty)
+    if PDL:  # only now: the next GEMV's early loads would compete with these
+        gdc_launch_dependents()
     y = tl.sum(acc, axis=1)
     if INPUT >= 2:
         y = y / tl.sqrt(tl.sum(ss, axis=0) / k + eps)

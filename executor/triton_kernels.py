@@ -55,9 +55,11 @@ def _pow2(n: int) -> int:
 
 def launch_options(pdl: bool) -> dict:
     """Launch options of a kernel taken with programmatic dependent launch (`pdl`): it may
-    start while the kernel before it drains, and waits (gdc_wait) before it reads what
-    that kernel wrote. Every kernel launched so waits, so a later kernel also sees what
-    earlier ones wrote. Only inside CUDA graphs (ops.graph_kernels)."""
+    start once every program of the kernel before has let it (gdc_launch_dependents), and
+    waits (gdc_wait) before it reads what that kernel wrote. Every kernel launched so waits,
+    so a later kernel also sees what earlier ones wrote. The small kernels let the next one
+    start at once; a GEMV only after its loop, so that at most one GEMV ahead is loading
+    its weights early. Only inside CUDA graphs (ops.graph_kernels)."""
     return {"launch_pdl": True} if pdl else {}
 
 
