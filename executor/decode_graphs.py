@@ -78,23 +78,36 @@ class DecodeGraphs:
         self.buckets = graph_buckets(max_batch)
         device = kv_cache.k.device
         width = -(-max_seq_len // self.block_size)
-        # rows: tokens, positions, slots, context lengths (int64, one copy per step)
-        self.inputs = torch.zeros((4, max_batch), dtype=torch.long, device=device)
-        self.tables = torch.full((max_batch, width), kv_cache.scratch_block, dtype=torch.int32,
-                                 device=device)
-        self._pad = (0, 0, kv_cache.scratch_block * self.block_size, 1)
-        # host mirrors of both, pinned on CUDA (asynchronous copies)
+        # The step's inputs, one byte buffer on each side (the host's pinned on CUDA): rows
+        # of tokens, positions, slots, context lengths (int64), then the block tables
+        # (int32); one asynchronous copy of its live prefix per step.
+        self._table_at = 4 * max_batch * 8
         cuda = device.type == "cuda"
-        self._pinned_inputs, self._pinned_tables = (
-            t.cpu().pin_memory() if cuda else t.clone() for t in (self.inputs, self.tables))
-        self._host_inputs = self._pinned_inputs.numpy()
-        self._host_tables = self._pinned_tables.numpy()
-        self._copied = torch.cuda.Event() if cuda else None
+        host_bytes = torch.zeros(self._table_at + max_batch * width * 4, dtype=torch.uint8)
+        self._host_bytes = host_bytes.pin_memory() if cuda else host_bytes
+        inputs, tables = self._views(self._host_bytes, max_batch, width)
+        tables.fill_(kv_cache.scratch_block)
+        self._host_inputs, self._host_tables = inputs.numpy(), tables.numpy()
+        self._device_bytes = self._host_bytes.to(device)
+        self.inputs, self.tables = self._views(self._device_bytes, max_batch, width)
+        self._pad = (0, 0, kv_cache.scratch_block * self.block_size, 1)
+        # each bucket's greedy tokens, copied to the host inside its graph
+        self._host_greedy = torch.zeros(max_batch, dtype=torch.long)
+        if cuda:
+            self._host_greedy = self._host_greedy.pin_memory()
+        self._done = torch.cuda.Event() if cuda else None
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.greedy: dict[int, torch.Tensor] = {}
         self.capture_s = 0.0
         self.replays = 0
+
+    def _views(self, buffer: torch.Tensor, max_batch: int, width: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs [4, max_batch] int64 and block tables [max_batch, width] int32 in a
+        buffer's bytes."""
+        return (buffer[:self._table_at].view(torch.long).view(4, max_batch),
+                buffer[self._table_at:].view(torch.int32).view(max_batch, width))
 
     def _forward(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, positions, slots, lens = self.inputs[:, :b]
@@ -119,6 +132,7 @@ class DecodeGraphs:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 self.logits[b], self.greedy[b] = self._forward(b)
+                self._host_greedy[:b].copy_(self.greedy[b], non_blocking=True)
             self.graphs[b] = graph
         torch.cuda.synchronize()
         self.capture_s = time.perf_counter() - start
@@ -134,8 +148,8 @@ class DecodeGraphs:
 
     def _write(self, chunks: Sequence[ChunkLike], b: int) -> None:
         """Copy the step's rows into the static buffers; rows len(chunks)..b-1 are padding.
-        Built with list comprehensions and numpy in pinned host mirrors, then two async
-        copies."""
+        Built with list comprehensions and numpy in the host's buffer, then one copy. The
+        buffer is free to write: every run waits for its graph, so for its copy too."""
         bs, n = self.block_size, len(chunks)
         pos = [c.start_pos for c in chunks]
         tables = [c.block_table for c in chunks]
@@ -145,8 +159,6 @@ class DecodeGraphs:
             i = short[0]
             raise IndexError(f"position {pos[i]} needs {pos[i] // bs + 1} blocks, but the "
                              f"block table has {len(tables[i])}")
-        if self._copied is not None:  # the last step's copies have left the host mirrors
-            self._copied.synchronize()
         host = self._host_inputs
         host[:, n:b] = np.array(self._pad)[:, None]
         if n:
@@ -162,20 +174,19 @@ class DecodeGraphs:
                 for t in tables))
             self._host_tables[:n, :width] = np.frombuffer(
                 struct.pack(f"<{len(flat)}i", *flat), dtype=np.int32).reshape(n, width)
-        self.inputs.copy_(self._pinned_inputs, non_blocking=True)
-        if n:
-            # whole rows (one contiguous copy) unless that is over a MiB (long contexts);
-            # then the live columns (torch packs them, a copy on each side)
-            rows = (slice(0, n),) if n * self.tables.stride(0) <= 1 << 18 else (
-                slice(0, n), slice(0, width))
-            self.tables[rows].copy_(self._pinned_tables[rows], non_blocking=True)
-        if self._copied is not None:
-            self._copied.record()
+        # the inputs and n whole table rows (one contiguous copy) unless the rows are over a
+        # MiB (long contexts): then the inputs, and the live columns apart
+        row_bytes = self.tables.stride(0) * 4
+        end = self._table_at + (n * row_bytes if n * row_bytes <= 1 << 20 else 0)
+        self._device_bytes[:end].copy_(self._host_bytes[:end], non_blocking=True)
+        if end == self._table_at and n:
+            self.tables[:n, :width].copy_(torch.from_numpy(self._host_tables[:n, :width]),
+                                          non_blocking=True)
 
     @torch.inference_mode()
-    def run(self, chunks: Sequence[ChunkLike]) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, chunks: Sequence[ChunkLike]) -> tuple[torch.Tensor, list[int]]:
         """Logits [len(chunks), vocab] (fp32) of one decode step, by graph replay, and each
-        row's greedy token (int64, the graph's static buffer: read it before the next run)."""
+        row's greedy token (copied to the host inside the graph)."""
         if max(c.start_pos for c in chunks) >= self.max_seq_len:
             check_max_seq_len([c.start_pos + 1 for c in chunks], self.max_seq_len,
                               "shorten the sequence")
@@ -184,4 +195,7 @@ class DecodeGraphs:
         self.graphs[b].replay()
         self.replays += 1
         n = len(chunks)
-        return self.logits[b][:n].clone(), self.greedy[b][:n]
+        logits = self.logits[b][:n].clone()
+        self._done.record()
+        self._done.synchronize()
+        return logits, self._host_greedy[:n].tolist()

@@ -234,7 +234,7 @@ class ReferenceModelRunner:
         return self._sample(model.head(h[step.last_rows]).float(), None, sampling,
                             output_indices)
 
-    def _sample(self, logits: torch.Tensor, greedy: torch.Tensor | None,
+    def _sample(self, logits: torch.Tensor, greedy: list[int] | None,
                 sampling: Sequence[SamplingLike | None] | None,
                 output_indices: list[int]) -> StepOutput:
         params = list(sampling) if sampling is not None else [None] * logits.shape[0]

@@ -45,15 +45,16 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, params: Sequence[SamplingLike | None],
                output_indices: Sequence[int] | None = None,
-               greedy: torch.Tensor | None = None) -> list[int]:
+               greedy: list[int] | None = None) -> list[int]:
         """logits [rows, vocab]; `params[i]` None or temperature 0 is greedy for row i;
         `greedy`: the rows' argmax where the step computed it already (a decode graph)."""
         if logits.shape[0] != len(params):
             raise ValueError(f"{logits.shape[0]} rows of logits but {len(params)} parameters")
         random_rows = [i for i, p in enumerate(params) if p is not None and p.temperature > 0]
         if not random_rows:
-            return (logits.argmax(-1) if greedy is None else greedy).tolist()
-        tokens = logits.argmax(-1) if greedy is None else greedy.clone()
+            return logits.argmax(-1).tolist() if greedy is None else list(greedy)
+        tokens = (logits.argmax(-1) if greedy is None
+                  else torch.tensor(greedy, device=logits.device))
         indices = output_indices or [0] * len(params)
         rows = torch.tensor(random_rows, device=logits.device)
         picked = [params[i] for i in random_rows]
