@@ -8,9 +8,9 @@ CUDA (executor/ops.py decides); `TRITON_INTERPRET=1` runs them on the CPU for te
 Decode attention is split-K ("flash-decoding"): program (row, kv head, split) reads its
 share of the row's live positions straight from the paged cache (no gather, nothing past the
 context), tile by tile across pages, for the query heads of that KV head (padded to 16 for
-the tensor cores), and keeps a running max, sum and weighted value; a second kernel merges
-the splits. The split count is fixed per launch shape, so a
-captured graph replays for any context length.
+the tensor cores), and keeps a running max, sum and weighted value; the last split of each
+(row, KV head) to finish (an atomic count) merges them, in the same launch. The split count
+is fixed per launch shape, so a captured graph replays for any context length.
 
 Prefill attention takes every prefill chunk of a step in one launch (flash-attention's
 forward over the paged cache): program (work item, head) holds up to PREFILL_BLOCK_M queries
@@ -103,13 +103,33 @@ def _softmax_step(q, k, v, keep, m, lsum, acc, scale):
 # Arguments that change from step to step (q's strides: a view of the QKV output or a gathered
 # copy; the block-table width; the split count) are not specialised on: a new value would
 # compile a new variant (hundreds of ms) in the middle of serving.
+@triton.jit
+def _merge_splits(acc_ptr, m_ptr, l_ptr, out_ptr, row, head, stride_ot, stride_oh, num_heads,
+                  num_splits, HEAD_DIM: tl.constexpr, D_P: tl.constexpr, S_P: tl.constexpr):
+    """Head `head` of `row`: its splits' partial results merged by their maxima into out.
+    The partials come from other programs: loaded past L1 (.cg), which is not coherent."""
+    s = tl.arange(0, S_P)
+    dd = tl.arange(0, D_P)
+    smask = s < num_splits
+    part = (row * num_heads + head) * num_splits + s
+    m = tl.load(m_ptr + part, mask=smask, other=float("-inf"), cache_modifier=".cg")
+    lsum = tl.load(l_ptr + part, mask=smask, other=0.0, cache_modifier=".cg")
+    acc = tl.load(acc_ptr + part[:, None] * D_P + dd[None, :], mask=smask[:, None], other=0.0,
+                  cache_modifier=".cg")
+    top = tl.max(m, axis=0)
+    w = tl.exp(m - top)  # an empty split has m = -inf: weight 0
+    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * lsum, axis=0)
+    tl.store(out_ptr + row * stride_ot + head * stride_oh + dd,
+             out.to(out_ptr.dtype.element_ty), mask=dd < HEAD_DIM)
+
+
 @triton.jit(do_not_specialize=["stride_qt", "stride_qh", "stride_tr", "num_splits"])
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_ptr, l_ptr,
-                         stride_qt, stride_qh, stride_cb, stride_cs, stride_ch, stride_tr,
-                         num_heads, num_splits, scale,
-                         GROUP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         D_P: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
-                         PDL: tl.constexpr):
+                         count_ptr, out_ptr, stride_qt, stride_qh, stride_cb, stride_cs,
+                         stride_ch, stride_tr, stride_ot, stride_oh, num_heads, num_kv_heads,
+                         num_splits, scale, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
+                         HEAD_DIM: tl.constexpr, D_P: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                         TILE: tl.constexpr, S_P: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -142,27 +162,30 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
     tl.store(m_ptr + part, m, mask=gmask)
     tl.store(l_ptr + part, lsum, mask=gmask)
     tl.store(acc_ptr + part[:, None] * D_P + dd[None, :], acc, mask=gmask[:, None])
+    # The last split of (row, kv head) to finish merges all of them: every thread's stores
+    # are in before the count (barrier, then a release), and the count's acquire orders the
+    # last one's loads after all the others' stores. It resets the count for the next launch.
+    tl.debug_barrier()
+    counter = count_ptr + row * num_kv_heads + kvh
+    if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
+        for i in tl.static_range(GROUP):
+            _merge_splits(acc_ptr, m_ptr, l_ptr, out_ptr, row, kvh * GROUP + i, stride_ot,
+                          stride_oh, num_heads, num_splits, HEAD_DIM, D_P, S_P)
+        tl.atomic_xchg(counter, 0)
 
 
-@triton.jit(do_not_specialize=["num_splits"])
-def _decode_merge_kernel(acc_ptr, m_ptr, l_ptr, out_ptr, stride_ot, stride_oh, num_heads,
-                         num_splits, HEAD_DIM: tl.constexpr, D_P: tl.constexpr,
-                         S_P: tl.constexpr, PDL: tl.constexpr):
-    row = tl.program_id(0)
-    head = tl.program_id(1)
-    _pdl_wait(PDL)
-    s = tl.arange(0, S_P)
-    dd = tl.arange(0, D_P)
-    smask = s < num_splits
-    part = (row * num_heads + head) * num_splits + s
-    m = tl.load(m_ptr + part, mask=smask, other=float("-inf"))
-    lsum = tl.load(l_ptr + part, mask=smask, other=0.0)
-    acc = tl.load(acc_ptr + part[:, None] * D_P + dd[None, :], mask=smask[:, None], other=0.0)
-    top = tl.max(m, axis=0)
-    w = tl.exp(m - top)  # an empty split has m = -inf: weight 0
-    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * lsum, axis=0)
-    tl.store(out_ptr + row * stride_ot + head * stride_oh + dd,
-             out.to(out_ptr.dtype.element_ty), mask=dd < HEAD_DIM)
+_SPLIT_COUNTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _split_counts(device: torch.device, n: int) -> torch.Tensor:
+    """Per (row, KV head), the splits done so far: zero between launches (the merging split
+    resets its count), so one buffer per device serves every launch on its stream, also
+    inside CUDA graphs. Grown (zeros) when a launch needs more."""
+    counts = _SPLIT_COUNTS.get(device)
+    if counts is None or counts.numel() < n:
+        counts = _SPLIT_COUNTS[device] = torch.zeros(max(n, 1024), dtype=torch.int32,
+                                                     device=device)
+    return counts
 
 
 def decode_splits(rows: int, kv_heads: int) -> int:
@@ -192,13 +215,12 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     lsum = torch.empty_like(m)
     _decode_split_kernel[(rows, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, context_lens, acc, m, lsum,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_tables.stride(0), heads, splits, d ** -0.5,
+        _split_counts(q.device, rows * kv_heads), out, q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        out.stride(0), out.stride(1), heads, kv_heads, splits, d ** -0.5,
         GROUP=group, GROUP_P=max(16, _pow2(group)), HEAD_DIM=d, D_P=d_p, BLOCK_SIZE=block_size,
-        TILE=DECODE_TILE if d_p <= 64 else DECODE_TILE // 2, PDL=pdl, **launch_options(pdl))
-    _decode_merge_kernel[(rows, heads)](
-        acc, m, lsum, out, out.stride(0), out.stride(1), heads, splits,
-        HEAD_DIM=d, D_P=d_p, S_P=_pow2(splits), PDL=pdl, **launch_options(pdl))
+        TILE=DECODE_TILE if d_p <= 64 else DECODE_TILE // 2, S_P=_pow2(splits), PDL=pdl,
+        **launch_options(pdl))
     return out
 
 
