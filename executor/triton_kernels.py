@@ -100,9 +100,6 @@ def _softmax_step(q, k, v, keep, m, lsum, acc, scale):
     return m_new, lsum, acc
 
 
-# Arguments that change from step to step (q's strides: a view of the QKV output or a gathered
-# copy; the block-table width; the split count) are not specialised on: a new value would
-# compile a new variant (hundreds of ms) in the middle of serving.
 @triton.jit
 def _merge_splits(acc_ptr, m_ptr, l_ptr, out_ptr, row, head, stride_ot, stride_oh, num_heads,
                   num_splits, HEAD_DIM: tl.constexpr, D_P: tl.constexpr, S_P: tl.constexpr):
@@ -123,6 +120,9 @@ def _merge_splits(acc_ptr, m_ptr, l_ptr, out_ptr, row, head, stride_ot, stride_o
              out.to(out_ptr.dtype.element_ty), mask=dd < HEAD_DIM)
 
 
+# Arguments that change from step to step (q's strides: a view of the QKV output or a gathered
+# copy; the block-table width; the split count) are not specialised on: a new value would
+# compile a new variant (hundreds of ms) in the middle of serving.
 @triton.jit(do_not_specialize=["stride_qt", "stride_qh", "stride_tr", "num_splits"])
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_ptr, l_ptr,
                          count_ptr, out_ptr, stride_qt, stride_qh, stride_cb, stride_cs,
@@ -174,18 +174,19 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
         tl.atomic_xchg(counter, 0)
 
 
-_SPLIT_COUNTS: dict[torch.device, torch.Tensor] = {}
+_SPLIT_COUNTS: dict[torch.device, list[torch.Tensor]] = {}
 
 
 def _split_counts(device: torch.device, n: int) -> torch.Tensor:
     """Per (row, KV head), the splits done so far: zero between launches (the merging split
     resets its count), so one buffer per device serves every launch on its stream, also
-    inside CUDA graphs. Grown (zeros) when a launch needs more."""
-    counts = _SPLIT_COUNTS.get(device)
-    if counts is None or counts.numel() < n:
-        counts = _SPLIT_COUNTS[device] = torch.zeros(max(n, 1024), dtype=torch.int32,
-                                                     device=device)
-    return counts
+    inside CUDA graphs. A launch that needs more gets a bigger one (zeros); the smaller stay
+    allocated, since captured graphs hold their addresses."""
+    held = _SPLIT_COUNTS.setdefault(device, [])
+    if not held or held[-1].numel() < n:
+        held.append(torch.zeros(max(n, 1024, 2 * held[-1].numel() if held else 0),
+                                dtype=torch.int32, device=device))
+    return held[-1]
 
 
 def decode_splits(rows: int, kv_heads: int) -> int:
