@@ -168,6 +168,16 @@ def int_tensor(values: list[int], device: torch.device, fmt: str = "q") -> torch
     return torch.frombuffer(buf, dtype=dtype).to(device, non_blocking=True)
 
 
+def padded_tables(tables: Sequence[Sequence[int]], width: int) -> list[int]:
+    """Block tables cut or padded to `width` (the padding: each table's first block, at
+    positions no row reads), flat, one table after another."""
+    flat: list[int] = []
+    for table in tables:
+        flat.extend(islice(table, width))
+        flat.extend(repeat(table[0], width - len(table)))
+    return flat
+
+
 def prefill_tables(spans: Sequence[tuple[int, int, int, int, int]], blocks: list[int],
                    device: torch.device) -> PrefillTables:
     """The chunks (row, length, start, blocks from, to) as the batched prefill kernel takes
@@ -230,10 +240,7 @@ def _index_step(chunks: Sequence[ChunkLike], block_size: int, device: torch.devi
         if c.sample:
             last_rows.append(len(tokens) - 1)
     width = max(map(len, decode_tables), default=0)
-    flat_tables: list[int] = []
-    for table in decode_tables:
-        flat_tables.extend(table)
-        flat_tables.extend(repeat(table[0], width - len(table)))
+    flat_tables = padded_tables(decode_tables, width)
     blocks = int_tensor(prefill_blocks, device)
     # the batched prefill kernel's tables: only where it runs (several chunks, Triton)
     tables = (prefill_tables(spans, prefill_blocks, device)

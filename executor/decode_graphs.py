@@ -18,16 +18,14 @@ Graphs share one memory pool, captured largest first (vLLM's order).
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Sequence
-from itertools import chain
 
 import numpy as np
 import torch
 
 from .attention import PagedAttentionMetadata
-from .batch import ChunkLike, check_max_seq_len
+from .batch import ChunkLike, check_max_seq_len, int_tensor, padded_tables
 from .context import ParallelContext
 from .grouped_experts import MAX_SYNC_FREE_ROWS
 from .kv_cache import PagedKVCache
@@ -90,7 +88,8 @@ class DecodeGraphs:
         self._host_inputs, self._host_tables = inputs.numpy(), tables.numpy()
         self._device_bytes = self._host_bytes.to(device)
         self.inputs, self.tables = self._views(self._device_bytes, max_batch, width)
-        self._pad = (0, 0, kv_cache.scratch_block * self.block_size, 1)
+        # a padding row's tokens, positions, slots (the scratch block's) and lengths
+        self._pad = np.array([0, 0, kv_cache.scratch_block * self.block_size, 1])[:, None]
         # each bucket's greedy tokens, copied to the host inside its graph
         self._host_greedy = torch.zeros(max_batch, dtype=torch.long)
         if cuda:
@@ -160,20 +159,16 @@ class DecodeGraphs:
             raise IndexError(f"position {pos[i]} needs {pos[i] // bs + 1} blocks, but the "
                              f"block table has {len(tables[i])}")
         host = self._host_inputs
-        host[:, n:b] = np.array(self._pad)[:, None]
+        host[:, n:b] = self._pad
         if n:
             host[0, :n] = [c.token_ids[0] for c in chunks]
             host[1, :n] = pos
             host[2, :n] = [t[p // bs] * bs + p % bs for p, t in zip(pos, tables, strict=True)]
             host[3, :n] = [p + 1 for p in pos]
             width = max(pos) // bs + 1
-            # rows padded to the widest with their first block (read by no position);
-            # struct packs the ints at C speed (~25 ns each, the most of a wide step's write)
-            flat = list(chain.from_iterable(
-                t[:width] if len(t) >= width else t + [t[0]] * (width - len(t))
-                for t in tables))
-            self._host_tables[:n, :width] = np.frombuffer(
-                struct.pack(f"<{len(flat)}i", *flat), dtype=np.int32).reshape(n, width)
+            # the ints packed at C speed (~25 ns each, the most of a wide step's write)
+            self._host_tables[:n, :width] = int_tensor(
+                padded_tables(tables, width), torch.device("cpu"), "i").view(n, width).numpy()
         # the inputs and n whole table rows (one contiguous copy) unless the rows are over a
         # MiB (long contexts): then the inputs, and the live columns apart
         row_bytes = self.tables.stride(0) * 4

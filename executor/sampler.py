@@ -52,7 +52,7 @@ class Sampler:
             raise ValueError(f"{logits.shape[0]} rows of logits but {len(params)} parameters")
         random_rows = [i for i, p in enumerate(params) if p is not None and p.temperature > 0]
         if not random_rows:
-            return logits.argmax(-1).tolist() if greedy is None else list(greedy)
+            return logits.argmax(-1).tolist() if greedy is None else greedy
         tokens = (logits.argmax(-1) if greedy is None
                   else torch.tensor(greedy, device=logits.device))
         indices = output_indices or [0] * len(params)

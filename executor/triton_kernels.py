@@ -1,5 +1,5 @@
 """Triton kernels for the GPU step: paged decode and prefill attention, RMSNorm, rotary,
-SiLU-and-mul.
+SiLU-and-mul, argmax.
 
 Each replaces a chain of small torch kernels by one launch (the decode step at small batch is
 launch-bound, see docs/benchmarks.md) and runs under CUDA graph capture. Imported only on
