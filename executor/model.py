@@ -48,9 +48,25 @@ class Linear(nn.Linear):
         return ops.linear(x, self.weight, self.bias)
 
 
+    silu_mul_input = False
+
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(self(x) + residual), self(x) + residual): the layer's output joins the
+        residual stream and is normalised, in the matmul's kernel where ops.linear_add_norm
+        can. A hook on the layer (TP's all-reduce of partial sums) must see its output
+        first: then the layer runs on its own."""
+        if self._forward_hooks or self._forward_pre_hooks:
+            return norm(self(x), residual)
+        return ops.linear_add_norm(x, self.weight, self.bias, residual, norm.weight, norm.eps,
+                                   self.silu_mul_input)
+
+
 class DownProjection(Linear):
     """SwiGLU's down projection over the gate/up output [rows, 2 x in_features]: silu(gate) *
     up, then the matmul (one kernel where ops.silu_mul_linear can)."""
+
+    silu_mul_input = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.silu_mul_linear(x, self.weight, self.bias)
@@ -204,24 +220,29 @@ class Attention(nn.Module):
             self._kv_index_key = key
         return self._kv_index
 
-    def forward(self, qkv: torch.Tensor, meta: AttentionMetadata, cache=None) -> torch.Tensor:
-        """The attention from the QKV projection's output on (the block runs `self.qkv`, with
-        the norm before it folded in): rotary, cache, attention, wo."""
-        n, d = qkv.shape[0], self.head_dim
+    def forward(self, norm: RMSNorm, x: torch.Tensor, residual: torch.Tensor | None,
+                meta: AttentionMetadata, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the heads' output [tokens, heads * d], before wo; the residual stream x +
+        residual, or x without `residual`) for the input norm(x + residual): QKV, rotary,
+        the cache write and attention. On the paged path QKV, rotary and the cache write
+        are one kernel where ops.qkv_into_cache can."""
+        n, d = x.shape[0], self.head_dim
         h, kv = len(self.head_ids), len(self.kv_head_ids)
-        qkv = qkv.view(n, h + 2 * kv, d)
-        rotary, kv_index = self.rotary[0], self.kv_index(qkv.device)
+        rotary, kv_index = self.rotary[0], self.kv_index(x.device)
+        self.qkv.ensure()
         if isinstance(meta, PagedAttentionMetadata):
-            # q and k rotated, k and v written to the cache: one launch on CUDA
-            q = ops.rotary_into_cache(qkv, h, kv, meta.positions, meta.slots, rotary.cos,
-                                      rotary.sin, cache)
+            q, stream = ops.qkv_into_cache(x, residual, norm.weight, norm.eps, self.qkv.weight,
+                                           self.qkv.bias, h, kv, meta.positions, meta.slots,
+                                           rotary.cos, rotary.sin, cache)
             out = paged_attention(q, cache.k, cache.v, meta,
                                   None if self._grouped else kv_index)
         else:
+            qkv, stream = self.qkv.after_norm(norm, x, residual)
+            qkv = qkv.view(n, h + 2 * kv, d)
             qk = rotary(qkv[:, :h + kv], meta.positions)
             out = causal_attention(qk[:, :h], qk[:, h:], qkv[:, h + kv:], meta.lengths,
                                    kv_index)
-        return self.wo(out.reshape(n, h * d))
+        return out.reshape(n, h * d), stream
 
 
 class FeedForward(nn.Module):
@@ -327,16 +348,13 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata,
                 kv_cache=None) -> tuple[torch.Tensor, torch.Tensor]:
         """One block on the residual stream held as (h, residual), whose sum is the stream:
-        each pending add is fused into the norm after it, and the norm into the matmul after
-        that where the kernels allow (ops.norm_linear). Returns the new pair: (this block's
-        MLP output, the stream before it)."""
+        each pending add is fused into the norm after it, and both into a matmul's kernel
+        where the kernels allow: the input norm into QKV (ops.qkv_into_cache), the
+        attention output's add and norm into wo (ops.linear_add_norm). Returns the new
+        pair: (this block's MLP output, the stream before it)."""
         cache = kv_cache.layer(self.layer_id) if kv_cache is not None else None
-        qkv, residual = self.attention.qkv.after_norm(self.attention_norm, h, residual)
-        out = self.attention(qkv, meta, cache)
-        if isinstance(self.ffn, FeedForward):
-            gate_up, residual = self.ffn.w13.after_norm(self.ffn_norm, out, residual)
-            return self.ffn.w2(gate_up), residual
-        x, residual = self.ffn_norm(out, residual)
+        out, residual = self.attention(self.attention_norm, h, residual, meta, cache)
+        x, residual = self.attention.wo.add_norm(out, residual, self.ffn_norm)
         return self.ffn(x), residual
 
 

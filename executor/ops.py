@@ -27,7 +27,7 @@ wide matrix: on an H200, QKV (3,072 outputs) fused 8.2 us vs 8.8 apart, gate/up 
 @dataclass(frozen=True)
 class GraphKernels:
     """The kernels a step captured into a CUDA graph takes: GEMVs for one-row linear layers
-    (else cuBLAS), and programmatic dependent launch between the Triton kernels (each may
+    (else cuBLAS), programmatic dependent launch between the Triton kernels (each may
     start while the one before drains; triton_kernels.launch_options)."""
 
     gemv: bool = True
@@ -169,6 +169,47 @@ def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         from .gemv import silu_mul_gemv
         return silu_mul_gemv(x, weight, bias, pdl=pdl_on(x))
     return F.linear(silu_mul(x), weight, bias)
+
+
+def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    residual: torch.Tensor, norm: torch.Tensor, eps: float,
+                    silu_mul_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(y + residual), y + residual) for y = x @ weight^T (+ bias) (with
+    `silu_mul_input`, of silu_mul(x)): a linear layer whose output joins the residual
+    stream, and the norm after it. One GEMV kernel for one row in a graph."""
+    if _gemv_on(x, weight) and residual.is_contiguous():
+        from .gemv import gemv_add_norm
+        return gemv_add_norm(x, weight, bias, residual, norm, eps, silu_mul_input,
+                             pdl=pdl_on(x))
+    y = silu_mul_linear(x, weight, bias) if silu_mul_input else linear(x, weight, bias)
+    return rms_norm(y, norm, eps, residual)
+
+
+def qkv_into_cache(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tensor,
+                   eps: float, weight: torch.Tensor, bias: torch.Tensor | None,
+                   num_heads: int, num_kv_heads: int, positions: torch.Tensor,
+                   slots: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The QKV projection of rms_norm(x + residual), rotary and the cache write: (the
+    rotated queries [tokens, heads, d], x + residual; without `residual`, x). One GEMV
+    kernel for one row in a graph (the norm folded in up to NORM_FOLD_MAX_COLS outputs),
+    else norm_linear then rotary_into_cache."""
+    if _gemv_on(x, weight) and (residual is None or residual.is_contiguous()):
+        from .gemv import qkv_gemv_into_cache
+        stream = None
+        if weight.shape[0] > NORM_FOLD_MAX_COLS:  # the norm apart (see NORM_FOLD_MAX_COLS)
+            x, stream = ((rms_norm(x, norm, eps), x) if residual is None
+                         else rms_norm(x, norm, eps, residual))
+            residual = norm = None
+        q, total = qkv_gemv_into_cache(x, residual, norm, eps, weight, bias, num_heads,
+                                       num_kv_heads, positions, slots, cos, sin,
+                                       *cache.flat(), pdl=pdl_on(x))
+        return q, total if stream is None else stream
+    qkv, stream = norm_linear(x, residual, norm, eps, weight, bias)
+    heads = num_heads + 2 * num_kv_heads
+    q = rotary_into_cache(qkv.view(x.shape[0], heads, weight.shape[0] // heads), num_heads,
+                          num_kv_heads, positions, slots, cos, sin, cache)
+    return q, stream
 
 
 def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tensor,

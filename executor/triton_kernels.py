@@ -49,6 +49,11 @@ DECODE_TILE = 64
 dims above 64, to keep the K and V tiles in registers)."""
 
 
+MERGE_ELEMENTS = 8192
+"""Partial values the merging program loads at once (heads x splits x head dim, fp32): 64
+registers a thread, so its loads are in flight together."""
+
+
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
@@ -72,16 +77,24 @@ def _pdl_wait(PDL: tl.constexpr):
 
 
 @triton.jit
-def _kv_tile(k_ptr, v_ptr, table_ptr, pos, valid, kvh, dd, dmask, stride_cb, stride_cs,
-             stride_ch, BLOCK_SIZE: tl.constexpr):
-    """K and V rows [positions, D_P] of KV head `kvh` at cached positions `pos` of the
-    sequence whose block table starts at `table_ptr`, over as many pages as they span: one
-    gathered load each, so a program waits for memory once per tile (zeros where not
-    `valid`)."""
+def _kv_offsets(table_ptr, pos, valid, kvh, dd, dmask, stride_cb, stride_cs, stride_ch,
+                BLOCK_SIZE: tl.constexpr):
+    """Offsets [positions, D_P] in the caches of KV head `kvh`'s rows at cached positions
+    `pos` of the sequence whose block table starts at `table_ptr`, over as many pages as
+    they span, and their mask (`valid` rows, the head dim)."""
     page = tl.load(table_ptr + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
     offs = (page[:, None] * stride_cb + (pos % BLOCK_SIZE)[:, None] * stride_cs
             + kvh * stride_ch + dd[None, :])
-    kvmask = valid[:, None] & dmask[None, :]
+    return offs, valid[:, None] & dmask[None, :]
+
+
+@triton.jit
+def _kv_tile(k_ptr, v_ptr, table_ptr, pos, valid, kvh, dd, dmask, stride_cb, stride_cs,
+             stride_ch, BLOCK_SIZE: tl.constexpr):
+    """K and V rows [positions, D_P] at `pos` (_kv_offsets): one gathered load each, so a
+    program waits for memory once per tile (zeros where not `valid`)."""
+    offs, kvmask = _kv_offsets(table_ptr, pos, valid, kvh, dd, dmask, stride_cb, stride_cs,
+                               stride_ch, BLOCK_SIZE)
     return (tl.load(k_ptr + offs, mask=kvmask, other=0.0),
             tl.load(v_ptr + offs, mask=kvmask, other=0.0))
 
@@ -101,23 +114,27 @@ def _softmax_step(q, k, v, keep, m, lsum, acc, scale):
 
 
 @triton.jit
-def _merge_splits(acc_ptr, m_ptr, l_ptr, out_ptr, row, head, stride_ot, stride_oh, num_heads,
-                  num_splits, HEAD_DIM: tl.constexpr, D_P: tl.constexpr, S_P: tl.constexpr):
-    """Head `head` of `row`: its splits' partial results merged by their maxima into out.
-    The partials come from other programs: loaded past L1 (.cg), which is not coherent."""
+def _merge_splits(acc_ptr, m_ptr, l_ptr, out_ptr, row, head0, heads_left, stride_ot,
+                  stride_oh, num_heads, num_splits, HEADS: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, D_P: tl.constexpr, S_P: tl.constexpr):
+    """Heads head0.. (HEADS of them, at most heads_left) of `row`: their splits' partial
+    results merged by their maxima into out, all loads issued at once. The partials come
+    from other programs: loaded past L1 (.cg), which is not coherent."""
+    h = tl.arange(0, HEADS)
     s = tl.arange(0, S_P)
     dd = tl.arange(0, D_P)
-    smask = s < num_splits
-    part = (row * num_heads + head) * num_splits + s
-    m = tl.load(m_ptr + part, mask=smask, other=float("-inf"), cache_modifier=".cg")
-    lsum = tl.load(l_ptr + part, mask=smask, other=0.0, cache_modifier=".cg")
-    acc = tl.load(acc_ptr + part[:, None] * D_P + dd[None, :], mask=smask[:, None], other=0.0,
-                  cache_modifier=".cg")
-    top = tl.max(m, axis=0)
-    w = tl.exp(m - top)  # an empty split has m = -inf: weight 0
-    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * lsum, axis=0)
-    tl.store(out_ptr + row * stride_ot + head * stride_oh + dd,
-             out.to(out_ptr.dtype.element_ty), mask=dd < HEAD_DIM)
+    hmask = h < heads_left
+    mask = hmask[:, None] & (s < num_splits)[None, :]
+    part = (row * num_heads + head0 + h)[:, None] * num_splits + s[None, :]
+    m = tl.load(m_ptr + part, mask=mask, other=float("-inf"), cache_modifier=".cg")
+    lsum = tl.load(l_ptr + part, mask=mask, other=0.0, cache_modifier=".cg")
+    acc = tl.load(acc_ptr + part[:, :, None] * D_P + dd[None, None, :], mask=mask[:, :, None],
+                  other=0.0, cache_modifier=".cg")
+    top = tl.max(m, axis=1)
+    w = tl.exp(m - top[:, None])  # an empty split has m = -inf: weight 0
+    out = tl.sum(w[:, :, None] * acc, axis=1) / tl.sum(w * lsum, axis=1)[:, None]
+    tl.store(out_ptr + row * stride_ot + (head0 + h)[:, None] * stride_oh + dd[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & (dd < HEAD_DIM)[None, :])
 
 
 # Arguments that change from step to step (q's strides: a view of the QKV output or a gathered
@@ -129,11 +146,16 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
                          stride_ch, stride_tr, stride_ot, stride_oh, num_heads, num_kv_heads,
                          num_splits, scale, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
                          HEAD_DIM: tl.constexpr, D_P: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                         TILE: tl.constexpr, S_P: tl.constexpr, PDL: tl.constexpr):
+                         TILE: tl.constexpr, S_P: tl.constexpr, PDL: tl.constexpr,
+                         MERGE_HEADS: tl.constexpr):
     row = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
-    _pdl_wait(PDL)
+    if PDL:
+        gdc_launch_dependents()
+    # Before the wait for the kernel before: the step's inputs (lengths, block tables) and
+    # the first tile's cached positions older than the newest, which no kernel of this step
+    # writes; the newest position's key and value (this step's QKV kernel wrote them) after.
     ctx = tl.load(lens_ptr + row)
     tiles = tl.cdiv(ctx, TILE)
     per_split = tl.cdiv(tiles, num_splits)
@@ -144,18 +166,33 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
     n = tl.arange(0, TILE)
     gmask = g < GROUP
     dmask = dd < HEAD_DIM
+    table = tables_ptr + row * stride_tr
+    pos = first * TILE + n
+    valid = (pos < ctx) & (pos < last * TILE)  # none in an empty split
+    offs, kvmask = _kv_offsets(table, pos, valid, kvh, dd, dmask, stride_cb, stride_cs,
+                               stride_ch, BLOCK_SIZE)
+    older = kvmask & (pos < ctx - 1)[:, None]
+    k = tl.load(k_ptr + offs, mask=older, other=0.0)
+    v = tl.load(v_ptr + offs, mask=older, other=0.0)
+    if PDL:
+        gdc_wait()
+    newest = kvmask & (pos == ctx - 1)[:, None]
+    k = tl.where(newest, tl.load(k_ptr + offs, mask=newest, other=0.0), k)
+    v = tl.where(newest, tl.load(v_ptr + offs, mask=newest, other=0.0), v)
     heads = kvh * GROUP + g
     q = tl.load(q_ptr + row * stride_qt + heads[:, None] * stride_qh + dd[None, :],
                 mask=gmask[:, None] & dmask[None, :], other=0.0)
     m = tl.full([GROUP_P], float("-inf"), tl.float32)
     lsum = tl.zeros([GROUP_P], tl.float32)
     acc = tl.zeros([GROUP_P, D_P], tl.float32)
-    j = first
+    if first < last:  # an empty split keeps m = -inf (a tile of no positions would be NaN)
+        m, lsum, acc = _softmax_step(q, k, v, valid[None, :], m, lsum, acc, scale)
+    j = first + 1
     while j < last:  # a while loop: Triton's interpreter (tests) cannot range() over it
         pos = j * TILE + n  # a tile of TILE positions, over as many pages as it takes
         valid = pos < ctx
-        k, v = _kv_tile(k_ptr, v_ptr, tables_ptr + row * stride_tr, pos, valid, kvh, dd, dmask,
-                        stride_cb, stride_cs, stride_ch, BLOCK_SIZE)
+        k, v = _kv_tile(k_ptr, v_ptr, table, pos, valid, kvh, dd, dmask, stride_cb, stride_cs,
+                        stride_ch, BLOCK_SIZE)
         m, lsum, acc = _softmax_step(q, k, v, valid[None, :], m, lsum, acc, scale)
         j += 1
     part = (row * num_heads + heads) * num_splits + split
@@ -168,9 +205,10 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
     tl.debug_barrier()
     counter = count_ptr + row * num_kv_heads + kvh
     if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
-        for i in tl.static_range(GROUP):
-            _merge_splits(acc_ptr, m_ptr, l_ptr, out_ptr, row, kvh * GROUP + i, stride_ot,
-                          stride_oh, num_heads, num_splits, HEAD_DIM, D_P, S_P)
+        for h0 in tl.static_range(0, GROUP, MERGE_HEADS):
+            _merge_splits(acc_ptr, m_ptr, l_ptr, out_ptr, row, kvh * GROUP + h0, GROUP - h0,
+                          stride_ot, stride_oh, num_heads, num_splits, MERGE_HEADS, HEAD_DIM,
+                          D_P, S_P)
         tl.atomic_xchg(counter, 0)
 
 
@@ -219,8 +257,10 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         _split_counts(q.device, rows * kv_heads), out, q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), heads, kv_heads, splits, d ** -0.5,
-        GROUP=group, GROUP_P=max(16, _pow2(group)), HEAD_DIM=d, D_P=d_p, BLOCK_SIZE=block_size,
+        GROUP=group, GROUP_P=max(16, _pow2(group)), HEAD_DIM=d, D_P=d_p,
+        BLOCK_SIZE=block_size,
         TILE=DECODE_TILE if d_p <= 64 else DECODE_TILE // 2, S_P=_pow2(splits), PDL=pdl,
+        MERGE_HEADS=min(_pow2(group), max(1, MERGE_ELEMENTS // (_pow2(splits) * d_p))),
         **launch_options(pdl))
     return out
 

@@ -28,6 +28,7 @@ def decode_cases(device: str):
         (4, 4, 32, 16, [1, 33], torch.float32),    # no grouping
         # bf16 on a GPU; fp16 in the interpreter, whose tl.dot mishandles bf16 (numpy has none)
         (8, 2, 64, 16, [70, 2], torch.bfloat16 if device == "cuda" else torch.float16),
+        (2, 1, 16, 16, [3000], torch.float32),     # 47 tiles over 32 splits: two in some
     ]:
         blocks = sum(-(-n // block_size) for n in lens) + 3
         shape = (blocks, block_size, kv_heads, d)
@@ -141,6 +142,55 @@ def gemv_cases(device: str):
         torch.cat([torch.nn.functional.linear(normed, w), total], 1)
 
 
+def folded_output_cases(device: str):
+    """The GEMVs with the step after them folded in, against the unfused torch steps: QKV
+    with rotary and the cache write (after add + RMSNorm, after RMSNorm, and plain, with a
+    bias), and the residual add + RMSNorm after a plain and a SiLU-and-mul GEMV (the
+    normalised row and the stream, over 150 programs, the last of which normalises)."""
+    gen = torch.Generator().manual_seed(6)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    heads, kv_heads, d, k = 3, 2, 16, 96
+    n = (heads + 2 * kv_heads) * d
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+    angles = torch.outer(torch.arange(32.0), torch.rand(d // 2, generator=gen))
+    cos, sin = angles.cos(), angles.sin()
+    pos, slots = torch.tensor([13]), torch.tensor([9])
+    x, r, g, b = rand(1, k), rand(1, k), rand(k), rand(n)
+    w = rand(n, k, scale=k ** -0.5)
+    for name, res, norm in [("add_norm", r, g), ("norm", None, g), ("plain", None, None)]:
+        results = []
+        for on in (device, "torch"):
+            cache = LayerCache(torch.zeros(4, 4, kv_heads, d, dtype=dtype),
+                               torch.zeros(4, 4, kv_heads, d, dtype=dtype))
+            if on == "torch":
+                qkv, total = (ops.norm_linear(x, res, norm, 1e-5, w, b) if norm is not None
+                              else (torch.nn.functional.linear(x, w, b), x))
+                q = ops.rotary_into_cache(qkv.view(1, -1, d), heads, kv_heads, pos, slots,
+                                          cos, sin, cache)
+            else:
+                cache = LayerCache(cache.k.to(device), cache.v.to(device))
+                q, total = gemv.qkv_gemv_into_cache(
+                    *(t.to(device) if t is not None else None for t in (x, res, norm)), 1e-5,
+                    w.to(device), b.to(device), heads, kv_heads, pos.to(device),
+                    slots.to(device), cos.to(device), sin.to(device), *cache.flat())
+            results.append(torch.cat([q.flatten().cpu(), total.flatten().cpu(),
+                                      cache.k.flatten().cpu(), cache.v.flatten().cpu()]))
+        yield f"qkv_gemv_into_cache {name} {k} -> {n} {dtype}", *results
+    n, k = 300, 200
+    for silu in (False, True):
+        x = rand(1, 2 * k if silu else k)
+        w, r, g = rand(n, k, scale=k ** -0.5), rand(1, n), rand(n)
+        y = torch.nn.functional.linear(ops.silu_mul(x) if silu else x, w)
+        want = torch.cat(ops.rms_norm(y, g, 1e-5, r), 1)
+        got = gemv.gemv_add_norm(*(t.to(device) for t in (x, w)), None, r.to(device),
+                                 g.to(device), 1e-5, silu_mul=silu)
+        name = "silu_mul_gemv_add_norm" if silu else "gemv_add_norm"
+        yield f"{name} {k} -> {n} {dtype}", torch.cat([t.cpu() for t in got], 1), want
+
+
 def argmax_cases(device: str):
     """The argmax against torch's: a tie (the first index wins), a row of -inf, a maximum in
     a later tile, and one 16-bit row of the dense shape's vocabulary with a tie."""
@@ -204,7 +254,7 @@ def _torch(fn, *args):
 def main(device: str) -> None:
     for name, got, want in [*decode_cases(device), *prefill_cases(device),
                             *elementwise_cases(device), *gemv_cases(device),
-                            *argmax_cases(device),
+                            *folded_output_cases(device), *argmax_cases(device),
                             *(pdl_chain_case(device) if device == "cuda" else [])]:
         err = (got.float().cpu() - want.float().cpu()).abs().max().item()
         print(json.dumps({"case": name, "max_abs_err": err, "shape": list(got.shape),
