@@ -263,14 +263,11 @@ def qkv_gemv_into_cache(x: torch.Tensor, residual: torch.Tensor | None,
 
 
 def gemv_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  residual: torch.Tensor, norm: torch.Tensor, eps: float,
-                  silu_mul: bool = False, pdl: bool = False
+                  residual: torch.Tensor, norm: torch.Tensor, eps: float, pdl: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(y + residual) * norm, y + residual) for y = x @ weight^T (+ bias), x [1, k]
-    (with `silu_mul`, x [1, 2k] and y = silu_mul(x) @ weight^T): the matmul, the residual
-    add and the norm after it in one launch."""
+    """(rms_norm(y + residual) * norm, y + residual) for y = x @ weight^T (+ bias), x [1, k]:
+    the matmul, the residual add and the norm after it in one launch."""
     total = torch.empty((1, weight.shape[0]), dtype=x.dtype, device=x.device)
-    k = x.shape[1] // 2 if silu_mul else x.shape[1]
-    normed = _launch(_SILU_MUL if silu_mul else _PLAIN, x, weight, bias, k, pdl=pdl,
-                     output=_ADD_NORM_OUT, add_norm=(residual, total, norm, eps))
+    normed = _launch(_PLAIN, x, weight, bias, x.shape[1], pdl=pdl, output=_ADD_NORM_OUT,
+                     add_norm=(residual, total, norm, eps))
     return normed, total

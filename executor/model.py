@@ -47,26 +47,21 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias)
 
-
-    silu_mul_input = False
-
     def add_norm(self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(self(x) + residual), self(x) + residual): the layer's output joins the
         residual stream and is normalised, in the matmul's kernel where ops.linear_add_norm
         can. A hook on the layer (TP's all-reduce of partial sums) must see its output
-        first: then the layer runs on its own."""
+        first: then the layer runs on its own (torch keeps a module's hooks in these two
+        dicts)."""
         if self._forward_hooks or self._forward_pre_hooks:
             return norm(self(x), residual)
-        return ops.linear_add_norm(x, self.weight, self.bias, residual, norm.weight, norm.eps,
-                                   self.silu_mul_input)
+        return ops.linear_add_norm(x, self.weight, self.bias, residual, norm.weight, norm.eps)
 
 
 class DownProjection(Linear):
     """SwiGLU's down projection over the gate/up output [rows, 2 x in_features]: silu(gate) *
     up, then the matmul (one kernel where ops.silu_mul_linear can)."""
-
-    silu_mul_input = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.silu_mul_linear(x, self.weight, self.bias)

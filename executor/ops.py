@@ -27,7 +27,7 @@ wide matrix: on an H200, QKV (3,072 outputs) fused 8.2 us vs 8.8 apart, gate/up 
 @dataclass(frozen=True)
 class GraphKernels:
     """The kernels a step captured into a CUDA graph takes: GEMVs for one-row linear layers
-    (else cuBLAS), programmatic dependent launch between the Triton kernels (each may
+    (else cuBLAS), and programmatic dependent launch between the Triton kernels (each may
     start while the one before drains; triton_kernels.launch_options)."""
 
     gemv: bool = True
@@ -172,17 +172,15 @@ def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    residual: torch.Tensor, norm: torch.Tensor, eps: float,
-                    silu_mul_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(y + residual), y + residual) for y = x @ weight^T (+ bias) (with
-    `silu_mul_input`, of silu_mul(x)): a linear layer whose output joins the residual
-    stream, and the norm after it. One GEMV kernel for one row in a graph."""
+                    residual: torch.Tensor, norm: torch.Tensor, eps: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(y + residual), y + residual) for y = x @ weight^T (+ bias): a linear layer
+    whose output joins the residual stream, and the norm after it. One GEMV kernel for one
+    row in a graph."""
     if _gemv_on(x, weight) and residual.is_contiguous():
         from .gemv import gemv_add_norm
-        return gemv_add_norm(x, weight, bias, residual, norm, eps, silu_mul_input,
-                             pdl=pdl_on(x))
-    y = silu_mul_linear(x, weight, bias) if silu_mul_input else linear(x, weight, bias)
-    return rms_norm(y, norm, eps, residual)
+        return gemv_add_norm(x, weight, bias, residual, norm, eps, pdl=pdl_on(x))
+    return rms_norm(linear(x, weight, bias), norm, eps, residual)
 
 
 def qkv_into_cache(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tensor,
