@@ -15,9 +15,9 @@ RMSNorm before QKV (ops.norm_linear says where); and on the output side:
 - rotary + KV-cache write after QKV: program i then owns column pairs (c, c + d/2) of one
   head, which rotary mixes, and writes rotated queries to y, rotated keys and the values to
   the cache (ops.qkv_into_cache);
-- the residual add + RMSNorm after the attention output and down projections: each program
-  writes its columns of the stream, and the last to finish (an atomic count) normalises the
-  whole row (ops.linear_add_norm), so the next matmul reads its input ready.
+- the residual add + RMSNorm after the attention output projection: each program writes its
+  columns of the stream, and the last to finish (an atomic count) normalises the whole row
+  (ops.linear_add_norm), so the gate/up matmul after it reads its input ready.
 The input norm's 1/rms is a per-row scalar, so it is applied after the dot product; its sum
 of squares accumulates in the same loop (each program sees the whole row), and program 0
 writes the residual sum.
@@ -176,8 +176,8 @@ _COUNTS: dict[torch.device, torch.Tensor] = {}
 
 def _count(device: torch.device) -> torch.Tensor:
     """The programs of an add + norm GEMV done so far: zero between launches (the last
-    program resets it), so one per device serves every launch; never replaced, since
-    captured graphs hold its address."""
+    program resets it), so one per device serves every launch on its stream (as decode
+    attention's counts); never replaced, since captured graphs hold its address."""
     if device not in _COUNTS:
         _COUNTS[device] = torch.zeros(1, dtype=torch.int32, device=device)
     return _COUNTS[device]
