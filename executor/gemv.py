@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_kernels import gdc_launch_dependents, gdc_wait, launch_options
+from .triton_kernels import gdc_launch_dependents, gdc_wait, launch_options, program_counts
 
 BLOCK_N = 2
 BLOCK_K = 1024
@@ -64,9 +64,9 @@ def _gemv_block(x_ptr, r_ptr, g_ptr, sum_ptr, w, acc, ss, offs, kmask, pid, k,
 @triton.jit
 def _store_rotated(y_ptr, kc_ptr, vc_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, y, pair,
                    n, stride_table, stride_cs, stride_ch, num_heads, num_kv_heads,
-                   HALF: tl.constexpr, PAIRS: tl.constexpr):
+                   HALF: tl.constexpr):
     """The QKV output's column pairs `pair` (pair p: columns c and c + HALF of one head,
-    y [PAIRS, 2] in fp32): queries and keys rotated at the row's position, queries to y,
+    y [pairs, 2] in fp32): queries and keys rotated at the row's position, queries to y,
     keys and values to the cache at the row's slot (as rotary_into_cache does)."""
     a, b = tl.split(y.to(y_ptr.dtype.element_ty).to(tl.float32))  # rounded as QKV stores
     head = pair // HALF
@@ -165,22 +165,10 @@ def _gemv_kernel(x_ptr, r_ptr, g_ptr, sum_ptr, w_ptr, b_ptr, y_ptr, n, k, stride
         _store_rotated(y_ptr, kc_ptr, vc_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr,
                        tl.reshape(y, (BLOCK_N // 2, 2)), pid * (BLOCK_N // 2)
                        + tl.arange(0, BLOCK_N // 2), n, stride_table, stride_cs, stride_ch,
-                       num_heads, num_kv_heads, HALF, BLOCK_N // 2)
+                       num_heads, num_kv_heads, HALF)
     if OUTPUT == 2:
         _add_norm_out(y, cols, cmask, res_ptr, total_ptr, og_ptr, y_ptr, count_ptr, n,
                       out_eps, N_P)
-
-
-_COUNTS: dict[torch.device, torch.Tensor] = {}
-
-
-def _count(device: torch.device) -> torch.Tensor:
-    """The programs of an add + norm GEMV done so far: zero between launches (the last
-    program resets it), so one per device serves every launch on its stream (as decode
-    attention's counts); never replaced, since captured graphs hold its address."""
-    if device not in _COUNTS:
-        _COUNTS[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _COUNTS[device]
 
 
 def _launch(mode: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -210,7 +198,7 @@ def _launch(mode: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         weight.stride(0), eps, pos, slots, cos, sin, k_flat, v_flat,
         cos.stride(0) if rotary else 0, k_flat.stride(0) if rotary else 0,
         k_flat.stride(1) if rotary else 0, heads, kv_heads, res, out_total, out_norm,
-        _count(x.device) if add_norm else x, out_eps,
+        program_counts("add + norm GEMV", x.device, 1) if add_norm else x, out_eps,
         INPUT=mode, OUTPUT=output, HAS_BIAS=bias is not None, BLOCK_N=block_n,
         BLOCK_K=min(block_k, triton.next_power_of_2(k)), HALF=half,
         N_P=triton.next_power_of_2(n) if add_norm else 1, PDL=pdl, num_warps=4,

@@ -196,8 +196,7 @@ def qkv_into_cache(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.T
         from .gemv import qkv_gemv_into_cache
         stream = None
         if weight.shape[0] > NORM_FOLD_MAX_COLS:  # the norm apart (see NORM_FOLD_MAX_COLS)
-            x, stream = ((rms_norm(x, norm, eps), x) if residual is None
-                         else rms_norm(x, norm, eps, residual))
+            x, stream = _norm_with_stream(x, residual, norm, eps)
             residual = norm = None
         q, total = qkv_gemv_into_cache(x, residual, norm, eps, weight, bias, num_heads,
                                        num_kv_heads, positions, slots, cos, sin,
@@ -221,7 +220,13 @@ def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tens
         from .gemv import norm_gemv
         return norm_gemv(x, residual, norm, eps, weight, bias, pdl=pdl_on(x))
     # apart: the norm kernel, then the linear layer (a GEMV for one row in a graph)
+    normed, stream = _norm_with_stream(x, residual, norm, eps)
+    return linear(normed, weight, bias), stream
+
+
+def _norm_with_stream(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tensor,
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual); without `residual`, (rms_norm(x), x)."""
     if residual is None:
-        return linear(rms_norm(x, norm, eps), weight, bias), x
-    normed, total = rms_norm(x, norm, eps, residual)
-    return linear(normed, weight, bias), total
+        return rms_norm(x, norm, eps), x
+    return rms_norm(x, norm, eps, residual)

@@ -212,15 +212,17 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, acc_ptr, m_p
         tl.atomic_xchg(counter, 0)
 
 
-_SPLIT_COUNTS: dict[torch.device, list[torch.Tensor]] = {}
+_COUNTS: dict[tuple[str, torch.device], list[torch.Tensor]] = {}
 
 
-def _split_counts(device: torch.device, n: int) -> torch.Tensor:
-    """Per (row, KV head), the splits done so far: zero between launches (the merging split
-    resets its count), so one buffer per device serves every launch on its stream, also
-    inside CUDA graphs. A launch that needs more gets a bigger one (zeros); the smaller stay
-    allocated, since captured graphs hold their addresses."""
-    held = _SPLIT_COUNTS.setdefault(device, [])
+def program_counts(kernel: str, device: torch.device, n: int) -> torch.Tensor:
+    """At least n int32 counts of programs done, for the kernels whose last program to
+    finish does the launch's last step and resets its count (decode attention's merge per
+    (row, KV head), the add + norm GEMV's norm): zero between launches, so one buffer per
+    kernel and device serves every launch on its stream, also inside CUDA graphs. A launch
+    that needs more gets a bigger one (zeros); the smaller stay allocated, since captured
+    graphs hold their addresses."""
+    held = _COUNTS.setdefault((kernel, device), [])
     if not held or held[-1].numel() < n:
         held.append(torch.zeros(max(n, 1024, 2 * held[-1].numel() if held else 0),
                                 dtype=torch.int32, device=device))
@@ -254,7 +256,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     lsum = torch.empty_like(m)
     _decode_split_kernel[(rows, kv_heads, splits)](
         q, k_cache, v_cache, block_tables, context_lens, acc, m, lsum,
-        _split_counts(q.device, rows * kv_heads), out, q.stride(0), q.stride(1),
+        program_counts("decode attention", q.device, rows * kv_heads), out, q.stride(0),
+        q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), heads, kv_heads, splits, d ** -0.5,
         GROUP=group, GROUP_P=max(16, _pow2(group)), HEAD_DIM=d, D_P=d_p,
