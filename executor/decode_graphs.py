@@ -30,7 +30,7 @@ from .context import ParallelContext
 from .grouped_experts import MAX_SYNC_FREE_ROWS
 from .kv_cache import PagedKVCache
 from .model import Transformer
-from .ops import ALL_GRAPH_KERNELS, GraphKernels, argmax, graph_kernels, use_triton
+from .ops import ALL_GRAPH_KERNELS, GraphKernels, float_argmax, graph_kernels, use_triton
 
 
 def graph_buckets(max_batch: int) -> list[int]:
@@ -113,10 +113,8 @@ class DecodeGraphs:
         meta = PagedAttentionMetadata(positions=positions, slots=slots, decode_rows=None,
                                       block_tables=self.tables[:b], context_lens=lens,
                                       prefills=[])
-        model = self.model
         with graph_kernels(self.kernels):
-            logits = model.head(model.run_layers(model.embed(tokens), meta, self.kv_cache))
-            return logits.float(), argmax(logits)
+            return float_argmax(self.model(tokens, meta, self.kv_cache))
 
     @torch.inference_mode()
     def capture(self) -> None:

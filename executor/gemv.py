@@ -15,9 +15,10 @@ RMSNorm before QKV (ops.norm_linear says where); and on the output side:
 - rotary + KV-cache write after QKV: program i then owns column pairs (c, c + d/2) of one
   head, which rotary mixes, and writes rotated queries to y, rotated keys and the values to
   the cache (ops.qkv_into_cache);
-- the residual add + RMSNorm after the attention output projection: each program writes its
-  columns of the stream, and the last to finish (an atomic count) normalises the whole row
-  (ops.linear_add_norm), so the gate/up matmul after it reads its input ready.
+- the residual add + RMSNorm after the attention output projection, and after the last
+  layer's down projection (the final norm): each program writes its columns of the stream,
+  and the last to finish (an atomic count) normalises the whole row (ops.linear_add_norm),
+  so the matmul after it (gate/up, the LM head) reads its input ready.
 The input norm's 1/rms is a per-row scalar, so it is applied after the dot product; its sum
 of squares accumulates in the same loop (each program sees the whole row), and program 0
 writes the residual sum.
@@ -251,11 +252,13 @@ def qkv_gemv_into_cache(x: torch.Tensor, residual: torch.Tensor | None,
 
 
 def gemv_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  residual: torch.Tensor, norm: torch.Tensor, eps: float, pdl: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(y + residual) * norm, y + residual) for y = x @ weight^T (+ bias), x [1, k]:
-    the matmul, the residual add and the norm after it in one launch."""
+                  residual: torch.Tensor, norm: torch.Tensor, eps: float, pdl: bool = False,
+                  silu_mul_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(y + residual) * norm, y + residual) for y = x @ weight^T (+ bias), x [1, k]
+    (with `silu_mul_input`, x [1, 2k] and y = silu_mul(x) @ weight^T): the matmul, the
+    residual add and the norm after it in one launch."""
+    mode, k = (_SILU_MUL, x.shape[1] // 2) if silu_mul_input else (_PLAIN, x.shape[1])
     total = torch.empty((1, weight.shape[0]), dtype=x.dtype, device=x.device)
-    normed = _launch(_PLAIN, x, weight, bias, x.shape[1], pdl=pdl, output=_ADD_NORM_OUT,
+    normed = _launch(mode, x, weight, bias, k, pdl=pdl, output=_ADD_NORM_OUT,
                      add_norm=(residual, total, norm, eps))
     return normed, total

@@ -40,9 +40,19 @@ class SequenceMetadata:
 AttentionMetadata = SequenceMetadata | PagedAttentionMetadata
 
 
+def hooked(module: nn.Module) -> bool:
+    """Whether a hook is on the module (TP's all-reduce of partial sums, a test's fault): its
+    output must then come out of its own call, not a kernel that folds in the step after it
+    (torch keeps a module's hooks in these two dicts)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 class Linear(nn.Linear):
     """nn.Linear through ops.linear (a GEMV kernel for one row in a CUDA graph). Same
     parameters and state-dict names as nn.Linear (checkpoints, TP's reshards)."""
+
+    silu_mul_input = False
+    """Whether the layer's input is SwiGLU's gate/up output, silu_mul'd first."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias)
@@ -51,17 +61,18 @@ class Linear(nn.Linear):
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(self(x) + residual), self(x) + residual): the layer's output joins the
         residual stream and is normalised, in the matmul's kernel where ops.linear_add_norm
-        can. A hook on the layer (TP's all-reduce of partial sums) must see its output
-        first: then the layer runs on its own (torch keeps a module's hooks in these two
-        dicts)."""
-        if self._forward_hooks or self._forward_pre_hooks:
+        can; a hooked layer runs on its own, then the add and norm."""
+        if hooked(self):
             return norm(self(x), residual)
-        return ops.linear_add_norm(x, self.weight, self.bias, residual, norm.weight, norm.eps)
+        return ops.linear_add_norm(x, self.weight, self.bias, residual, norm.weight, norm.eps,
+                                   self.silu_mul_input)
 
 
 class DownProjection(Linear):
     """SwiGLU's down projection over the gate/up output [rows, 2 x in_features]: silu(gate) *
     up, then the matmul (one kernel where ops.silu_mul_linear can)."""
+
+    silu_mul_input = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.silu_mul_linear(x, self.weight, self.bias)
@@ -253,6 +264,14 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(self.w13(x))
 
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(self(x) + residual), self(x) + residual), the add and norm folded into the
+        down projection's kernel where Linear.add_norm can."""
+        if hooked(self):
+            return norm(self(x), residual)
+        return self.w2.add_norm(self.w13(x), residual, norm)
+
 
 def route(gate: nn.Linear, x: torch.Tensor, top_k: int, renormalize: bool = True
           ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,6 +348,12 @@ class MoE(nn.Module):
             out = sorted_experts(x, weights, ids, self.experts)
         return out if self.shared is None else out + self.shared(x)
 
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(self(x) + residual), self(x) + residual), as FeedForward.add_norm (the
+        experts' sum then the add + norm kernel)."""
+        return norm(self(x), residual)
+
 
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec, layer_id: int, rotary: Rotary):
@@ -341,15 +366,20 @@ class Block(nn.Module):
                                                               spec.intermediate_size)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata,
-                kv_cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+                kv_cache=None, then_norm: RMSNorm | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """One block on the residual stream held as (h, residual), whose sum is the stream:
         each pending add is fused into the norm after it, and both into a matmul's kernel
         where the kernels allow: the input norm into QKV (ops.qkv_into_cache), the
         attention output's add and norm into wo (ops.linear_add_norm). Returns the new
-        pair: (this block's MLP output, the stream before it)."""
+        pair: (this block's MLP output, the stream before it); with `then_norm` (the final
+        norm after the last block), (then_norm(the stream after it), that stream), the add
+        and norm folded into the down projection (ops.linear_add_norm)."""
         cache = kv_cache.layer(self.layer_id) if kv_cache is not None else None
         out, residual = self.attention(self.attention_norm, h, residual, meta, cache)
         x, residual = self.attention.wo.add_norm(out, residual, self.ffn_norm)
+        if then_norm is not None:
+            return self.ffn.add_norm(x, residual, then_norm)
         return self.ffn(x), residual
 
 
@@ -378,8 +408,16 @@ class Transformer(nn.Module):
         return self.output(self.norm(h))
 
     def forward(self, tokens: torch.Tensor, meta: AttentionMetadata, kv_cache=None):
-        """Logits of every token (single device, whole model)."""
-        return self.head(self.run_layers(self.embed(tokens), meta, kv_cache))
+        """Logits of every token (single device, whole model: the decode graphs' step), the
+        last block's add and the final norm folded into its down projection."""
+        h, residual = self.embed(tokens), None
+        if not self.layers:
+            return self.head(h)
+        *before, last = self.layers
+        for block in before:
+            h, residual = block(h, residual, meta, kv_cache)
+        normed, _ = last(h, residual, meta, kv_cache, then_norm=self.norm)
+        return self.output(normed)
 
 
 def fuse_weights(model: nn.Module, stack_experts: bool,

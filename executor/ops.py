@@ -124,12 +124,13 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     return (F.silu(a) * b).to(x.dtype)
 
 
-def argmax(x: torch.Tensor) -> torch.Tensor:
-    """Each row's first index of its maximum, int64 [rows], of x [rows, n]."""
+def float_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x in fp32, each row's first index of its maximum as int64 [rows]) of x [rows, n]:
+    one kernel on CUDA (the decode graphs' logits and greedy tokens)."""
     if use_triton(x) and x.stride(-1) == 1:
-        from .triton_kernels import argmax as kernel
+        from .triton_kernels import float_argmax as kernel
         return kernel(x, pdl=pdl_on(x))
-    return x.argmax(-1)
+    return x.float(), x.argmax(-1)
 
 
 @contextlib.contextmanager
@@ -172,15 +173,18 @@ def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    residual: torch.Tensor, norm: torch.Tensor, eps: float
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(y + residual), y + residual) for y = x @ weight^T (+ bias): a linear layer
+                    residual: torch.Tensor, norm: torch.Tensor, eps: float,
+                    silu_mul_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(y + residual), y + residual) for y = x @ weight^T (+ bias), or y =
+    silu_mul(x) @ weight^T with `silu_mul_input` (SwiGLU's down projection): a linear layer
     whose output joins the residual stream, and the norm after it. One GEMV kernel for one
     row in a graph."""
     if _gemv_on(x, weight) and residual.is_contiguous():
         from .gemv import gemv_add_norm
-        return gemv_add_norm(x, weight, bias, residual, norm, eps, pdl=pdl_on(x))
-    return rms_norm(linear(x, weight, bias), norm, eps, residual)
+        return gemv_add_norm(x, weight, bias, residual, norm, eps, pdl=pdl_on(x),
+                             silu_mul_input=silu_mul_input)
+    y = (silu_mul_linear if silu_mul_input else linear)(x, weight, bias)
+    return rms_norm(y, norm, eps, residual)
 
 
 def qkv_into_cache(x: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tensor,

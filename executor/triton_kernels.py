@@ -1,5 +1,5 @@
 """Triton kernels for the GPU step: paged decode and prefill attention, RMSNorm, rotary,
-SiLU-and-mul, argmax.
+SiLU-and-mul, the logits in fp32 with their argmax.
 
 Each replaces a chain of small torch kernels by one launch (the decode step at small batch is
 launch-bound, see docs/benchmarks.md) and runs under CUDA graph capture. Imported only on
@@ -474,33 +474,53 @@ def silu_mul(x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     return out
 
 
-ARGMAX_BLOCK = 4096
+ARGMAX_BLOCK = 2048
+"""Columns per program of the argmax: a 128,256-token vocabulary is 63 programs a row."""
 
 
 @triton.jit
-def _argmax_kernel(x_ptr, out_ptr, stride_x, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _float_argmax_kernel(x_ptr, y_ptr, val_ptr, idx_ptr, count_ptr, out_ptr, stride_x,
+                         stride_y, n, splits, BLOCK: tl.constexpr, S_P: tl.constexpr,
+                         PDL: tl.constexpr):
     row = tl.program_id(0)
+    split = tl.program_id(1)
     _pdl_wait(PDL)
-    cols = tl.arange(0, BLOCK)
-    best = tl.full([BLOCK], float("-inf"), tl.float32)
-    at = tl.zeros([BLOCK], tl.int32)
-    for start in range(0, n, BLOCK):  # each lane keeps its first maximum
-        offs = start + cols
-        x = tl.load(x_ptr + row * stride_x + offs, mask=offs < n, other=float("-inf"))
-        take = x.to(tl.float32) > best
-        best = tl.where(take, x.to(tl.float32), best)
-        at = tl.where(take, offs, at)
-    top = tl.max(best, axis=0)
-    tl.store(out_ptr + row, tl.min(tl.where(best == top, at, n), axis=0).to(tl.int64))
+    offs = split * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=float("-inf")).to(tl.float32)
+    tl.store(y_ptr + row * stride_y + offs, x, mask=mask)
+    x = tl.where(x == x, x, float("inf"))  # a NaN counts as the maximum, as in torch
+    top = tl.max(x, axis=0)
+    part = row * splits + split
+    tl.store(val_ptr + part, top)
+    tl.store(idx_ptr + part, tl.min(tl.where(x == top, offs, n), axis=0))
+    # The last program of the row to finish (an atomic count, which it resets) takes the
+    # first index of the largest maximum; barrier + release / acquire as in decode attention.
+    tl.debug_barrier()
+    if tl.atomic_add(count_ptr + row, 1, sem="acq_rel") == splits - 1:
+        s = tl.arange(0, S_P)
+        smask = s < splits
+        v = tl.load(val_ptr + row * splits + s, mask=smask, other=float("-inf"),
+                    cache_modifier=".cg")
+        i = tl.load(idx_ptr + row * splits + s, mask=smask, other=n, cache_modifier=".cg")
+        best = tl.max(v, axis=0)
+        tl.store(out_ptr + row, tl.min(tl.where(v == best, i, n), axis=0).to(tl.int64))
+        tl.atomic_xchg(count_ptr + row, 0)
 
 
-def argmax(x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
-    """The first index of each row's maximum of x [rows, n] (last dim contiguous), int64
-    [rows]: one program per row, one launch (the decode graphs' greedy tokens).
-    `pdl`: launch_options."""
+def float_argmax(x: torch.Tensor, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x in fp32, the first index of each row's maximum as int64 [rows]) of x [rows, n]
+    (last dim contiguous), in one launch of ARGMAX_BLOCK columns a program: the decode
+    graphs' logits and greedy tokens. `pdl`: launch_options."""
     rows, n = x.shape
+    y = torch.empty((rows, n), dtype=torch.float32, device=x.device)
     out = torch.empty(rows, dtype=torch.long, device=x.device)
-    if rows:
-        _argmax_kernel[(rows,)](x, out, x.stride(0), n, BLOCK=min(ARGMAX_BLOCK, _pow2(n)),
-                                PDL=pdl, num_warps=8, **launch_options(pdl))
-    return out
+    if rows and n:
+        splits = -(-n // ARGMAX_BLOCK)
+        val = torch.empty(rows * splits, dtype=torch.float32, device=x.device)
+        idx = torch.empty(rows * splits, dtype=torch.int32, device=x.device)
+        _float_argmax_kernel[(rows, splits)](
+            x, y, val, idx, program_counts("argmax", x.device, rows), out, x.stride(0),
+            y.stride(0), n, splits, BLOCK=min(ARGMAX_BLOCK, _pow2(n)), S_P=_pow2(splits),
+            PDL=pdl, num_warps=4, **launch_options(pdl))
+    return y, out

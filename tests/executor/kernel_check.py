@@ -185,21 +185,34 @@ def folded_output_cases(device: str):
     want = torch.cat(ops.rms_norm(torch.nn.functional.linear(x, w, b), g, 1e-5, r), 1)
     got = gemv.gemv_add_norm(*(t.to(device) for t in (x, w, b, r, g)), 1e-5)
     yield f"gemv_add_norm {k} -> {n} {dtype}", torch.cat([t.cpu() for t in got], 1), want
+    # SwiGLU's down projection with the final norm: silu_mul of x [1, 2k] first, no bias
+    x = rand(1, 2 * k)
+    want = torch.cat(ops.rms_norm(torch.nn.functional.linear(ops.silu_mul(x), w), g, 1e-5, r),
+                     1)
+    got = gemv.gemv_add_norm(*(t.to(device) for t in (x, w)), None,
+                             *(t.to(device) for t in (r, g)), 1e-5, silu_mul_input=True)
+    yield (f"gemv_add_norm silu_mul {2 * k} -> {n} {dtype}",
+           torch.cat([t.cpu() for t in got], 1), want)
 
 
 def argmax_cases(device: str):
-    """The argmax against torch's: a tie (the first index wins), a row of -inf, a maximum in
-    a later tile, and one 16-bit row of the dense shape's vocabulary with a tie."""
+    """The argmax (with the fp32 copy of its input) against torch's: a tie (the first index
+    wins), a row of -inf, a maximum in a later program's columns, NaNs (the first wins), and
+    one 16-bit row of the dense shape's vocabulary with a tie across programs."""
     gen = torch.Generator().manual_seed(4)
-    x = torch.randn(4, 10000, generator=gen)
+    x = torch.randn(5, 10000, generator=gen)
     x[1, 100] = x[1, 9000] = 9.0
     x[2] = float("-inf")
-    x[3, 2 * 4096 + 5] = 50.0
-    yield "argmax float32", triton_kernels.argmax(x.to(device)), x.argmax(-1)
+    x[3, 4 * 2048 + 5] = 50.0
+    x[4, 3000] = x[4, 7000] = float("nan")
+    logits, tokens = triton_kernels.float_argmax(x.to(device))
+    yield "argmax float32", tokens, x.argmax(-1)
     wide = torch.randn(1, 128256, generator=gen)
     wide[0, 7] = wide[0, 128255] = 8.0
     wide = wide.to(torch.bfloat16 if device == "cuda" else torch.float16)
-    yield "argmax 128256 16-bit", triton_kernels.argmax(wide.to(device)), wide.argmax(-1)
+    logits, tokens = triton_kernels.float_argmax(wide.to(device))
+    yield "argmax 128256 16-bit", tokens, wide.argmax(-1)
+    yield "argmax 128256 16-bit: its logits in fp32", logits, wide.float()
 
 
 def pdl_chain_case(device: str):
@@ -214,7 +227,7 @@ def pdl_chain_case(device: str):
         normed, total = triton_kernels.rms_norm(h, g[0], 1e-5, r, pdl=pdl)
         y = gemv.gemv(normed, w, pdl=pdl)
         runs.append(torch.cat([normed.float(), total.float(), y.float(),
-                               triton_kernels.argmax(y, pdl=pdl)[None].float()], 1))
+                               triton_kernels.float_argmax(y, pdl=pdl)[1][None].float()], 1))
     yield "pdl chain (rms_norm, gemv, argmax)", runs[0], runs[1]
 
 
