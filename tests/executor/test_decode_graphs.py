@@ -35,9 +35,32 @@ def test_a_step_writes_its_rows_and_pads_the_bucket_with_the_scratch_block(max_s
     assert tokens == [11, 12, 0, 0] and positions == [40, 5, 0, 0]
     assert slots == [9 * 16 + 8, 2 * 16 + 5, scratch * 16, scratch * 16]
     assert lens == [41, 6, 1, 1]
-    # rows padded to the widest live table with their first block
-    assert g.tables[:2, :3].tolist() == [[7, 3, 9], [2, 2, 2]]
+    # each row's live blocks; past them only block ids (the kernel reads no further)
+    assert g.tables[0, :3].tolist() == [7, 3, 9] and g.tables[1, 0] == 2
+    assert ((g.tables >= 0) & (g.tables <= scratch)).all()
     assert (g.tables[2:4] == scratch).all()
+
+
+@pytest.mark.parametrize("rows", [3, 12])  # row by row, and packed in one (ROW_BY_ROW_MAX)
+def test_a_shorter_step_after_a_longer_one_reads_only_its_own_blocks(rows):
+    cache = PagedKVCache(range(1), num_blocks=600, block_size=16, num_kv_heads=2, head_dim=8,
+                         scratch=True)
+    g = DecodeGraphs(None, cache, max_batch=16, max_seq_len=256)
+
+    def step(start: int, first_block: int) -> list[SeqChunk]:
+        blocks = start // 16 + 1
+        return [SeqChunk(seq_id=i, token_ids=[i], start_pos=start, sample=True,
+                         block_table=list(range(first_block + 20 * i,
+                                                first_block + 20 * i + blocks)))
+                for i in range(rows)]
+
+    g._write(step(100, 0), 16)     # 7 blocks a row
+    g._write(step(20, 300), 16)    # then 2 blocks a row, other ones
+    lens = g.inputs[3, :rows].tolist()
+    assert lens == [21] * rows
+    for i in range(rows):
+        assert g.tables[i, :2].tolist() == [300 + 20 * i, 301 + 20 * i]
+    assert (g.tables[:rows] <= cache.scratch_block).all()
 
 
 def test_a_block_table_too_short_for_its_position_is_refused_by_name():
