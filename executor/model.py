@@ -348,12 +348,6 @@ class MoE(nn.Module):
             out = sorted_experts(x, weights, ids, self.experts)
         return out if self.shared is None else out + self.shared(x)
 
-    def add_norm(self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(norm(self(x) + residual), self(x) + residual), as FeedForward.add_norm (the
-        experts' sum then the add + norm kernel)."""
-        return norm(self(x), residual)
-
 
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec, layer_id: int, rotary: Rotary):
@@ -378,9 +372,11 @@ class Block(nn.Module):
         cache = kv_cache.layer(self.layer_id) if kv_cache is not None else None
         out, residual = self.attention(self.attention_norm, h, residual, meta, cache)
         x, residual = self.attention.wo.add_norm(out, residual, self.ffn_norm)
-        if then_norm is not None:
+        if then_norm is None:
+            return self.ffn(x), residual
+        if isinstance(self.ffn, FeedForward):
             return self.ffn.add_norm(x, residual, then_norm)
-        return self.ffn(x), residual
+        return then_norm(self.ffn(x), residual)  # experts (EP's too): their sum, then the norm
 
 
 class Transformer(nn.Module):
@@ -398,10 +394,17 @@ class Transformer(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(tokens)
 
+    def _blocks(self, h: torch.Tensor, meta: AttentionMetadata, kv_cache=None,
+                then_norm: RMSNorm | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layers on the stream (h, residual); `then_norm` goes to the last block."""
+        residual, last = None, len(self.layers) - 1
+        for i, block in enumerate(self.layers):
+            h, residual = block(h, residual, meta, kv_cache,
+                                then_norm=then_norm if i == last else None)
+        return h, residual
+
     def run_layers(self, h: torch.Tensor, meta: AttentionMetadata, kv_cache=None) -> torch.Tensor:
-        residual = None
-        for block in self.layers:
-            h, residual = block(h, residual, meta, kv_cache)
+        h, residual = self._blocks(h, meta, kv_cache)
         return h if residual is None else h + residual
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -410,14 +413,10 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, meta: AttentionMetadata, kv_cache=None):
         """Logits of every token (single device, whole model: the decode graphs' step), the
         last block's add and the final norm folded into its down projection."""
-        h, residual = self.embed(tokens), None
+        h = self.embed(tokens)
         if not self.layers:
             return self.head(h)
-        *before, last = self.layers
-        for block in before:
-            h, residual = block(h, residual, meta, kv_cache)
-        normed, _ = last(h, residual, meta, kv_cache, then_norm=self.norm)
-        return self.output(normed)
+        return self.output(self._blocks(h, meta, kv_cache, then_norm=self.norm)[0])
 
 
 def fuse_weights(model: nn.Module, stack_experts: bool,

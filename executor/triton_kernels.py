@@ -491,7 +491,9 @@ def _float_argmax_kernel(x_ptr, y_ptr, val_ptr, idx_ptr, count_ptr, out_ptr, str
     mask = offs < n
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=float("-inf")).to(tl.float32)
     tl.store(y_ptr + row * stride_y + offs, x, mask=mask)
-    x = tl.where(x == x, x, float("inf"))  # a NaN counts as the maximum, as in torch
+    # a NaN counts as +inf: the maximum (torch's argmax also takes a NaN, the first one even
+    # after a +inf)
+    x = tl.where(x == x, x, float("inf"))
     top = tl.max(x, axis=0)
     part = row * splits + split
     tl.store(val_ptr + part, top)
