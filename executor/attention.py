@@ -12,13 +12,24 @@ Shapes: q [tokens, heads, d]; caches [blocks, block_size, kv_heads, d].
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .ops import pdl_on, use_triton
+
+PREFILL_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                         SDPBackend.MATH]
+"""SDPA's backends for prefill chunks on CUDA: all but cuDNN's. torch tries cuDNN first on
+sm90 and sm100 with a recent cuDNN, which builds an execution plan at each new (query length,
+key length), and served prompts rarely repeat a length. On the H200, steps at a prompt
+length not seen before took 75-83 ms against 13-37 for lengths seen before
+(docs/results/h200-2026-12-03c-firstuse.txt); that cuDNN was the cause is inferred, not yet
+measured with it off."""
 
 
 @dataclass
@@ -93,10 +104,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         from .triton_kernels import paged_prefill_attention
         paged_prefill_attention(q, k_cache, v_cache, out, batch.info, batch.tables, batch.work)
         return out
-    for span in meta.prefills:
-        end = span.row + span.length
-        out[span.row:end] = prefill_attention(q[span.row:end], k_cache, v_cache, span,
-                                              kv_index)
+    with sdpa_kernel(PREFILL_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext():
+        for span in meta.prefills:
+            end = span.row + span.length
+            out[span.row:end] = prefill_attention(q[span.row:end], k_cache, v_cache, span,
+                                                  kv_index)
     return out
 
 
