@@ -84,7 +84,8 @@ for step in $steps; do
                        --profiles moe-1b-7b-shape ;;
         serve-dense) run serve-dense 600 serve "$dense" 8123 dense \
                          "--concurrency 1,8,32,128 --requests 64 --prompt-tokens 128 --max-tokens 64 --json $out/serve-dense.json" \
-                         "--concurrency 32 --requests 128 --shared-prefixes 4 --prefix-tokens 512 --prompt-tokens 64 --max-tokens 32 --json $out/serve-dense-shared.json" ;;
+                         "--concurrency 32 --requests 128 --shared-prefixes 4 --prefix-tokens 512 --prompt-tokens 64 --max-tokens 32 --json $out/serve-dense-shared.json" \
+                         "--concurrency 1,8 --requests 32 --prompt-spread 0.5 --max-tokens 32 --json $out/serve-dense-varied.json" ;;
         serve-moe) run serve-moe 600 serve "$moe" 8124 moe \
                        "--concurrency 1,8,32,128 --requests 32 --max-tokens 32 --json $out/serve-moe.json" ;;
         *) echo "unknown step '$step'; steps: tests linear decode moe-decode moe-paths serve-dense serve-moe"; exit 2 ;;

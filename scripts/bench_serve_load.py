@@ -1,7 +1,8 @@
 """A bounded load generator against a running `pypto serve` (or any OpenAI-compatible server).
 
 For each concurrency in --concurrency it sends --requests streamed completions (closed loop:
-each client sends its next request when its last one ends) of --prompt-tokens bytes and
+each client sends its next request when its last one ends) of --prompt-tokens bytes (with
+--prompt-spread F, a length drawn per prompt from --prompt-tokens x [1 - F, 1 + F]) and
 --max-tokens new tokens (ignore_eos), and prints throughput (requests/s, generated tokens/s),
 time to first token (the first streamed chunk with text; also the median of the first
 wave, the first --concurrency requests), inter-token latency (between streamed chunks with
@@ -19,7 +20,8 @@ Loopback only.
 
 Usage: python scripts/bench_serve_load.py --url http://127.0.0.1:8000 [--model tiny-moe]
        [--concurrency 1,8,32,128] [--requests 64] [--prompt-tokens 128] [--max-tokens 64]
-       [--shared-prefixes 0] [--prefix-tokens 512] [--warmup 1] [--json FILE]
+       [--prompt-spread 0] [--shared-prefixes 0] [--prefix-tokens 512] [--warmup 1]
+       [--json FILE]
 """
 
 from __future__ import annotations
@@ -135,12 +137,15 @@ def text(rng: random.Random, n: int) -> str:
 
 
 async def level(url: str, model: str, concurrency: int, requests: int, prompt_tokens: int,
-                max_tokens: int, rng: random.Random, prefixes: list[str]) -> dict:
+                max_tokens: int, rng: random.Random, prefixes: list[str],
+                spread: float = 0.0) -> dict:
     out = {"ttft": [], "itl": [], "tpot": [], "e2e": [], "tokens": 0, "errors": 0, "prompt": 0,
            "cached": 0, "requests": []}
     queue: asyncio.Queue[dict] = asyncio.Queue()
     for _ in range(requests):
-        prompt = (rng.choice(prefixes) if prefixes else "") + text(rng, prompt_tokens)
+        n = prompt_tokens if not spread else rng.randint(
+            max(1, round(prompt_tokens * (1 - spread))), round(prompt_tokens * (1 + spread)))
+        prompt = (rng.choice(prefixes) if prefixes else "") + text(rng, n)
         queue.put_nowait({"model": model, "prompt": prompt, "max_tokens": max_tokens,
                           "stream": True, "ignore_eos": True, "temperature": 0,
                           "stream_options": {"include_usage": True}})
@@ -173,6 +178,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--prompt-spread", type=float, default=0.0, metavar="F",
+                    help="each prompt's length drawn uniformly from prompt-tokens x [1 - F, "
+                         "1 + F] (0: all the same): a server's costs per new prompt length "
+                         "show only with lengths that vary, as served prompts do")
     ap.add_argument("--shared-prefixes", type=int, default=0)
     ap.add_argument("--prefix-tokens", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
@@ -199,7 +208,8 @@ def main() -> None:
         prefixes = [text(rng, args.prefix_tokens) for _ in range(args.shared_prefixes)]
         before = scrape(args.url)
         r = asyncio.run(level(args.url, args.model, c, max(args.requests, c),
-                              args.prompt_tokens, args.max_tokens, rng, prefixes))
+                              args.prompt_tokens, args.max_tokens, rng, prefixes,
+                              args.prompt_spread))
         r.update(server_side(before, scrape(args.url)))
         rows.append(r)
         ms = {k: r[k] * 1e3 for k in r if k.endswith(("p50", "p99"))}
