@@ -34,8 +34,9 @@ from .ops import ALL_GRAPH_KERNELS, GraphKernels, float_argmax, graph_kernels, u
 
 ROW_BY_ROW_MAX = 8
 """Up to this many rows a step's block tables go into the host buffer row by row (numpy
-from each list), beyond it packed in one: on this project's 2-core CI machine, 4.6 vs 17.5
-us at one row of 65 blocks, 33 vs 38 at 8, 128 vs 100 at 32."""
+from each list), beyond it packed in one: the whole write of a step at 1,024 tokens on the
+2-core CI machine, row by row / packed, 14.8 / 20.6 us at one row, 49.8 / 68.9 at 8, even at
+16, 669 / 473 at 128 (scripts/bench_graph_inputs.py, docs/benchmarks.md)."""
 
 
 def graph_buckets(max_batch: int) -> list[int]:
@@ -100,7 +101,7 @@ class DecodeGraphs:
         if cuda:
             self._host_greedy = self._host_greedy.pin_memory()
         self._done = torch.cuda.Event() if cuda else None
-        self._copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._copies: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}
         self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         # the bucket of each row count (index n: the smallest bucket >= n)
         self._bucket_of = [0] + [next(s for s in self.buckets if s >= n)
@@ -191,13 +192,16 @@ class DecodeGraphs:
         """The inputs and n whole table rows (one contiguous copy) unless the rows are over
         a MiB (long contexts): then the inputs, and the live columns apart. The slices of
         the one copy are made once per row count."""
-        pair = self._copies.get(n)
-        if pair is None:
-            row_bytes = self.tables.stride(0) * 4
-            end = self._table_at + (n * row_bytes if n * row_bytes <= 1 << 20 else 0)
-            pair = self._copies[n] = (self._device_bytes[:end], self._host_bytes[:end])
-        pair[0].copy_(pair[1], non_blocking=True)
-        if n and pair[0].numel() == self._table_at:
+        copy = self._copies.get(n)
+        if copy is None:
+            rows_bytes = n * self.tables.stride(0) * 4
+            whole_rows = rows_bytes <= 1 << 20
+            end = self._table_at + (rows_bytes if whole_rows else 0)
+            copy = self._copies[n] = (self._device_bytes[:end], self._host_bytes[:end],
+                                      whole_rows)
+        dst, src, whole_rows = copy
+        dst.copy_(src, non_blocking=True)
+        if n and not whole_rows:
             self.tables[:n, :width].copy_(torch.from_numpy(self._host_tables[:n, :width]),
                                           non_blocking=True)
 

@@ -229,6 +229,10 @@ def program_counts(kernel: str, device: torch.device, n: int) -> torch.Tensor:
     return held[-1]
 
 
+_MERGE_SPLITS = _pow2(MAX_SPLITS)
+"""The merge's split axis, whatever a launch's split count (paged_decode_attention)."""
+
+
 def decode_splits(rows: int, kv_heads: int) -> int:
     """Splits per (row, KV head): enough programs to fill the GPU, at most MAX_SPLITS."""
     return max(1, min(MAX_SPLITS, -(-TARGET_PROGRAMS // (rows * kv_heads))))
@@ -249,8 +253,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if rows == 0:
         return out
     # tl.dot needs every side >= 16: query heads of a KV head and the head dim padded. The
-    # merge's split axis is padded to MAX_SPLITS whatever the split count, so that one
-    # compiled kernel serves every row count (a new one costs a step ~0.5 s on first use).
+    # merge's split axis is _MERGE_SPLITS whatever the split count, so that one compiled
+    # kernel serves every row count (a new one cost a step 0.6-0.8 s on first use).
     splits, group = decode_splits(rows, kv_heads), heads // kv_heads
     d_p = max(16, _pow2(d))
     acc = torch.empty((rows, heads, splits, d_p), dtype=torch.float32, device=q.device)
@@ -264,8 +268,8 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         out.stride(0), out.stride(1), heads, kv_heads, splits, d ** -0.5,
         GROUP=group, GROUP_P=max(16, _pow2(group)), HEAD_DIM=d, D_P=d_p,
         BLOCK_SIZE=block_size,
-        TILE=DECODE_TILE if d_p <= 64 else DECODE_TILE // 2, S_P=_pow2(MAX_SPLITS), PDL=pdl,
-        MERGE_HEADS=min(_pow2(group), max(1, MERGE_ELEMENTS // (_pow2(MAX_SPLITS) * d_p))),
+        TILE=DECODE_TILE if d_p <= 64 else DECODE_TILE // 2, S_P=_MERGE_SPLITS, PDL=pdl,
+        MERGE_HEADS=min(_pow2(group), max(1, MERGE_ELEMENTS // (_MERGE_SPLITS * d_p))),
         **launch_options(pdl))
     return out
 
